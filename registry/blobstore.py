@@ -1,0 +1,190 @@
+"""The content-addressed blob store behind a small interface.
+
+`BlobStore` is what callers use (stat, open, ingest, adopt, delete, walk);
+`FilesystemBlobStore` keeps blobs under the data directory (see
+`registry.paths`). A blob is written to a temporary file on the same
+filesystem, hashed while it streams in, fsynced, checked against the expected
+digest and size, and only then renamed into place, so a blob path never holds
+wrong bytes. A second backend (S3-compatible) implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.paths import DataPaths
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What the store knows about one stored blob."""
+
+    digest: Digest
+    size: int
+
+
+class BlobStore(Protocol):
+    """Operations every blob backend provides."""
+
+    def stat(self, digest: Digest) -> BlobInfo | None: ...
+    def open(self, digest: Digest) -> BinaryIO: ...
+    def local_path(self, digest: Digest) -> Path | None: ...
+    def ingest(
+        self, stream: BinaryIO, expected: Digest | None = None, expected_size: int | None = None
+    ) -> BlobInfo: ...
+    def ingest_bytes(self, data: bytes, expected: Digest | None = None) -> BlobInfo: ...
+    def adopt(self, path: Path, digest: Digest, size: int) -> BlobInfo: ...
+    def delete(self, digest: Digest) -> bool: ...
+    def walk(self) -> Iterator[BlobInfo]: ...
+
+
+def storage_error(exc: OSError, what: str) -> RegistryError:
+    """Translate a failed write into a registry error that says why."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RegistryError("INSUFFICIENT_STORAGE", f"no space left on the data volume while writing {what}")
+    return RegistryError("UNKNOWN", f"storage error while writing {what}: {exc.strerror}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemBlobStore:
+    """Blobs as files under ``<data>/blobs`` (see `registry.paths`)."""
+
+    def __init__(self, paths: DataPaths) -> None:
+        self.paths = paths
+
+    def stat(self, digest: Digest) -> BlobInfo | None:
+        try:
+            st = self.paths.blob(digest).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(digest, st.st_size)
+
+    def open(self, digest: Digest) -> BinaryIO:
+        """Open a blob for reading; raises BLOB_UNKNOWN if it is absent."""
+        try:
+            return self.paths.blob(digest).open("rb")
+        except FileNotFoundError:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in the store") from None
+
+    def local_path(self, digest: Digest) -> Path | None:
+        path = self.paths.blob(digest)
+        return path if path.exists() else None
+
+    def temp_file(self) -> tuple[int, Path]:
+        """A new temporary file in the store's filesystem (fd, path)."""
+        fd, name = tempfile.mkstemp(dir=self.paths.tmp, prefix="blob-")
+        return fd, Path(name)
+
+    def ingest(self, stream: BinaryIO, expected: Digest | None = None, expected_size: int | None = None) -> BlobInfo:
+        """Stream `stream` into the store, verifying digest and size.
+
+        Raises DIGEST_INVALID or SIZE_INVALID on a mismatch, and
+        INSUFFICIENT_STORAGE when the disk fills; in every failure the store
+        is unchanged. Idempotent: ingesting a blob already stored keeps the
+        existing file.
+        """
+        algorithm = expected.algorithm if expected else "sha256"
+        hasher = hashlib.new(algorithm)
+        fd, tmp = self.temp_file()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = stream.read(CHUNK)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if expected_size is not None and size > expected_size:
+                        raise RegistryError("SIZE_INVALID", f"blob is larger than the expected {expected_size} bytes")
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if expected_size is not None and size != expected_size:
+                raise RegistryError("SIZE_INVALID", f"blob has {size} bytes, expected {expected_size}")
+            digest = Digest(algorithm, hasher.hexdigest())
+            if expected is not None and digest != expected:
+                raise RegistryError("DIGEST_INVALID", f"content digest {digest} does not match the expected {expected}")
+            return self._place(tmp, digest, size)
+        except OSError as exc:
+            raise storage_error(exc, "a blob") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def ingest_bytes(self, data: bytes, expected: Digest | None = None) -> BlobInfo:
+        """Store a small in-memory blob (a manifest or config). Same contract as `ingest`."""
+        digest = Digest.of_bytes(data, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise RegistryError("DIGEST_INVALID", f"content digest {digest} does not match the expected {expected}")
+        existing = self.stat(digest)
+        if existing is not None:
+            return existing
+        fd, tmp = self.temp_file()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._place(tmp, digest, len(data))
+        except OSError as exc:
+            raise storage_error(exc, "a manifest") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def adopt(self, path: Path, digest: Digest, size: int) -> BlobInfo:
+        """Move a file whose digest the caller verified while writing into place.
+
+        The file must be on the data volume. It is fsynced before the rename.
+        """
+        try:
+            with path.open("rb+") as f:
+                os.fsync(f.fileno())
+            return self._place(path, digest, size)
+        except OSError as exc:
+            raise storage_error(exc, "a blob") from exc
+
+    def _place(self, tmp: Path, digest: Digest, size: int) -> BlobInfo:
+        final = self.paths.blob(digest)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return BlobInfo(digest, final.stat().st_size)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return BlobInfo(digest, size)
+
+    def delete(self, digest: Digest) -> bool:
+        """Remove a blob file; True if it existed. Idempotent."""
+        try:
+            self.paths.blob(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def walk(self) -> Iterator[BlobInfo]:
+        """Every blob in the store (no particular order)."""
+        for algo_dir in sorted(p for p in self.paths.blobs.iterdir() if p.is_dir()):
+            for prefix in sorted(p for p in algo_dir.iterdir() if p.is_dir()):
+                for f in prefix.iterdir():
+                    try:
+                        yield BlobInfo(Digest.parse(f"{algo_dir.name}:{f.name}"), f.stat().st_size)
+                    except (RegistryError, FileNotFoundError):
+                        continue

@@ -1,0 +1,100 @@
+"""The SQLite metadata database: connections, transactions and migrations.
+
+One connection per thread (gunicorn's gthread workers share nothing across
+threads), WAL mode so readers never wait for the writer, and a busy timeout so
+concurrent writers from several worker processes queue instead of failing.
+Schema changes are sqlite-utils `Migrations`; every package registers its own
+set here through `register_migrations` and `open_database` applies them all
+under a file lock, so workers starting together never race a migration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlite_utils import Database, Migrations
+
+from registry.paths import DataPaths
+
+_local = threading.local()
+_migration_sets: list[Migrations] = []
+_migrated: set[Path] = set()
+_migrated_lock = threading.Lock()
+
+
+def register_migrations(migrations: Migrations) -> Migrations:
+    """Add a package's migration set; applied in registration order."""
+    if all(m.name != migrations.name for m in _migration_sets):
+        _migration_sets.append(migrations)
+    return migrations
+
+
+def connect(path: Path) -> Database:
+    """A new connection in autocommit mode; transactions are explicit."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives crashes; loses at most the last commit on power loss
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return Database(conn)
+
+
+def migrate(paths: DataPaths) -> None:
+    """Apply every registered migration set (idempotent, process-safe)."""
+    import registry.schema  # noqa: F401  (registers the registry's migrations)
+
+    paths.ensure()
+    with paths.migration_lock.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = connect(paths.database)
+        try:
+            for migrations in _migration_sets:
+                migrations.apply(db)
+        finally:
+            db.close()
+
+
+def open_database(paths: DataPaths) -> Database:
+    """This thread's connection to the data directory's database."""
+    key = paths.database.resolve() if paths.database.exists() else paths.database
+    cache: dict[Path, Database] = getattr(_local, "dbs", None) or {}
+    _local.dbs = cache
+    db = cache.get(key)
+    if db is None:
+        with _migrated_lock:
+            if key not in _migrated:
+                migrate(paths)
+                _migrated.add(paths.database.resolve())
+        key = paths.database.resolve()
+        db = cache.get(key) or connect(paths.database)
+        cache[key] = db
+    return db
+
+
+@contextlib.contextmanager
+def write_transaction(db: Database) -> Iterator[Database]:
+    """A transaction that takes the write lock at once (BEGIN IMMEDIATE).
+
+    sqlite-utils' `atomic()` begins a deferred transaction; when such a
+    transaction reads first and then writes while another process has written,
+    SQLite fails it with SQLITE_BUSY instead of waiting. Starting with the
+    write lock makes concurrent writers wait their turn for busy_timeout.
+    Nested use becomes a savepoint through `atomic()`.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.rollback()
+        raise
+    else:
+        db.execute("COMMIT")

@@ -1,0 +1,283 @@
+"""The registry model: repositories, blobs, manifests, tags and referrers.
+
+The facade every caller (the /v2/ API, bundle import, releases, checks) uses
+instead of touching the database: endpoints call this, never SQL. Manifest
+bytes live in the blob store like any blob; SQLite holds what references what.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from registry.blobstore import BlobInfo, BlobStore, FilesystemBlobStore
+from registry.db import open_database, write_transaction
+from registry.digest import Descriptor, Digest
+from registry.errors import RegistryError
+from registry.manifests import ParsedManifest, parse_manifest, referrer_artifact_type
+from registry.names import is_digest_reference, validate_name, validate_tag
+from registry.paths import DataPaths
+
+DEFAULT_MAX_MANIFEST_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A stored manifest as the API serves it."""
+
+    repository: str
+    digest: Digest
+    media_type: str
+    size: int
+    subject: Digest | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a lexically sorted listing; `more` says a next page exists."""
+
+    items: list[str]
+    more: bool
+
+
+class Registry:
+    """Repositories, blobs, manifests and tags of one data directory."""
+
+    def __init__(self, paths: DataPaths, store: BlobStore | None = None,
+                 max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> None:
+        self.paths = paths
+        self.store: BlobStore = store or FilesystemBlobStore(paths)
+        self.max_manifest_bytes = max_manifest_bytes
+
+    @property
+    def db(self) -> Database:
+        return open_database(self.paths)
+
+    # -- repositories -------------------------------------------------------
+
+    def repository_id(self, name: str) -> int | None:
+        row = self.db.execute("SELECT id FROM repositories WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def ensure_repository(self, db: Database, name: str) -> int:
+        """The id of repository `name`, created if new. Call inside a transaction."""
+        validate_name(name)
+        row = db.execute("SELECT id FROM repositories WHERE name = ?", [name]).fetchone()
+        if row:
+            return int(row[0])
+        cur = db.execute("INSERT INTO repositories (name, created_at) VALUES (?, ?)", [name, time.time()])
+        return int(cur.lastrowid or 0)
+
+    def catalog(self, n: int | None = None, last: str | None = None) -> Page:
+        """Repository names in lexical order after `last`, at most `n`."""
+        return self._page("SELECT name FROM repositories WHERE name > ? ORDER BY name", [], n, last)
+
+    def _page(self, sql: str, params: list[object], n: int | None, last: str | None) -> Page:
+        limit = -1 if n is None else n + 1
+        rows = [r[0] for r in self.db.execute(f"{sql} LIMIT ?", [*params, last or "", limit]).fetchall()]
+        if n is not None and len(rows) > n:
+            return Page(rows[:n], True)
+        return Page(rows, False)
+
+    # -- blobs ----------------------------------------------------------------
+
+    def register_blob(self, db: Database, info: BlobInfo) -> None:
+        """Record a stored blob (idempotent). Call inside a transaction."""
+        db.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
+                   [str(info.digest), info.size, time.time()])
+
+    def link_blob(self, name: str, info: BlobInfo) -> None:
+        """Make a stored blob servable from repository `name` (idempotent)."""
+        with write_transaction(self.db) as db:
+            self.link(db, self.ensure_repository(db, name), info)
+
+    def link(self, db: Database, repo_id: int, info: BlobInfo) -> None:
+        """Register a stored blob and link it into a repository. Call inside a transaction."""
+        self.register_blob(db, info)
+        db.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?)",
+                   [repo_id, str(info.digest), time.time()])
+
+    def blob(self, name: str, digest: Digest) -> BlobInfo:
+        """A blob servable from `name`; raises BLOB_UNKNOWN otherwise."""
+        row = self.db.execute(
+            "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+            "JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?",
+            [name, str(digest)],
+        ).fetchone()
+        if row is None or self.store.stat(digest) is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not known to repository {name}",
+                                detail={"digest": str(digest)})
+        return BlobInfo(digest, int(row[0]))
+
+    def mount_blob(self, name: str, source: str, digest: Digest) -> BlobInfo | None:
+        """Link a blob of repository `source` into `name`; None if `source` lacks it."""
+        try:
+            info = self.blob(source, digest)
+        except RegistryError:
+            return None
+        self.link_blob(name, info)
+        return info
+
+    def unlink_blob(self, name: str, digest: Digest) -> None:
+        """Remove a blob from a repository; raises BLOB_UNKNOWN if it was not there.
+
+        The bytes stay on disk until garbage collection, since other
+        repositories may share them.
+        """
+        with write_transaction(self.db) as db:
+            repo_id = self.repository_id(name)
+            cur = db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                             [repo_id, str(digest)])
+            if cur.rowcount == 0:
+                raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not known to repository {name}")
+
+    # -- manifests --------------------------------------------------------------
+
+    def put_manifest(self, name: str, reference: str, body: bytes, content_type: str | None) -> ParsedManifest:
+        """Validate and store a manifest, tagging it if `reference` is a tag.
+
+        Raises MANIFEST_INVALID, DIGEST_INVALID (digest reference does not
+        match the body), MANIFEST_BLOB_UNKNOWN (a referenced blob or child
+        manifest is missing from the repository), TAG_INVALID, NAME_INVALID.
+        Nothing is changed when it raises.
+        """
+        validate_name(name)
+        if len(body) > self.max_manifest_bytes:
+            raise RegistryError("MANIFEST_INVALID", f"manifest is larger than the {self.max_manifest_bytes}-byte limit",
+                                status=413)
+        tag: str | None = None
+        expected: Digest | None = None
+        if is_digest_reference(reference):
+            expected = Digest.parse(reference)
+        else:
+            tag = validate_tag(reference)
+        digest = Digest.of_bytes(body, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise RegistryError("DIGEST_INVALID", f"manifest digest {digest} does not match the reference {expected}")
+        parsed = parse_manifest(body, content_type, digest)
+        info = self.store.ingest_bytes(body, digest)
+        with write_transaction(self.db) as db:
+            repo_id = self.ensure_repository(db, name)
+            self.publish_manifest(db, repo_id, name, parsed, info)
+            if tag is not None:
+                self.set_tag(db, repo_id, tag, parsed.digest)
+        return parsed
+
+    def publish_manifest(self, db: Database, repo_id: int, name: str, parsed: ParsedManifest, info: BlobInfo) -> None:
+        """Record a validated, stored manifest in a repository. Call inside a transaction.
+
+        Raises MANIFEST_BLOB_UNKNOWN listing what the repository lacks.
+        """
+        missing = [str(d.digest) for d in parsed.required_blobs
+                   if not db.execute("SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                                     [repo_id, str(d.digest)]).fetchone()]
+        missing += [str(d.digest) for d in parsed.manifests
+                    if not db.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+                                      [repo_id, str(d.digest)]).fetchone()]
+        if missing:
+            raise RegistryError("MANIFEST_BLOB_UNKNOWN",
+                                f"manifest references content not in repository {name}: {', '.join(missing)}",
+                                detail={"missing": missing})
+        now = time.time()
+        self.link(db, repo_id, info)
+        db.execute(
+            "INSERT OR REPLACE INTO manifests (repository_id, digest, media_type, artifact_type, subject, size, "
+            "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [repo_id, str(parsed.digest), parsed.media_type, referrer_artifact_type(parsed),
+             str(parsed.subject.digest) if parsed.subject else None, parsed.size,
+             json.dumps(parsed.annotations) if parsed.annotations else None, now],
+        )
+        db.execute("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", [repo_id, str(parsed.digest)])
+        refs: list[tuple[Descriptor, str]] = [(d, "blob") for d in ((parsed.config,) if parsed.config else ()) + parsed.layers]
+        refs += [(d, "manifest") for d in parsed.manifests]
+        if refs:
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO manifest_refs (repository_id, manifest, child, kind, media_type, size, platform) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(repo_id, str(parsed.digest), str(d.digest), kind, d.media_type, d.size,
+                  json.dumps(d.platform, sort_keys=True) if d.platform else None) for d, kind in refs],
+            )
+
+    def set_tag(self, db: Database, repo_id: int, tag: str, digest: Digest) -> None:
+        """Point `tag` at a manifest of the repository. Call inside a transaction."""
+        db.execute("INSERT OR REPLACE INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)",
+                   [repo_id, tag, str(digest), time.time()])
+
+    def resolve(self, name: str, reference: str) -> ManifestRecord:
+        """The manifest a tag or digest names; raises MANIFEST_UNKNOWN (or NAME_UNKNOWN)."""
+        if is_digest_reference(reference):
+            digest = Digest.parse(reference)
+            row = self.db.execute(
+                "SELECT m.digest, m.media_type, m.size, m.subject FROM manifests m JOIN repositories r "
+                "ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?", [name, str(digest)]).fetchone()
+        else:
+            validate_tag(reference)
+            row = self.db.execute(
+                "SELECT m.digest, m.media_type, m.size, m.subject FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest "
+                "WHERE r.name = ? AND t.name = ?", [name, reference]).fetchone()
+        if row is None:
+            if self.repository_id(name) is None:
+                raise RegistryError("NAME_UNKNOWN", f"repository {name} is not known to this registry",
+                                    detail={"name": name})
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not known to repository {name}",
+                                detail={"name": name, "reference": reference})
+        return ManifestRecord(name, Digest.parse(row[0]), row[1], int(row[2]), Digest.parse(row[3]) if row[3] else None)
+
+    def manifest_bytes(self, record: ManifestRecord) -> bytes:
+        """The stored bytes of a manifest (small: capped at push)."""
+        with self.store.open(record.digest) as f:
+            return f.read(self.max_manifest_bytes + 1)
+
+    def manifest_children(self, name: str, digest: Digest) -> list[tuple[Digest, str, dict[str, object] | None]]:
+        """(digest, media type, platform) of an index's child manifests."""
+        rows = self.db.execute(
+            "SELECT f.child, f.media_type, f.platform FROM manifest_refs f JOIN repositories r ON r.id = f.repository_id "
+            "WHERE r.name = ? AND f.manifest = ? AND f.kind = 'manifest'", [name, str(digest)]).fetchall()
+        return [(Digest.parse(c), mt, json.loads(p) if p else None) for c, mt, p in rows]
+
+    def delete_manifest(self, name: str, digest: Digest) -> None:
+        """Delete a manifest and every tag pointing at it; raises MANIFEST_UNKNOWN."""
+        with write_transaction(self.db) as db:
+            repo_id = self.repository_id(name)
+            cur = db.execute("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
+            if cur.rowcount == 0:
+                raise RegistryError("MANIFEST_UNKNOWN", f"manifest {digest} is not known to repository {name}")
+            db.execute("DELETE FROM tags WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
+            db.execute("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", [repo_id, str(digest)])
+            db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        """Delete one tag, keeping its manifest; raises MANIFEST_UNKNOWN."""
+        validate_tag(tag)
+        with write_transaction(self.db) as db:
+            cur = db.execute("DELETE FROM tags WHERE repository_id = ? AND name = ?", [self.repository_id(name), tag])
+            if cur.rowcount == 0:
+                raise RegistryError("MANIFEST_UNKNOWN", f"tag {tag} is not known to repository {name}")
+
+    def tags(self, name: str, n: int | None = None, last: str | None = None) -> Page:
+        """Tags of a repository in lexical order; raises NAME_UNKNOWN."""
+        repo_id = self.repository_id(name)
+        if repo_id is None:
+            raise RegistryError("NAME_UNKNOWN", f"repository {name} is not known to this registry", detail={"name": name})
+        return self._page("SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name", [repo_id], n, last)
+
+    def referrers(self, name: str, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
+        """Manifests of `name` whose subject is `subject`, optionally of one artifactType."""
+        sql = ("SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m "
+               "JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.subject = ?")
+        params: list[object] = [name, str(subject)]
+        if artifact_type is not None:
+            sql += " AND m.artifact_type = ?"
+            params.append(artifact_type)
+        rows = self.db.execute(sql + " ORDER BY m.created_at, m.digest", params).fetchall()
+        return [Descriptor(mt, Digest.parse(d), int(size), at, json.loads(ann) if ann else None)
+                for d, mt, size, at, ann in rows]
+
+    def blob_path(self, digest: Digest) -> Path | None:
+        """The local file of a blob, for sendfile; None for a remote backend."""
+        return self.store.local_path(digest)

@@ -1,0 +1,80 @@
+"""The data directory's layout: every path cargohold writes is built here.
+
+    <data>/
+      cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it)
+      cargohold.db.lock       held while migrations run, so workers never race them
+      blobs/sha256/<2 hex>/<hex>
+                              the content-addressed store; manifests are blobs too.
+                              A file here always holds exactly the bytes its name says.
+      tmp/                    blobs being written: hashed, fsynced, verified, then
+                              renamed into blobs/ (same filesystem, so the rename is atomic)
+      uploads/<uuid>          the bytes of an open upload session
+      quarantine/             blobs `scrub` found damaged, moved aside
+      keys/                   trusted keys and the token-signing key
+      tls/                    CA and server certificate and key
+      imports/                bundles uploaded for import, and import scratch space
+
+Nothing else in the code joins path segments under the data directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.digest import Digest
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Paths under one data directory."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "cargohold.db"
+
+    @property
+    def migration_lock(self) -> Path:
+        return self.root / "cargohold.db.lock"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    def blob(self, digest: Digest) -> Path:
+        return self.blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    def upload(self, uuid: str) -> Path:
+        return self.uploads / uuid
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def imports(self) -> Path:
+        return self.root / "imports"
+
+    def ensure(self) -> None:
+        """Create the directories (idempotent)."""
+        for d in (self.root, self.blobs, self.tmp, self.uploads, self.quarantine, self.keys, self.tls, self.imports):
+            d.mkdir(parents=True, exist_ok=True)
+        self.keys.chmod(0o700)

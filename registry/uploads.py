@@ -1,0 +1,215 @@
+"""Blob upload sessions: monolithic, chunked and resumable, across workers.
+
+A session's bytes go to ``<data>/uploads/<uuid>``; its offset and running
+SHA-256 state live in SQLite, so whichever gunicorn worker receives the next
+chunk continues the hash without re-reading the file. Bytes are fsynced
+before the offset that counts them is committed, so after a crash the
+recorded offset never runs ahead of the file; bytes past the offset (a chunk
+cut short) are truncated away by the next append. A finished upload is
+verified against the client's digest and moved into the blob store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from registry import hashstate
+from registry.blobstore import CHUNK, BlobInfo, storage_error
+from registry.db import write_transaction
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.model import Registry
+
+_UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+DEFAULT_EXPIRY_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An open upload: which repository it is for and how many bytes it holds."""
+
+    uuid: str
+    repository: str
+    offset: int
+    created_at: float
+
+
+class ClientGone(Exception):
+    """The client stopped sending mid-chunk; what arrived was kept."""
+
+
+class Uploads:
+    """Upload sessions of one registry."""
+
+    def __init__(self, registry: Registry, expiry_seconds: int = DEFAULT_EXPIRY_SECONDS) -> None:
+        self.registry = registry
+        self.paths = registry.paths
+        self.expiry_seconds = expiry_seconds
+
+    def start(self, name: str) -> UploadSession:
+        """Open a new, empty session for repository `name`."""
+        uuid = uuidlib.uuid4().hex
+        now = time.time()
+        state = hashstate.ResumableSha256().state() if hashstate.available() else None
+        try:
+            self.paths.upload(uuid).touch(exist_ok=False)
+        except OSError as exc:
+            raise storage_error(exc, "an upload") from exc
+        with write_transaction(self.registry.db) as db:
+            db.execute("INSERT INTO uploads (uuid, repository, offset, hash_state, created_at, updated_at) "
+                       "VALUES (?, ?, 0, ?, ?, ?)", [uuid, name, state, now, now])
+        return UploadSession(uuid, name, 0, now)
+
+    def get(self, name: str, uuid: str) -> UploadSession:
+        """The session `uuid` of repository `name`; raises BLOB_UPLOAD_UNKNOWN."""
+        if not _UUID_RE.match(uuid):
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid!r} is not known")
+        row = self.registry.db.execute("SELECT repository, offset, created_at FROM uploads WHERE uuid = ?",
+                                       [uuid]).fetchone()
+        if row is None or row[0] != name:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid} is not known to repository {name}")
+        return UploadSession(uuid, row[0], int(row[1]), float(row[2]))
+
+    @contextmanager
+    def _locked(self, session: UploadSession) -> Iterator[tuple[BinaryIO, int, bytes | None]]:
+        """The session's file, locked against concurrent chunks, with the committed offset and hash state."""
+        try:
+            f = self.paths.upload(session.uuid).open("r+b")
+        except FileNotFoundError:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known") from None
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            row = self.registry.db.execute("SELECT offset, hash_state FROM uploads WHERE uuid = ?",
+                                           [session.uuid]).fetchone()
+            if row is None:
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known")
+            yield f, int(row[0]), row[1]
+
+    def append(self, session: UploadSession, stream: BinaryIO, start: int | None = None,
+               length: int | None = None) -> UploadSession:
+        """Append a chunk; `start` (from Content-Range) must equal the current offset.
+
+        Raises RANGE_INVALID (416) for an out-of-order or stale chunk. If the
+        client disconnects mid-chunk, the bytes that arrived are kept and
+        counted, and ClientGone is raised.
+        """
+        with self._locked(session) as (f, offset, state):
+            if start is not None and start != offset:
+                raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {offset} bytes",
+                                    detail={"offset": offset})
+            new_offset, new_state, gone = self._write(f, offset, state, stream, length)
+            self._commit(session.uuid, new_offset, new_state)
+        if gone:
+            raise ClientGone()
+        return UploadSession(session.uuid, session.repository, new_offset, session.created_at)
+
+    def _write(self, f: BinaryIO, offset: int, state: bytes | None, stream: BinaryIO,
+               length: int | None) -> tuple[int, bytes | None, bool]:
+        """Write a chunk at `offset`; returns (new offset, hash state, client gone)."""
+        hasher = hashstate.ResumableSha256(state) if state is not None else None
+        written = 0
+        gone = False
+        try:
+            f.seek(offset)
+            f.truncate()
+            while length is None or written < length:
+                want = CHUNK if length is None else min(CHUNK, length - written)
+                try:
+                    chunk = stream.read(want)
+                except OSError:
+                    chunk, gone = b"", True
+                if not chunk:
+                    gone = gone or length is not None
+                    break
+                f.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                written += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            f.seek(offset)
+            f.truncate()
+            raise storage_error(exc, "an upload") from exc
+        return offset + written, hasher.state() if hasher is not None else None, gone
+
+    def _commit(self, uuid: str, offset: int, state: bytes | None) -> None:
+        with write_transaction(self.registry.db) as db:
+            db.execute("UPDATE uploads SET offset = ?, hash_state = ?, updated_at = ? WHERE uuid = ?",
+                       [offset, state, time.time(), uuid])
+
+    def finish(self, session: UploadSession, digest: Digest, stream: BinaryIO | None = None,
+               length: int | None = None) -> BlobInfo:
+        """Append a final chunk (if any), verify the digest and store the blob.
+
+        Raises DIGEST_INVALID when the content does not match `digest`; the
+        session is then discarded, since no later chunk can fix it.
+        """
+        with self._locked(session) as (f, offset, state):
+            if stream is not None and length != 0:
+                offset, state, gone = self._write(f, offset, state, stream, length)
+                self._commit(session.uuid, offset, state)
+                if gone:
+                    raise ClientGone()
+            if state is not None and digest.algorithm == "sha256":
+                actual = Digest("sha256", hashstate.ResumableSha256(state).hexdigest())
+            else:
+                actual = self._rehash(f, digest.algorithm)
+            if actual != digest:
+                self._discard(session.uuid)
+                raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}",
+                                    detail={"expected": str(digest), "actual": str(actual)})
+            info = self.registry.store.adopt(self.paths.upload(session.uuid), digest, offset)
+            # Still under the lock: a chunk waiting for it must find the session gone,
+            # never write into the file that is now a blob.
+            with write_transaction(self.registry.db) as db:
+                repo_id = self.registry.ensure_repository(db, session.repository)
+                self.registry.link(db, repo_id, info)
+                db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+        return info
+
+    @staticmethod
+    def _rehash(f: BinaryIO, algorithm: str) -> Digest:
+        h = hashlib.new(algorithm)
+        f.seek(0)
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+        return Digest(algorithm, h.hexdigest())
+
+    def cancel(self, session: UploadSession) -> None:
+        """Discard a session and its bytes (idempotent)."""
+        self._discard(session.uuid)
+
+    def _discard(self, uuid: str) -> None:
+        with write_transaction(self.registry.db) as db:
+            db.execute("DELETE FROM uploads WHERE uuid = ?", [uuid])
+        self.paths.upload(uuid).unlink(missing_ok=True)
+
+    def expire(self, max_age: float | None = None) -> tuple[int, int]:
+        """Remove sessions idle longer than `max_age` seconds; returns (count, bytes freed)."""
+        cutoff = time.time() - (self.expiry_seconds if max_age is None else max_age)
+        rows = self.registry.db.execute("SELECT uuid FROM uploads WHERE updated_at < ?", [cutoff]).fetchall()
+        freed = 0
+        for (uuid,) in rows:
+            path = self.paths.upload(uuid)
+            try:
+                freed += path.stat().st_size
+            except FileNotFoundError:
+                pass
+            self._discard(uuid)
+        # Files with no session row (a crash between touch and insert) go too.
+        known = {r[0] for r in self.registry.db.execute("SELECT uuid FROM uploads").fetchall()}
+        for path in self.paths.uploads.iterdir():
+            if path.name not in known and path.stat().st_mtime < cutoff:
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+        return len(rows), freed

@@ -1,0 +1,40 @@
+"""Fixtures shared by every test package: the running appliance."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.appliance import Appliance, start_appliance
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    """One appliance for the whole session; tests use their own repository names."""
+    app = start_appliance(tmp_path_factory.mktemp("appliance") / "data")
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def appliance_factory(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
+    """Start extra appliances (own data directory each) for tests that need isolation."""
+    started: list[Appliance] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None) -> Appliance:
+        app = start_appliance(tmp_path / (name or f"data-{len(started)}"), *args, env=env)
+        started.append(app)
+        return app
+
+    yield factory
+    for app in started:
+        app.stop()
+
+
+@pytest.fixture
+def repo() -> str:
+    """A repository name no other test uses."""
+    return f"spectro-images/test/r{uuid.uuid4().hex[:12]}"
