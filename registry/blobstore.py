@@ -10,6 +10,7 @@ wrong bytes. A second backend (S3-compatible) implements the same protocol.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -136,6 +137,8 @@ class FilesystemBlobStore:
             raise RegistryError("DIGEST_INVALID", f"content digest {digest} does not match the expected {expected}")
         existing = self.stat(digest)
         if existing is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.paths.blob(digest))  # fresh mtime for the GC grace period, as in `_place`
             return existing
         fd, tmp = self.temp_file()
         try:
@@ -165,6 +168,10 @@ class FilesystemBlobStore:
         final = self.paths.blob(digest)
         if final.exists():
             tmp.unlink(missing_ok=True)
+            # Fresh mtime: garbage collection leaves files younger than its grace period alone, so a file
+            # that was unreferenced a moment ago is not swept between this and the caller recording it.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(final)
             return BlobInfo(digest, final.stat().st_size)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)

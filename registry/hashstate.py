@@ -72,7 +72,10 @@ class ResumableSha256:
             return
         view = memoryview(data).cast("B")
         if view.readonly:
-            view = memoryview(bytes(view))
+            # ctypes can only borrow a writable buffer; a read-only view is copied once.
+            copy = bytes(view)
+            self._lib.SHA256_Update(self._ctx, copy, len(copy))
+            return
         buf = (ctypes.c_char * len(view)).from_buffer(view)
         self._lib.SHA256_Update(self._ctx, buf, len(view))
 

@@ -19,7 +19,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json", "application/vnd.docker.distribution.manifest.v1+prettyjws")
+DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
@@ -86,7 +87,8 @@ def parse_descriptor(value: Any, where: str) -> Descriptor:
         raise _invalid(f"{where}.artifactType must be a string")
     annotations = _annotations(value.get("annotations"), where)
     platform = value.get("platform")
-    if platform is not None and not (isinstance(platform, dict) and isinstance(platform.get("architecture"), str) and isinstance(platform.get("os"), str)):
+    if platform is not None and not (isinstance(platform, dict) and isinstance(platform.get("architecture"), str)
+                                     and isinstance(platform.get("os"), str)):
         raise _invalid(f"{where}.platform must have string architecture and os")
     return Descriptor(media_type, digest, size, artifact_type, annotations or None, platform)
 
@@ -115,6 +117,9 @@ def parse_manifest(body: bytes, content_type: str | None, digest: Digest | None 
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json.loads recurses per nesting level; a few thousand '[' would otherwise be a 500.
+        raise _invalid("manifest is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
     header_type = _content_type(content_type)
@@ -122,10 +127,11 @@ def parse_manifest(body: bytes, content_type: str | None, digest: Digest | None 
     if body_type is not None and not isinstance(body_type, str):
         raise _invalid("mediaType must be a string")
     if header_type in DOCKER_SCHEMA1 or body_type in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
-        raise RegistryError("MANIFEST_INVALID", "Docker schema1 manifests are not supported; push schema2 or OCI", status=400)
-    if doc.get("schemaVersion") != 2:
+        raise _invalid("Docker schema1 manifests are not supported; push schema2 or OCI")
+    if type(doc.get("schemaVersion")) is not int or doc["schemaVersion"] != 2:  # not 2.0, not true
         raise _invalid("schemaVersion must be 2")
-    if body_type and header_type and header_type not in ("application/json", "application/octet-stream") and body_type != header_type:
+    if body_type and header_type and header_type not in ("application/json", "application/octet-stream") \
+            and body_type != header_type:
         raise _invalid(f"Content-Type {header_type} does not match the manifest's mediaType {body_type}")
     media_type = body_type or header_type
     if media_type in (None, "application/json", "application/octet-stream"):

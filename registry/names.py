@@ -17,8 +17,8 @@ from registry.errors import RegistryError
 
 # The distribution spec's <name> grammar, one path component at a time.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")  # \Z: "$" would let a trailing newline in
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
 MAX_NAME_LENGTH = 255
 
 DEFAULT_DOMAIN = "docker.io"
@@ -39,7 +39,8 @@ def validate_name(name: str) -> str:
 def validate_tag(tag: str) -> str:
     """Return `tag` if it is a valid tag; else raise TAG_INVALID."""
     if not TAG_RE.match(tag or ""):
-        raise RegistryError("TAG_INVALID", f"invalid tag {tag!r}: at most 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")
+        raise RegistryError("TAG_INVALID",
+                            f"invalid tag {tag!r}: at most 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")
     return tag
 
 
@@ -55,8 +56,15 @@ def normalize_domain(domain: str) -> str:
 
 
 def mirror_repository(project: str, ns: str, name: str) -> str:
-    """The local repository for a containerd mirror request ``name?ns=host``."""
+    """The local repository for a containerd mirror request ``name?ns=host``.
+
+    A name already nested as ``<project>/<host>/...`` is kept: containerd adds
+    ``ns`` even when hosts.toml (override_path) or a k3s rewrite already put
+    the project path in the request.
+    """
     domain = normalize_domain(ns)
+    if name.startswith(f"{project}/{domain}/"):
+        return name
     if domain == DEFAULT_DOMAIN and "/" not in name:
         name = f"library/{name}"
     return f"{project}/{domain}/{name}"
@@ -122,3 +130,61 @@ class ImageReference:
         if self.digest:
             out += f"@{self.digest}"
         return out
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    """Replace a matched reference prefix (``domain/path...``), keeping the rest of the path.
+
+    ``MappingRule("gcr.io/spectro-images-public", "docker.io/spectro")`` maps
+    ``gcr.io/spectro-images-public/kube-vip`` to ``docker.io/spectro/kube-vip``.
+    A prefix matches whole path components only.
+    """
+
+    prefix: str
+    replacement: str
+
+    def apply(self, repository: str) -> str | None:
+        """`repository` with the prefix replaced, or None if the rule does not match."""
+        prefix = self.prefix.strip("/")
+        if repository == prefix:
+            return self.replacement.strip("/")
+        if repository.startswith(prefix + "/"):
+            return f"{self.replacement.strip('/')}/{repository[len(prefix) + 1:]}".strip("/")
+        return None
+
+
+def parse_mapping_rules(text: str) -> tuple[MappingRule, ...]:
+    """Rules from ``prefix=replacement,prefix=replacement`` (CARGOHOLD_MAPPING_RULES).
+
+    Raises ValueError naming the malformed entry.
+    """
+    rules = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        prefix, sep, replacement = entry.partition("=")
+        if not sep or not prefix.strip("/ ") or not replacement.strip("/ "):
+            raise ValueError(f"invalid mapping rule {entry!r}: expected prefix=replacement")
+        rules.append(MappingRule(prefix.strip(), replacement.strip()))
+    return tuple(rules)
+
+
+def map_reference(ref: ImageReference, rules: tuple[MappingRule, ...] | list[MappingRule], project: str) -> str:
+    """The local repository serving `ref`: the first matching rule applied, then nested under `project`.
+
+    Raises RegistryError(NAME_INVALID) when the result is not a valid
+    repository name (for example an upstream host with a port).
+    """
+    repository = ref.repository
+    for rule in rules:
+        mapped = rule.apply(repository)
+        if mapped is not None:
+            repository = mapped
+            break
+    name = f"{project}/{repository}"
+    try:
+        return validate_name(name)
+    except RegistryError:
+        raise RegistryError("NAME_INVALID", f"image {ref} maps to {name!r}, which is not a valid repository "
+                            "name (a registry host with a port cannot be nested; add a mapping rule)") from None

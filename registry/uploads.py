@@ -18,7 +18,7 @@ import re
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -29,7 +29,7 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.model import Registry
 
-_UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 DEFAULT_EXPIRY_SECONDS = 24 * 3600
 
 
@@ -148,13 +148,18 @@ class Uploads:
                        [offset, state, time.time(), uuid])
 
     def finish(self, session: UploadSession, digest: Digest, stream: BinaryIO | None = None,
-               length: int | None = None) -> BlobInfo:
+               length: int | None = None, start: int | None = None) -> BlobInfo:
         """Append a final chunk (if any), verify the digest and store the blob.
 
-        Raises DIGEST_INVALID when the content does not match `digest`; the
-        session is then discarded, since no later chunk can fix it.
+        Raises RANGE_INVALID (416) when `start` (from Content-Range) is not the
+        current offset, and DIGEST_INVALID when the content does not match
+        `digest`; the session is then discarded, since no later chunk can fix it.
         """
         with self._locked(session) as (f, offset, state):
+            # Checked under the lock: a chunk that landed meanwhile moved the offset.
+            if start is not None and start != offset:
+                raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {offset} bytes",
+                                    detail={"offset": offset})
             if stream is not None and length != 0:
                 offset, state, gone = self._write(f, offset, state, stream, length)
                 self._commit(session.uuid, offset, state)
@@ -201,15 +206,19 @@ class Uploads:
         freed = 0
         for (uuid,) in rows:
             path = self.paths.upload(uuid)
-            try:
+            with suppress(FileNotFoundError):
                 freed += path.stat().st_size
-            except FileNotFoundError:
-                pass
             self._discard(uuid)
         # Files with no session row (a crash between touch and insert) go too.
         known = {r[0] for r in self.registry.db.execute("SELECT uuid FROM uploads").fetchall()}
         for path in self.paths.uploads.iterdir():
-            if path.name not in known and path.stat().st_mtime < cutoff:
-                freed += path.stat().st_size
+            if path.name in known:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # cancelled or finished by another worker meanwhile
+                continue
+            if st.st_mtime < cutoff:
+                freed += st.st_size
                 path.unlink(missing_ok=True)
         return len(rows), freed

@@ -8,10 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from urllib3.exceptions import InsecureRequestWarning
 
 ADMIN_PASSWORD = "test-admin-Secret-1"
 
@@ -81,7 +83,10 @@ def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None
         if proc.poll() is not None:
             raise RuntimeError(f"appliance exited with {proc.returncode}:\n{app.log()}")
         try:
-            requests.get(f"{app.url}/v2/", timeout=1, verify=verify)
+            with warnings.catch_warnings():
+                # verify=False only for this readiness probe: the CA may not exist yet.
+                warnings.simplefilter("ignore", InsecureRequestWarning)
+                requests.get(f"{app.url}/v2/", timeout=1, verify=verify)
             return app
         except requests.RequestException:
             time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: the running appliance."""
+"""Fixtures shared by every test package: the running appliance, and `containerd` (tests/containerd.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.appliance import Appliance, start_appliance
+from tests.containerd import containerd  # noqa: F401  (one containerd daemon per session, for any package)
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +25,9 @@ def appliance_factory(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
     """Start extra appliances (own data directory each) for tests that need isolation."""
     started: list[Appliance] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None) -> Appliance:
-        app = start_appliance(tmp_path / (name or f"data-{len(started)}"), *args, env=env)
+    def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None,
+                scheme: str = "http") -> Appliance:
+        app = start_appliance(tmp_path / (name or f"data-{len(started)}"), *args, env=env, scheme=scheme)
         started.append(app)
         return app
 

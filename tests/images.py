@@ -37,6 +37,11 @@ class Blob:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size, **extra}
 
 
+def _ref_name(entry: dict[str, object]) -> object:
+    annotations = entry.get("annotations")
+    return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+
+
 def layer_bytes(size: int, seed: int) -> bytes:
     """A gzip tar layer with one file of `size` pseudo-random bytes (incompressible)."""
     rnd = random.Random(seed)
@@ -118,8 +123,7 @@ class OciLayout:
         extra: dict[str, object] = {"annotations": {REF_NAME: ref}}
         if platform and blob.media_type == OCI_MANIFEST:
             extra["platform"] = platform
-        self.index_entries = [e for e in self.index_entries
-                              if e.get("annotations", {}).get(REF_NAME) != ref]  # type: ignore[union-attr]
+        self.index_entries = [e for e in self.index_entries if _ref_name(e) != ref]
         self.index_entries.append(blob.descriptor(**extra))
         self._write_index()
 
