@@ -1,20 +1,25 @@
-"""Appliance users and the decision who may pull, push and delete.
+"""Appliance users, credential checks, and who a request acts as.
 
-Passwords are hashed with scrypt. Verifying scrypt costs tens of
-milliseconds by design, and registry clients send Basic credentials on every
-request, so a successful check is remembered in-process for a few minutes
-under a keyed hash of the password (never the password itself).
+Passwords and robot secrets are hashed with scrypt. Verifying scrypt costs
+tens of milliseconds by design, and registry clients send Basic credentials
+on every request, so a successful check is remembered in-process for a few
+minutes under a keyed hash of the secret (never the secret itself) together
+with the stored hash it matched: a changed password or refreshed secret no
+longer matches, in every worker, at once. Deciding what a principal may do
+is `registry.access`.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from registry.db import write_transaction
 from registry.errors import RegistryError
@@ -23,22 +28,33 @@ from registry.model import Registry
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 1 << 14, 8, 1
 _CACHE_SECONDS = 300
 ADMIN = "admin"
+ROBOT_PREFIX = "robot$"
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as."""
+    """Who a request acts as.
+
+    `kind` is ``user``, ``robot`` or ``token`` (a bearer token from the token
+    service). `grants` holds (namespace, action) pairs for robots, where the
+    namespace is a project or ``*``, and (repository, action) pairs for
+    tokens, where ``registry:catalog`` stands for the catalog.
+    """
 
     username: str
     admin: bool = False
+    kind: str = "user"
+    id: int | None = None
+    grants: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
 
 def hash_password(password: str) -> str:
     """A self-describing scrypt hash of `password`."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
-    return "scrypt${}${}${}${}${}".format(_SCRYPT_N, _SCRYPT_R, _SCRYPT_P,
-                                         base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    return (f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(salt).decode()}"
+            f"${base64.b64encode(digest).decode()}")
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -55,14 +71,51 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+class VerifiedCache:
+    """Remembers which (name, secret) pairs matched which stored hash, for a few minutes."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._seen: dict[tuple[str, str, bytes], float] = {}
+        self._lock = threading.Lock()
+
+    def check(self, name: str, secret: str, stored: str) -> bool:
+        """True if `secret` matches `stored` (scrypt once, then from memory)."""
+        key = (name, stored, hmac.new(self._key, secret.encode(), hashlib.sha256).digest())
+        now = time.monotonic()
+        with self._lock:
+            expiry = self._seen.get(key)
+        if expiry is not None and expiry > now:
+            return True
+        if not check_password(secret, stored):
+            return False
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[key] = now + _CACHE_SECONDS
+        return True
+
+    def cached(self, name: str, secret: str, stored: str) -> bool:
+        """True if this exact pair was verified recently (no scrypt)."""
+        key = (name, stored, hmac.new(self._key, secret.encode(), hashlib.sha256).digest())
+        with self._lock:
+            expiry = self._seen.get(key)
+        return expiry is not None and expiry > time.monotonic()
+
+
+def validate_username(username: str) -> str:
+    """Return `username` if it may name a user; robots' ``robot$`` names are reserved."""
+    if not _USERNAME.match(username or ""):
+        raise ValueError(f"invalid username {username!r}: 1-255 of [A-Za-z0-9._@-], starting with a letter or digit")
+    return username
+
+
 class Users:
     """The users table and credential checks."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._cache: dict[tuple[str, bytes], tuple[float, Principal]] = {}
-        self._cache_key = secrets.token_bytes(32)
-        self._lock = threading.Lock()
+        self.verified = VerifiedCache()
 
     def bootstrap_admin(self, password: str | None) -> str | None:
         """Create the admin user on first start.
@@ -81,46 +134,48 @@ class Users:
         return password if generated else None
 
     def set_password(self, username: str, password: str) -> None:
-        """Set a user's password (creating a non-admin user if new)."""
+        """Set a user's password (creating a non-admin user if new); raises ValueError for a bad name."""
+        validate_username(username)
         with write_transaction(self.registry.db) as db:
             db.execute("INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 0, ?) "
                        "ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
                        [username, hash_password(password), time.time()])
-        with self._lock:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != username}
+
+    def stored(self, username: str) -> tuple[int, str, bool] | None:
+        """(id, password hash, admin) of a user, or None."""
+        row = self.registry.db.execute("SELECT id, password_hash, admin FROM users WHERE username = ?",
+                                       [username]).fetchone()
+        return (int(row[0]), str(row[1]), bool(row[2])) if row else None
 
     def authenticate(self, username: str, password: str) -> Principal:
         """The principal for valid credentials; raises UNAUTHORIZED otherwise."""
-        key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
-        row = self.registry.db.execute("SELECT password_hash, admin FROM users WHERE username = ?",
-                                       [username]).fetchone()
-        if row is None or not check_password(password, row[0]):
+        row = self.stored(username)
+        if row is None or not self.verified.check(username, password, row[1]):
             raise RegistryError("UNAUTHORIZED", "invalid username or password")
-        principal = Principal(username, bool(row[1]))
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + _CACHE_SECONDS, principal)
-        return principal
+        return Principal(username, row[2], "user", row[0])
+
+    def get(self, user_id: int | None = None, username: str | None = None) -> dict[str, object] | None:
+        """A user's public fields (never the hash), by id or name."""
+        sql = "SELECT id, username, admin, created_at FROM users WHERE " + ("id = ?" if user_id is not None
+                                                                              else "username = ?")
+        row = self.registry.db.execute(sql, [user_id if user_id is not None else username]).fetchone()
+        if row is None:
+            return None
+        return {"user_id": row[0], "username": row[1], "sysadmin_flag": bool(row[2]), "creation_time": row[3]}
 
 
-def authorize(principal: Principal | None, action: str, repository: str | None) -> None:
-    """Allow or refuse `action` (pull, push, delete, catalog) on `repository`.
+def parse_basic(value: str) -> tuple[str, str] | None:
+    """(username, password) from the part of a Basic Authorization header after ``Basic``.
 
-    Pulls are anonymous; pushes, deletes and the catalog need an admin.
-    Raises UNAUTHORIZED when no credentials were given, DENIED when the
-    given ones are not enough.
+    Returns None for empty credentials (containers/image answers a Basic
+    challenge with them when it has none); raises UNAUTHORIZED when malformed.
     """
-    if action == "pull":
-        return
-    if principal is None:
-        raise RegistryError("UNAUTHORIZED", f"authentication required to {action}"
-                            + (f" {repository}" if repository else ""))
-    if not principal.admin:
-        raise RegistryError("DENIED", f"user {principal.username} may not {action}"
-                            + (f" {repository}" if repository else ""))
+    try:
+        username, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise RegistryError("UNAUTHORIZED", "malformed Basic credentials") from None
+    if not sep:
+        raise RegistryError("UNAUTHORIZED", "malformed Basic credentials")
+    if not username and not password:
+        return None
+    return username, password

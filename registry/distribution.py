@@ -23,28 +23,30 @@ resolved under the default project (`registry.names.mirror_repository`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from registry.auth import Principal, Users, authorize
+from registry.access import Access, LoginLimiter, TooManyAttempts
+from registry.auth import Principal, Users
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.manifests import DOCKER_LIST, OCI_INDEX
 from registry.model import Page, Registry
 from registry.names import is_digest_reference, mirror_repository, validate_name
+from registry.token_api import bearer_challenge, request_principal
+from registry.tokens import TokenSigner
 from registry.uploads import ClientGone, Uploads
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 MAX_PAGE = 10_000
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 _EXPIRE_EVERY = 600.0
+_MOUNT_FALLBACK = frozenset({"DIGEST_INVALID", "UNSUPPORTED", "NAME_INVALID", "NAME_UNKNOWN", "UNAUTHORIZED", "DENIED"})
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,13 @@ class DistributionConfig:
     project: str
     own_hosts: frozenset[str]
     realm: str = "cargohold"
+    external_url: str | None = None
 
 
 class _Body:
     """The request body as a plain stream: a client that vanishes reads as EOF."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
 
     def read(self, n: int = -1) -> bytes:
@@ -79,7 +82,7 @@ def _content_length() -> int | None:
     value = request.headers.get("Content-Length")
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", which int() refuses
         raise RegistryError("SIZE_INVALID", f"invalid Content-Length {value!r}")
     return int(value)
 
@@ -88,7 +91,7 @@ def _pagination() -> tuple[int | None, str | None]:
     n_text = request.args.get("n")
     n: int | None = None
     if n_text is not None:
-        if not n_text.isdigit():
+        if not (n_text.isascii() and n_text.isdigit()):
             raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, not {n_text!r}")
         n = min(int(n_text), MAX_PAGE)
     return n, request.args.get("last")
@@ -110,7 +113,10 @@ def error_response(exc: RegistryError, realm: str) -> Response:
     resp = jsonify(exc.to_json())
     resp.status_code = exc.status
     if exc.status == 401:
-        resp.headers["WWW-Authenticate"] = f'Basic realm="{realm}"'
+        # Harbor's token auth: clients fetch a token for this scope from the realm and retry.
+        resp.headers["WWW-Authenticate"] = bearer_challenge(g.get("external_url"), g.get("auth_scope"))
+    if isinstance(exc, TooManyAttempts):
+        resp.headers["Retry-After"] = str(exc.retry_after)
     resp.headers[API_VERSION[0]] = API_VERSION[1]
     return resp
 
@@ -130,11 +136,13 @@ def register_error_handlers(app: Flask, realm: str) -> None:
         if not request.path.startswith("/v2/") or exc.code is None:
             return exc
         code = _HTTP_CODES.get(exc.code, "UNKNOWN" if exc.code >= 500 else "UNSUPPORTED")
-        if exc.code == 404:
-            msg = f"no such endpoint: {request.method} {request.path}"
-        else:
-            msg = exc.description or exc.name
-        return error_response(RegistryError(code, msg, status=exc.code), realm)
+        msg = f"no such endpoint: {request.method} {request.path}" if exc.code == 404 else exc.description or exc.name
+        resp = error_response(RegistryError(code, msg, status=exc.code), realm)
+        # Keep what the exception says beyond its body: Allow on 405, Content-Range on 416.
+        for key, value in exc.get_headers():
+            if key.lower() not in ("content-type", "content-length"):
+                resp.headers[key] = value
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -143,9 +151,12 @@ def register_error_handlers(app: Flask, realm: str) -> None:
         return error_response(RegistryError("UNKNOWN", "internal error; see the appliance log"), realm)
 
 
-def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config: DistributionConfig) -> Blueprint:
-    """The /v2/ blueprint bound to one registry."""
+def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config: DistributionConfig,
+                     access: Access | None = None, signer: TokenSigner | None = None) -> Blueprint:
+    """The /v2/ blueprint bound to one registry (and its access model and token signer)."""
     bp = Blueprint("distribution", __name__, url_prefix="/v2")
+    access = access or Access(registry, users, LoginLimiter(registry))
+    signer = signer or TokenSigner.load_or_create(registry.paths)
     last_expiry = [0.0]
 
     @bp.url_value_preprocessor
@@ -160,27 +171,19 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
 
     @bp.before_request
     def _authenticate() -> None:
+        g.external_url = config.external_url
         g.principal = _principal()
 
     def _principal() -> Principal | None:
-        header = request.headers.get("Authorization")
-        if not header:
-            return None
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise RegistryError("UNAUTHORIZED", f"unsupported authorization scheme {scheme!r}")
-        try:
-            username, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise RegistryError("UNAUTHORIZED", "malformed Basic credentials") from None
-        if not sep:
-            raise RegistryError("UNAUTHORIZED", "malformed Basic credentials")
-        if not username and not password:
-            return None  # containers/image answers a Basic challenge with empty credentials when it has none
-        return users.authenticate(username, password)
+        # Basic (users, robots) straight on /v2/, or a Bearer token from /service/token.
+        return request_principal(access, signer)
 
     def _allow(action: str, name: str | None) -> None:
-        authorize(g.principal, action, name)
+        if action == "catalog" or name is None:
+            g.auth_scope = "registry:catalog:*"
+        else:
+            g.auth_scope = f"repository:{name}:{'pull,push' if action == 'push' else action}"
+        access.authorize(g.principal, action, name)
 
     @bp.after_request
     def _version_header(resp: Response) -> Response:
@@ -189,6 +192,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
 
     @bp.get("/")
     def base() -> Response:
+        # Anonymous clients get the challenge that sends them to the token service.
         if g.principal is None:
             raise RegistryError("UNAUTHORIZED", "authentication required")
         return jsonify({})
@@ -206,7 +210,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         _allow("pull", name)
         record = registry.resolve(name, reference)
         accept = _accepted(request.headers.get("Accept", ""))
-        if accept and "*/*" not in accept and record.media_type not in accept:
+        if accept and not accept & {"*/*", "application/*"} and record.media_type not in accept:
             record = _negotiate(record, accept)
         headers = {"Docker-Content-Digest": str(record.digest), "ETag": f'"{record.digest}"',
                    "Content-Type": record.media_type}
@@ -294,17 +298,18 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         _maybe_expire()
         mount, source = request.args.get("mount"), request.args.get("from")
         if mount and source:
-            digest = Digest.parse(mount)
-            source = validate_name(source)
+            # The spec: a mount that cannot be done (malformed digest or name, a source
+            # the client may not read, a blob the source lacks) falls back to an upload.
             try:
-                _allow("pull", source)
+                digest = Digest.parse(mount)
+                _allow("pull", validate_name(source))
                 mounted = registry.mount_blob(name, source, digest)
             except RegistryError as exc:
-                if exc.code not in ("UNAUTHORIZED", "DENIED"):
+                if exc.code not in _MOUNT_FALLBACK:
                     raise
                 mounted = None
             if mounted is not None:
-                return _created(name, digest)
+                return _created(name, mounted.digest)
         digest_text = request.args.get("digest")
         if digest_text:
             digest = Digest.parse(digest_text)
@@ -324,13 +329,23 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
     def upload_chunk(name: str, uuid: str) -> Response:
         _allow("push", name)
         session = uploads.get(name, uuid)
-        start, length = _chunk_range()
         try:
+            start, length = _chunk_range()
             session = uploads.append(session, _body(), start, length)
         except ClientGone:
             raise RegistryError("BLOB_UPLOAD_INVALID", "the chunk ended before its Content-Length; "
                                 "what arrived was kept, ask for the upload status to resume") from None
+        except RegistryError as exc:
+            if exc.code != "RANGE_INVALID":
+                raise
+            return _range_refused(exc, name, uuid)
         return Response(status=202, headers=_upload_headers(name, uuid, session.offset))
+
+    def _range_refused(exc: RegistryError, name: str, uuid: str) -> Response:
+        """A 416 that also says where the upload stands, so the client can resume without asking."""
+        resp = error_response(exc, config.realm)
+        resp.headers.update(_upload_headers(name, uuid, uploads.get(name, uuid).offset))
+        return resp
 
     def _chunk_range() -> tuple[int | None, int | None]:
         length = _content_length()
@@ -353,13 +368,15 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         if not digest_text:
             raise RegistryError("DIGEST_INVALID", "the digest query parameter is required to finish an upload")
         digest = Digest.parse(digest_text)
-        start, length = _chunk_range()
-        if start is not None and start != session.offset:
-            raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {session.offset} bytes")
         try:
-            info = uploads.finish(session, digest, _body(), length)
+            start, length = _chunk_range()
+            info = uploads.finish(session, digest, _body(), length, start)
         except ClientGone:
             raise RegistryError("BLOB_UPLOAD_INVALID", "the final chunk ended before its Content-Length") from None
+        except RegistryError as exc:
+            if exc.code != "RANGE_INVALID":
+                raise
+            return _range_refused(exc, name, uuid)
         return _created(name, info.digest)
 
     @bp.delete("/<path:name>/blobs/uploads/<uuid>")

@@ -86,7 +86,15 @@ class Registry:
     # -- blobs ----------------------------------------------------------------
 
     def register_blob(self, db: Database, info: BlobInfo) -> None:
-        """Record a stored blob (idempotent). Call inside a transaction."""
+        """Record a stored blob (idempotent). Call inside a transaction.
+
+        Raises BLOB_UNKNOWN when the file is not in the store: garbage
+        collection removes unrecorded files under the same write lock, so
+        checking here means no row ever points at a swept file.
+        """
+        if self.store.stat(info.digest) is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {info.digest} is not in the store (removed by garbage "
+                                "collection meanwhile?); push or import it again", detail={"digest": str(info.digest)})
         db.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
                    [str(info.digest), info.size, time.time()])
 
@@ -192,11 +200,13 @@ class Registry:
              json.dumps(parsed.annotations) if parsed.annotations else None, now],
         )
         db.execute("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", [repo_id, str(parsed.digest)])
-        refs: list[tuple[Descriptor, str]] = [(d, "blob") for d in ((parsed.config,) if parsed.config else ()) + parsed.layers]
+        blobs = ((parsed.config,) if parsed.config else ()) + parsed.layers
+        refs: list[tuple[Descriptor, str]] = [(d, "blob") for d in blobs]
         refs += [(d, "manifest") for d in parsed.manifests]
         if refs:
             db.conn.executemany(
-                "INSERT OR IGNORE INTO manifest_refs (repository_id, manifest, child, kind, media_type, size, platform) "
+                "INSERT OR IGNORE INTO manifest_refs "
+                "(repository_id, manifest, child, kind, media_type, size, platform) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(repo_id, str(parsed.digest), str(d.digest), kind, d.media_type, d.size,
                   json.dumps(d.platform, sort_keys=True) if d.platform else None) for d, kind in refs],
@@ -217,7 +227,8 @@ class Registry:
         else:
             validate_tag(reference)
             row = self.db.execute(
-                "SELECT m.digest, m.media_type, m.size, m.subject FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "SELECT m.digest, m.media_type, m.size, m.subject FROM tags t "
+                "JOIN repositories r ON r.id = t.repository_id "
                 "JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest "
                 "WHERE r.name = ? AND t.name = ?", [name, reference]).fetchone()
         if row is None:
@@ -236,7 +247,8 @@ class Registry:
     def manifest_children(self, name: str, digest: Digest) -> list[tuple[Digest, str, dict[str, object] | None]]:
         """(digest, media type, platform) of an index's child manifests."""
         rows = self.db.execute(
-            "SELECT f.child, f.media_type, f.platform FROM manifest_refs f JOIN repositories r ON r.id = f.repository_id "
+            "SELECT f.child, f.media_type, f.platform FROM manifest_refs f "
+            "JOIN repositories r ON r.id = f.repository_id "
             "WHERE r.name = ? AND f.manifest = ? AND f.kind = 'manifest'", [name, str(digest)]).fetchall()
         return [(Digest.parse(c), mt, json.loads(p) if p else None) for c, mt, p in rows]
 
@@ -263,8 +275,10 @@ class Registry:
         """Tags of a repository in lexical order; raises NAME_UNKNOWN."""
         repo_id = self.repository_id(name)
         if repo_id is None:
-            raise RegistryError("NAME_UNKNOWN", f"repository {name} is not known to this registry", detail={"name": name})
-        return self._page("SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name", [repo_id], n, last)
+            raise RegistryError("NAME_UNKNOWN", f"repository {name} is not known to this registry",
+                                detail={"name": name})
+        return self._page("SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name",
+                          [repo_id], n, last)
 
     def referrers(self, name: str, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
         """Manifests of `name` whose subject is `subject`, optionally of one artifactType."""

@@ -8,6 +8,13 @@ manifest_refs     what each manifest references: layers/config (blob) or childre
 tags              tag -> manifest digest per repository
 uploads           open upload sessions with their resumable hash state
 users             appliance users (passwords hashed with scrypt)
+projects          Harbor projects: the first component of every repository name; public or private
+project_members   users' roles in projects (Harbor role ids: 1 admin, 2 developer, 3 guest,
+                  4 maintainer, 5 limited guest)
+robots            robot accounts: scrypt secret, level, expiry, disable flag, permissions (JSON, Harbor's shape)
+repository_meta   Harbor's per-repository description, keyed by repository name
+audit_logs        every write: who, what, on which resource, when, from which address
+login_failures    failed logins per user and per source address, for rate limiting across workers
 """
 
 from __future__ import annotations
@@ -21,18 +28,18 @@ migrations = register_migrations(Migrations("registry"))
 
 @migrations()
 def m001_registry(db: Database) -> None:
-    db["repositories"].create(
+    db.table("repositories").create(
         {"id": int, "name": str, "created_at": float}, pk="id", not_null={"name", "created_at"}
     )
-    db["repositories"].create_index(["name"], unique=True)
-    db["blobs"].create({"digest": str, "size": int, "created_at": float}, pk="digest", not_null={"size"})
-    db["repository_blobs"].create(
+    db.table("repositories").create_index(["name"], unique=True)
+    db.table("blobs").create({"digest": str, "size": int, "created_at": float}, pk="digest", not_null={"size"})
+    db.table("repository_blobs").create(
         {"repository_id": int, "digest": str, "created_at": float},
         pk=("repository_id", "digest"),
         foreign_keys=[("repository_id", "repositories", "id")],
     )
-    db["repository_blobs"].create_index(["digest"])
-    db["manifests"].create(
+    db.table("repository_blobs").create_index(["digest"])
+    db.table("manifests").create(
         {
             "repository_id": int,
             "digest": str,
@@ -46,27 +53,60 @@ def m001_registry(db: Database) -> None:
         pk=("repository_id", "digest"),
         foreign_keys=[("repository_id", "repositories", "id")],
     )
-    db["manifests"].create_index(["repository_id", "subject"])
-    db["manifests"].create_index(["digest"])
-    db["manifest_refs"].create(
-        {"repository_id": int, "manifest": str, "child": str, "kind": str, "media_type": str, "size": int, "platform": str},
+    db.table("manifests").create_index(["repository_id", "subject"])
+    db.table("manifests").create_index(["digest"])
+    db.table("manifest_refs").create(
+        {"repository_id": int, "manifest": str, "child": str, "kind": str, "media_type": str, "size": int,
+         "platform": str},
         pk=("repository_id", "manifest", "child"),
         foreign_keys=[("repository_id", "repositories", "id")],
     )
-    db["manifest_refs"].create_index(["repository_id", "child"])
-    db["manifest_refs"].create_index(["child"])
-    db["tags"].create(
+    db.table("manifest_refs").create_index(["repository_id", "child"])
+    db.table("manifest_refs").create_index(["child"])
+    db.table("tags").create(
         {"repository_id": int, "name": str, "digest": str, "updated_at": float},
         pk=("repository_id", "name"),
         foreign_keys=[("repository_id", "repositories", "id")],
     )
-    db["tags"].create_index(["repository_id", "digest"])
-    db["uploads"].create(
+    db.table("tags").create_index(["repository_id", "digest"])
+    db.table("uploads").create(
         {"uuid": str, "repository": str, "offset": int, "hash_state": bytes, "created_at": float, "updated_at": float},
         pk="uuid",
     )
-    db["users"].create(
+    db.table("users").create(
         {"id": int, "username": str, "password_hash": str, "admin": int, "created_at": float},
         pk="id",
     )
-    db["users"].create_index(["username"], unique=True)
+    db.table("users").create_index(["username"], unique=True)
+
+
+@migrations()
+def m002_access(db: Database) -> None:
+    db.table("projects").create(
+        {"id": int, "name": str, "public": int, "owner_id": int, "storage_limit": int, "created_at": float,
+         "updated_at": float},
+        pk="id", not_null={"name", "public", "created_at"},
+    )
+    db.table("projects").create_index(["name"], unique=True)
+    db.table("project_members").create(
+        {"id": int, "project_id": int, "user_id": int, "role": int, "created_at": float},
+        pk="id", foreign_keys=[("project_id", "projects", "id"), ("user_id", "users", "id")],
+    )
+    db.table("project_members").create_index(["project_id", "user_id"], unique=True)
+    db.table("robots").create(
+        {"id": int, "name": str, "description": str, "secret_hash": str, "level": str, "project_id": int,
+         "disabled": int, "duration": int, "expires_at": int, "permissions": str, "creator": str,
+         "created_at": float, "updated_at": float},
+        pk="id", not_null={"name", "secret_hash", "level"},
+    )
+    db.table("robots").create_index(["name"], unique=True)
+    db.table("repository_meta").create({"name": str, "description": str, "updated_at": float}, pk="name")
+    db.table("audit_logs").create(
+        {"id": int, "username": str, "operation": str, "resource_type": str, "resource": str, "source_ip": str,
+         "op_time": float},
+        pk="id",
+    )
+    db.table("audit_logs").create_index(["op_time"])
+    db.table("login_failures").create(
+        {"key": str, "failures": int, "first_at": float, "locked_until": float, "seen": str}, pk="key",
+    )

@@ -11,7 +11,9 @@ def test_base_endpoint_requires_credentials_and_names_api_version(appliance: App
     anonymous = requests.get(f"{appliance.url}/v2/", timeout=5)
     assert anonymous.status_code == 401
     assert anonymous.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-    assert anonymous.headers["WWW-Authenticate"].startswith("Basic ")
+    # Harbor's token auth: the challenge sends clients to the token service.
+    assert anonymous.headers["WWW-Authenticate"] == \
+        f'Bearer realm="{appliance.url}/service/token",service="harbor-registry"'
     assert anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
 
     ok = requests.get(f"{appliance.url}/v2/", auth=appliance.admin, timeout=5)

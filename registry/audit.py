@@ -1,0 +1,83 @@
+"""The audit log: every write, who made it, on what, when and from where.
+
+Entries are rows of ``audit_logs`` in Harbor's vocabulary: `operation` is
+``create``, ``update`` or ``delete``; `resource_type` is ``project``,
+``repository``, ``artifact``, ``tag``, ``blob``, ``robot`` or ``member``
+(and, from the bundle APIs, ``bundle``, ``import``, ``cluster-definition``,
+``check``); `resource` names it (``project/repo:tag``, ``project/repo@sha256:...``).
+Entries never hold secrets: callers pass names, never credentials.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from registry.db import write_transaction
+from registry.model import Registry
+
+OPERATIONS = ("create", "update", "delete")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded write."""
+
+    id: int
+    username: str
+    operation: str
+    resource_type: str
+    resource: str
+    source_ip: str
+    op_time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username, "operation": self.operation,
+                "resource_type": self.resource_type, "resource": self.resource, "source_ip": self.source_ip,
+                "op_time": _rfc3339(self.op_time)}
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+class AuditLog:
+    """Append and list audit entries."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def record(self, username: str, operation: str, resource_type: str, resource: str, source_ip: str,
+               db: Database | None = None) -> None:
+        """Append one entry (inside `db`'s transaction when given, so it commits with the write)."""
+        values = [username or "anonymous", operation, resource_type, resource, source_ip or "", time.time()]
+        sql = ("INSERT INTO audit_logs (username, operation, resource_type, resource, source_ip, op_time) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+        if db is not None:
+            db.execute(sql, values)
+            return
+        with write_transaction(self.registry.db) as own:
+            own.execute(sql, values)
+
+    def list(self, filters: dict[str, tuple[str, str]], offset: int, limit: int) -> tuple[int, list[AuditEntry]]:
+        """(total, one page) newest first; `filters` maps a column to ("exact"|"fuzzy", value)."""
+        where, params = [], []
+        for column, (kind, value) in filters.items():
+            if column not in ("username", "operation", "resource_type", "resource", "source_ip"):
+                raise ValueError(f"audit logs cannot be filtered by {column!r}")
+            if kind == "fuzzy":
+                where.append(f"{column} LIKE ? ESCAPE '\\'")
+                params.append("%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+            else:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        db = self.registry.db
+        total = int(db.execute(f"SELECT COUNT(*) FROM audit_logs{clause}", params).fetchone()[0])
+        rows = db.execute(f"SELECT id, username, operation, resource_type, resource, source_ip, op_time "
+                          f"FROM audit_logs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                          [*params, limit, offset]).fetchall()
+        return total, [AuditEntry(*row) for row in rows]

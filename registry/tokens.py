@@ -1,0 +1,193 @@
+"""Registry bearer tokens: the signing key, and JWTs carrying granted access.
+
+The token service (`registry.token_api`) issues, and the /v2/ API verifies,
+ES256-signed JWTs in the shape Harbor's and distribution's token auth use::
+
+    {"iss": "harbor-token-issuer", "sub": "<user or robot$...>", "aud": "harbor-registry",
+     "iat": ..., "nbf": ..., "exp": ..., "jti": "...",
+     "access": [{"type": "repository", "name": "p/r", "actions": ["pull", "push"]}]}
+
+The P-256 key is generated on first start under ``DataPaths.keys`` (0600) and
+shared by every worker through the file. JWT encoding is a few lines over
+`cryptography`, so no JOSE library is needed; only ES256 is accepted when
+verifying (no ``alg`` negotiation, no ``none``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from registry.paths import DataPaths
+
+ISSUER = "harbor-token-issuer"
+SERVICE = "harbor-registry"
+KEY_FILE = "token-signing-key.pem"
+ACTIONS = ("pull", "push", "delete")
+_SCOPE = re.compile(r"^(repository|registry)(?:\([a-z0-9]+\))?:([^:]+):([a-z*,]*)$")
+
+
+class TokenError(Exception):
+    """A token that is malformed, badly signed, expired or not for this service."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One requested or granted access: ``repository:<name>:pull,push``, ``registry:catalog:*``."""
+
+    type: str
+    name: str
+    actions: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """Parse one scope string; raises ValueError naming it when malformed."""
+        m = _SCOPE.match(text.strip())
+        if not m:
+            raise ValueError(f"invalid scope {text!r}: expected repository:<name>:<actions>")
+        actions = tuple(a for a in m.group(3).split(",") if a)
+        return cls(m.group(1), m.group(2), actions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name, "actions": list(self.actions)}
+
+
+def parse_scopes(values: list[str]) -> list[Scope]:
+    """Scopes from ``scope`` query values; each value may hold several, space-separated."""
+    return [Scope.parse(part) for value in values for part in value.split(" ") if part]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified token says."""
+
+    subject: str
+    access: tuple[Scope, ...]
+    expires_at: float
+
+
+class TokenSigner:
+    """Issues and verifies tokens with the appliance's signing key."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, lifetime: int = 1800) -> None:
+        self._key = key
+        self.lifetime = lifetime
+        public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        # A stable key id like distribution's libtrust fingerprint: lets clients tell keys apart.
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(public)
+        self.kid = _b64(digest.finalize()[:15])
+
+    @classmethod
+    def load_or_create(cls, paths: DataPaths, lifetime: int = 1800) -> TokenSigner:
+        """The key under ``keys/``, generated (0600) on first start; idempotent across workers."""
+        paths.ensure()
+        path = paths.keys / KEY_FILE
+        if not path.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            _write_new(path, pem)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path} is not an EC private key")
+        return cls(loaded, lifetime)
+
+    def issue(self, subject: str, access: list[Scope], now: float | None = None) -> tuple[str, int, float]:
+        """A signed token for `subject` granting `access`: (token, expires_in, issued_at)."""
+        now = time.time() if now is None else now
+        header = {"typ": "JWT", "alg": "ES256", "kid": self.kid}
+        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "iat": int(now), "nbf": int(now) - 5,
+                  "exp": int(now) + self.lifetime, "jti": secrets.token_urlsafe(16),
+                  "access": [s.to_json() for s in access]}
+        signing_input = f"{_b64(json.dumps(header, separators=(',', ':')).encode())}." \
+                        f"{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
+        der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return f"{signing_input}.{_b64(signature)}", self.lifetime, now
+
+    def verify(self, token: str, now: float | None = None) -> Claims:
+        """The claims of a valid token; raises TokenError saying what is wrong."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError("malformed token")
+        try:
+            header = json.loads(_unb64(parts[0]))
+            claims = json.loads(_unb64(parts[1]))
+            signature = _unb64(parts[2])
+        except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
+            raise TokenError("malformed token") from None
+        if not isinstance(header, dict) or header.get("alg") != "ES256" or len(signature) != 64:
+            raise TokenError("token is not signed with ES256")
+        der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+        try:
+            self._key.public_key().verify(der, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise TokenError("token signature is invalid") from None
+        if not isinstance(claims, dict):
+            raise TokenError("malformed token claims")
+        now = time.time() if now is None else now
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+            raise TokenError("token lacks a valid expiry")
+        if now >= exp:
+            raise TokenError("token has expired")
+        if now < nbf:
+            raise TokenError("token is not valid yet")
+        if claims.get("aud") != SERVICE or claims.get("iss") != ISSUER:
+            raise TokenError("token was issued for another service")
+        access = []
+        for entry in claims.get("access") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("type"), str):
+                actions = tuple(a for a in entry.get("actions") or [] if isinstance(a, str))
+                access.append(Scope(entry["type"], entry["name"], actions))
+        return Claims(str(claims.get("sub") or ""), tuple(access), float(exp))
+
+
+def load_or_create_secret(paths: DataPaths, name: str, size: int = 32) -> bytes:
+    """Random bytes kept in ``keys/<name>`` (0600), generated on first use; the same for every worker."""
+    paths.ensure()
+    path = paths.keys / name
+    if not path.exists():
+        _write_new(path, secrets.token_bytes(size))
+    return path.read_bytes()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a secret file 0600; when two workers race, the first one's file wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another worker got there first: keep theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()

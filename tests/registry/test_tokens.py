@@ -1,0 +1,145 @@
+"""Registry bearer tokens: the JWT code on its own, and the token service on the real appliance."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import requests
+
+from registry.paths import DataPaths
+from registry.tokens import KEY_FILE, Scope, TokenError, TokenSigner, parse_scopes
+from tests.appliance import Appliance
+from tests.registry.harborapi import Harbor, errors, token_claims
+
+# -- the JWT code ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> TokenSigner:
+    return TokenSigner.load_or_create(DataPaths(tmp_path), lifetime=60)
+
+
+def test_key_is_generated_once_with_owner_only_permissions(tmp_path: Path) -> None:
+    first = TokenSigner.load_or_create(DataPaths(tmp_path))
+    key_file = tmp_path / "keys" / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    second = TokenSigner.load_or_create(DataPaths(tmp_path))
+    assert first.kid == second.kid
+    token, _, _ = first.issue("admin", [])
+    assert second.verify(token).subject == "admin"
+
+
+def test_issued_token_round_trips_its_access(signer: TokenSigner) -> None:
+    scopes = [Scope("repository", "spectro-images/a/b", ("pull", "push"))]
+    token, expires_in, issued = signer.issue("robot$x", scopes, now=1_000_000.0)
+    assert issued == 1_000_000.0
+    assert expires_in == 60
+    claims = signer.verify(token, now=1_000_030.0)
+    assert claims.subject == "robot$x"
+    assert claims.access == tuple(scopes)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["alg"] == "ES256" and header["kid"] == signer.kid
+    payload = token_claims(token)
+    assert payload["iss"] == "harbor-token-issuer" and payload["aud"] == "harbor-registry"
+    assert payload["exp"] - payload["iat"] == 60
+
+
+def test_expired_tampered_foreign_and_unsigned_tokens_are_refused(signer: TokenSigner, tmp_path: Path) -> None:
+    token, _, _ = signer.issue("u", [Scope("repository", "p/r", ("pull",))], now=1_000_000.0)
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify(token, now=1_000_060.0)
+    header, payload, sig = token.split(".")
+    claims = token_claims(token)
+    claims["access"][0]["actions"] = ["pull", "push", "delete"]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    with pytest.raises(TokenError, match="signature"):
+        signer.verify(f"{header}.{forged}.{sig}", now=1_000_001.0)
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    with pytest.raises(TokenError, match="ES256"):
+        signer.verify(f"{none_header}.{payload}.", now=1_000_001.0)
+    other = TokenSigner.load_or_create(DataPaths(tmp_path / "other"))
+    with pytest.raises(TokenError, match="signature"):
+        other.verify(token, now=1_000_001.0)
+    for junk in ("", "a.b", "a.b.c", "!!.??.**"):
+        with pytest.raises(TokenError):
+            signer.verify(junk)
+
+
+def test_scope_parsing() -> None:
+    assert parse_scopes(["repository:p/a/b:pull,push registry:catalog:*"]) == [
+        Scope("repository", "p/a/b", ("pull", "push")), Scope("registry", "catalog", ("*",))]
+    assert parse_scopes(["repository(plugin):p/r:pull"]) == [Scope("repository", "p/r", ("pull",))]
+    for bad in ("repository:p/r", "nonsense", "user:x:pull"):
+        with pytest.raises(ValueError, match="invalid scope"):
+            parse_scopes([bad])
+
+
+# -- the token service --------------------------------------------------------------------
+
+
+def _token(appliance: Appliance, *scopes: str, auth: tuple[str, str] | None = None) -> requests.Response:
+    return requests.get(f"{appliance.url}/service/token", params={"service": "harbor-registry", "scope": list(scopes)},
+                        auth=auth, timeout=30)
+
+
+def test_token_response_shape_and_admin_grants(appliance: Appliance, repo: str) -> None:
+    r = _token(appliance, f"repository:{repo}:pull,push,delete", "registry:catalog:*", auth=appliance.admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"token", "access_token", "expires_in", "issued_at"}
+    assert body["token"] == body["access_token"] and body["expires_in"] == 1800
+    assert body["issued_at"].endswith("Z")
+    claims = token_claims(body["token"])
+    assert claims["sub"] == "admin"
+    assert claims["access"] == [{"type": "repository", "name": repo, "actions": ["pull", "push", "delete"]},
+                                {"type": "registry", "name": "catalog", "actions": ["*"]}]
+
+
+def test_anonymous_token_grants_pull_on_public_projects_only(appliance: Appliance, repo: str) -> None:
+    harbor = Harbor(appliance, appliance.admin)
+    private = harbor.create_project(public=False)
+    r = _token(appliance, f"repository:{repo}:pull,push", f"repository:{private}/x:pull", "registry:catalog:*")
+    assert r.status_code == 200, r.text
+    assert token_claims(r.json()["token"])["access"] == [{"type": "repository", "name": repo, "actions": ["pull"]}]
+
+
+def test_token_authorizes_v2_requests_within_its_scope_only(appliance: Appliance, repo: str) -> None:
+    harbor = Harbor(appliance, appliance.admin)
+    private = harbor.create_project(public=False)
+    token = _token(appliance, f"repository:{private}/img:pull", auth=appliance.admin).json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{appliance.url}/v2/", headers=bearer, timeout=30).status_code == 200
+    # pull granted (the repository does not exist: 404, not 401)
+    r = requests.get(f"{appliance.url}/v2/{private}/img/tags/list", headers=bearer, timeout=30)
+    assert r.status_code == 404, r.text
+    # push not granted: 401 with a challenge naming the scope to ask for
+    r = requests.post(f"{appliance.url}/v2/{private}/img/blobs/uploads/", headers=bearer, timeout=30)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == (f'Bearer realm="{appliance.url}/service/token",'
+                                             f'service="harbor-registry",scope="repository:{private}/img:pull,push"')
+    # another repository of the private project: not granted
+    r = requests.get(f"{appliance.url}/v2/{private}/other/tags/list", headers=bearer, timeout=30)
+    assert r.status_code == 401
+    # the catalog needs its own scope
+    assert requests.get(f"{appliance.url}/v2/_catalog", headers=bearer, timeout=30).status_code == 401
+
+
+def test_token_service_refuses_wrong_credentials_bad_scope_and_post(appliance: Appliance, repo: str) -> None:
+    r = _token(appliance, f"repository:{repo}:pull", auth=("admin", "wrong-password"))
+    assert r.status_code == 401 and errors(r) == ["UNAUTHORIZED"]
+    r = _token(appliance, "repository:nope")
+    assert r.status_code == 400 and "invalid scope" in r.json()["errors"][0]["message"]
+    r = requests.get(f"{appliance.url}/service/token", params={"service": "other"}, timeout=30)
+    assert r.status_code == 400 and "unknown service" in r.json()["errors"][0]["message"]
+    r = requests.post(f"{appliance.url}/service/token", data={"grant_type": "password"}, timeout=30)
+    assert r.status_code == 405 and "GET" in r.headers["Allow"]
+
+
+def test_expired_or_forged_bearer_is_refused_on_v2(appliance: Appliance) -> None:
+    r = requests.get(f"{appliance.url}/v2/", headers={"Authorization": "Bearer abc.def.ghi"}, timeout=30)
+    assert r.status_code == 401 and r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer realm=")
