@@ -1,0 +1,270 @@
+"""The bundle format, version 1: member names and the bundle manifest.
+
+A bundle is one zstd-compressed tar (possibly split into numbered parts whose
+concatenation is the file). Members, in this order:
+
+    cargohold-bundle.json     the bundle manifest (first member, always)
+    cargohold-bundle.sig      embedded signature over the manifest's exact bytes
+    oci-layout, index.json    the OCI image layout ...
+    blobs/sha256/<hex>        ... and its blobs (layers, configs, manifests)
+    charts/<file>             Helm charts (.tgz)
+    cluster-definitions/<file>  cluster definitions (.tgz)
+
+`zstd -dc bundle.tar.zst | tar -x` therefore gives an OCI image layout that
+skopeo, umoci and oras read as it is. The manifest lists every other member
+with its size and sha256, so the importer can verify each member as it
+streams past, and the signature over the manifest vouches for all of them.
+docs/bundle-format.md is the prose description of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.names import ImageReference
+
+MEDIA_TYPE = "application/vnd.cargohold.bundle.v1+json"
+FORMAT_VERSION = 1
+MANIFEST_MEMBER = "cargohold-bundle.json"
+SIGNATURE_MEMBER = "cargohold-bundle.sig"
+LAYOUT_MEMBERS = ("oci-layout", "index.json")
+BLOB_PREFIX = "blobs/"
+CHART_PREFIX = "charts/"
+CLUSTERDEF_PREFIX = "cluster-definitions/"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest listing ~100k members stays far below this
+PART_SUFFIX = re.compile(r"\.part(\d{3,})$")
+
+_MEMBER_PATH = re.compile(r"^(?:oci-layout|index\.json|blobs/sha(?:256|512)/[0-9a-f]+|"
+                          r"(?:charts|cluster-definitions)/[A-Za-z0-9._+-]+)$")
+
+
+class FormatError(ValueError):
+    """The bundle manifest or layout does not follow the format; the message says where."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A tar member the manifest vouches for."""
+
+    path: str
+    size: int
+    digest: Digest
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "digest": str(self.digest)}
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """An image the bundle carries: full original reference and manifest digest."""
+
+    reference: str
+    digest: Digest
+    media_type: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "digest": str(self.digest), "mediaType": self.media_type,
+                "size": self.size}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A chart or cluster definition carried as a member file."""
+
+    name: str
+    version: str | None
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "path": self.path}
+        if self.version:
+            out["version"] = self.version
+        return out
+
+
+@dataclass(frozen=True)
+class ExternalBlob:
+    """A blob a delta bundle relies on the site already having."""
+
+    digest: Digest
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": str(self.digest), "size": self.size}
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The first member of a bundle."""
+
+    name: str
+    version: str
+    created: str
+    platforms: tuple[str, ...]
+    images: tuple[ImageEntry, ...]
+    members: tuple[Member, ...]
+    charts: tuple[FileEntry, ...] = ()
+    cluster_definitions: tuple[FileEntry, ...] = ()
+    base: dict[str, str] | None = None  # delta bundles: {"name", "version"} of what they build on
+    external_blobs: tuple[ExternalBlob, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of every member after the manifest and signature (for the free-space check)."""
+        return sum(m.size for m in self.members)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "mediaType": MEDIA_TYPE,
+            "formatVersion": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "platforms": list(self.platforms),
+            "images": [i.to_json() for i in self.images],
+            "charts": [c.to_json() for c in self.charts],
+            "clusterDefinitions": [c.to_json() for c in self.cluster_definitions],
+            "members": [m.to_json() for m in self.members],
+            "totalSize": self.total_size,
+        }
+        if self.base is not None:
+            doc["base"] = dict(self.base)
+            doc["externalBlobs"] = [b.to_json() for b in self.external_blobs]
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        return doc
+
+    def encode(self) -> bytes:
+        """The manifest member's bytes (what the embedded signature covers)."""
+        return json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BundleManifest:
+        """Parse and validate manifest bytes; raises FormatError naming the field."""
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FormatError(f"{MANIFEST_MEMBER} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise FormatError(f"{MANIFEST_MEMBER} must be a JSON object")
+        if doc.get("mediaType") != MEDIA_TYPE:
+            raise FormatError(f"{MANIFEST_MEMBER}: mediaType must be {MEDIA_TYPE}")
+        if doc.get("formatVersion") != FORMAT_VERSION:
+            raise FormatError(f"{MANIFEST_MEMBER}: formatVersion {doc.get('formatVersion')!r} is not supported "
+                              f"(this appliance reads version {FORMAT_VERSION})")
+        name, version, created = _str(doc, "name"), _str(doc, "version"), _str(doc, "created")
+        platforms = tuple(_str_list(doc, "platforms"))
+        members = tuple(_member(m, i) for i, m in enumerate(_list(doc, "members")))
+        seen: set[str] = set()
+        for m in members:
+            if m.path in seen:
+                raise FormatError(f"members: {m.path} is listed twice")
+            seen.add(m.path)
+        images = tuple(_image(x, i) for i, x in enumerate(_list(doc, "images")))
+        charts = tuple(_file(x, f"charts[{i}]", CHART_PREFIX, seen) for i, x in enumerate(_list(doc, "charts", [])))
+        defs = tuple(_file(x, f"clusterDefinitions[{i}]", CLUSTERDEF_PREFIX, seen)
+                     for i, x in enumerate(_list(doc, "clusterDefinitions", [])))
+        base = doc.get("base")
+        if base is not None and not (isinstance(base, dict) and all(isinstance(v, str) for v in base.values())):
+            raise FormatError("base must be an object of strings (name, version)")
+        external = tuple(_external(x, i) for i, x in enumerate(_list(doc, "externalBlobs", [])))
+        if external and base is None:
+            raise FormatError("externalBlobs is only allowed in a delta bundle (with base)")
+        annotations = doc.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise FormatError("annotations must be an object")
+        return cls(name, version, created, platforms, images, members, charts, defs, base, external,
+                   {str(k): str(v) for k, v in annotations.items()})
+
+
+def _str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"{key} must be a non-empty string")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:
+    value = doc.get(key, default)
+    if not isinstance(value, list):
+        raise FormatError(f"{key} must be a list")
+    return value
+
+
+def _str_list(doc: dict[str, Any], key: str) -> list[str]:
+    values = _list(doc, key, [])
+    if not all(isinstance(v, str) for v in values):
+        raise FormatError(f"{key} must be a list of strings")
+    return values
+
+
+def _digest(value: Any, where: str) -> Digest:
+    try:
+        return Digest.parse(value if isinstance(value, str) else "")
+    except RegistryError as exc:
+        raise FormatError(f"{where}: {exc.message}") from None
+
+
+def _size(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FormatError(f"{where} must be a non-negative integer")
+    return value
+
+
+def _member(value: Any, i: int) -> Member:
+    where = f"members[{i}]"
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    path = value.get("path")
+    if not isinstance(path, str) or not _MEMBER_PATH.match(path):
+        raise FormatError(f"{where}.path {path!r} is not an allowed member path")
+    member = Member(path, _size(value.get("size"), f"{where}.size"), _digest(value.get("digest"), f"{where}.digest"))
+    if path.startswith(BLOB_PREFIX) and path != f"{BLOB_PREFIX}{member.digest.algorithm}/{member.digest.encoded}":
+        raise FormatError(f"{where}: blob path {path} does not match its digest {member.digest}")
+    return member
+
+
+def _image(value: Any, i: int) -> ImageEntry:
+    where = f"images[{i}]"
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    reference = value.get("reference")
+    if not isinstance(reference, str):
+        raise FormatError(f"{where}.reference must be a string")
+    try:
+        ImageReference.parse(reference)
+    except RegistryError as exc:
+        raise FormatError(f"{where}.reference: {exc.message}") from None
+    media_type = value.get("mediaType")
+    if not isinstance(media_type, str):
+        raise FormatError(f"{where}.mediaType must be a string")
+    return ImageEntry(reference, _digest(value.get("digest"), f"{where}.digest"), media_type,
+                      _size(value.get("size"), f"{where}.size"))
+
+
+def _file(value: Any, where: str, prefix: str, members: set[str]) -> FileEntry:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    name, path, version = value.get("name"), value.get("path"), value.get("version")
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{where}.name must be a non-empty string")
+    if not isinstance(path, str) or not path.startswith(prefix) or path not in members:
+        raise FormatError(f"{where}.path must name a listed member under {prefix}")
+    if version is not None and not isinstance(version, str):
+        raise FormatError(f"{where}.version must be a string")
+    return FileEntry(name, version, path)
+
+
+def _external(value: Any, i: int) -> ExternalBlob:
+    where = f"externalBlobs[{i}]"
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    return ExternalBlob(_digest(value.get("digest"), f"{where}.digest"), _size(value.get("size"), f"{where}.size"))

@@ -1,0 +1,81 @@
+"""The bundles package's tables, as sqlite-utils migrations.
+
+Importing this module registers them with `registry.db`; `web.app.build_services`
+imports it so `migrate` applies them with the registry's own.
+
+cluster_definitions        one row per imported definition name: its parsed document (JSON),
+                           the archive's sha256, where it came from, when
+cluster_definition_checks  every readiness check run: verdict and the full result (JSON)
+trusted_keys               public keys that may sign bundles (bundles.trust)
+import_jobs                bundle imports: state, progress, final report (bundles.jobs)
+releases                   one row per imported bundle: name, version, source, key id, state, promotion
+release_images             the images of a release: local repository, tag, manifest digest, whether the
+                           tag move waits for promotion (pending)
+release_definitions        the cluster definitions a release carries (a copy of each document, JSON)
+release_files              charts and definition archives a release brought (blobs served by no repository)
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+from registry.db import register_migrations
+
+clusterdef_migrations = register_migrations(Migrations("bundles.clusterdefs"))
+
+
+@clusterdef_migrations()
+def m001_cluster_definitions(db: Database) -> None:
+    db.table("cluster_definitions").create(
+        {"name": str, "version": str, "digest": str, "source": str, "document": str, "imported_at": float},
+        pk="name", not_null={"digest", "document", "imported_at"},
+    )
+    db.table("cluster_definition_checks").create(
+        {"id": int, "definition": str, "definition_digest": str, "checked_at": float, "ready": int,
+         "result": str},
+        pk="id", not_null={"definition", "checked_at", "ready", "result"},
+    )
+    db.table("cluster_definition_checks").create_index(["definition", "checked_at"])
+
+
+@clusterdef_migrations()
+def m002_trusted_keys_and_import_jobs(db: Database) -> None:
+    # trusted_keys: public keys (never private ones) that may vouch for bundles; id is bundles.keys.key_id.
+    db.table("trusted_keys").create(
+        {"id": str, "key_type": str, "description": str, "public_pem": str, "added_at": float},
+        pk="id", not_null={"key_type", "public_pem", "added_at"},
+    )
+    # import_jobs: one row per bundle import (CLI or HTTP), readable while it runs.
+    db.table("import_jobs").create(
+        {"id": str, "source": str, "state": str, "bytes_done": int, "bytes_total": int, "error": str,
+         "report": str, "pid": int, "created_at": float, "updated_at": float},
+        pk="id", not_null={"source", "state", "created_at", "updated_at"},
+    )
+    db.table("import_jobs").create_index(["created_at"])
+
+
+@clusterdef_migrations()
+def m003_releases(db: Database) -> None:
+    # bundles.releases: state is staged, promoted, superseded or rolled-back; previous_id is the release that was
+    # promoted when this one was promoted (what a rollback returns to).
+    db.table("releases").create(
+        {"id": int, "name": str, "version": str, "bundle": str, "bundle_digest": str, "key_id": str,
+         "imported_at": float, "state": str, "promoted_at": float, "promoted_by": str, "previous_id": int,
+         "forced": int, "reason": str, "bytes_written": int},
+        pk="id", not_null={"name", "imported_at", "state"},
+    )
+    db.table("releases").create_index(["bundle_digest"])
+    db.table("release_images").create(
+        {"release_id": int, "repository": str, "tag": str, "digest": str, "media_type": str, "reference": str,
+         "pending": int},
+        pk=("release_id", "reference"), foreign_keys=[("release_id", "releases", "id")],
+    )
+    db.table("release_images").create_index(["repository", "tag"])
+    db.table("release_definitions").create(
+        {"release_id": int, "name": str, "version": str, "digest": str, "document": str},
+        pk=("release_id", "name"), foreign_keys=[("release_id", "releases", "id")],
+    )
+    db.table("release_files").create(
+        {"release_id": int, "path": str, "digest": str, "size": int},
+        pk=("release_id", "path"), foreign_keys=[("release_id", "releases", "id")],
+    )
