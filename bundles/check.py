@@ -1,0 +1,284 @@
+"""The readiness check: is everything a cluster definition needs here, exactly?
+
+Each required image is mapped to its local repository
+(`registry.names.map_reference`: mapping rules, then nesting under the
+project) and gets exactly one finding, the first that applies:
+
+    repository_missing  no such repository
+    tag_missing         the repository lacks the tag (for ``tag@digest``: and the
+                        pinned manifest too, since runtimes pull that by digest)
+    digest_mismatch     the pinned digest is not what is served (the tag points
+                        elsewhere, or no manifest with that digest is stored)
+    platform_missing    an index lacks one of the cluster's architectures
+    blob_missing        the manifests are there, but a blob (layer, config, child
+                        manifest or the manifest's own bytes) is not
+    present             everything needed to pull it for every architecture
+
+Platforms are checked for indexes only: a single-platform manifest is taken
+as the image for whichever architecture it was built for. A definition is
+ready iff every required image is present. Lookups go through
+`registry.inventory` in batches, and blob files are checked with a stat,
+never read, so a thousand images cost a few queries and a few thousand stats.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bundles.clusterdef import ClusterDefinition, ClusterDefinitions
+from registry.blobstore import BlobStore, FilesystemBlobStore
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.inventory import Inventory, RefRow
+from registry.manifests import INDEX_TYPES
+from registry.model import Registry
+from registry.names import ImageReference, MappingRule, map_reference
+
+PRESENT = "present"
+REPOSITORY_MISSING = "repository_missing"
+TAG_MISSING = "tag_missing"
+DIGEST_MISMATCH = "digest_mismatch"
+PLATFORM_MISSING = "platform_missing"
+BLOB_MISSING = "blob_missing"
+FINDINGS = (PRESENT, REPOSITORY_MISSING, TAG_MISSING, DIGEST_MISMATCH, PLATFORM_MISSING, BLOB_MISSING)
+
+
+@dataclass(frozen=True)
+class ImageFinding:
+    """The verdict on one required image."""
+
+    reference: str
+    repository: str
+    finding: str
+    detail: str = ""
+    digest: str | None = None  # the manifest that would be pulled
+    bytes: int | None = None  # manifests + configs + layers for the cluster's platforms, when known
+    missing_bytes: int | None = None
+    missing: tuple[str, ...] = ()  # missing platforms or blob digests
+    kind: str = "image"
+    sources: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "repository": self.repository, "finding": self.finding,
+                "detail": self.detail, "digest": self.digest, "bytes": self.bytes, "missingBytes": self.missing_bytes,
+                "missing": list(self.missing), "kind": self.kind, "sources": list(self.sources)}
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    reference: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    kind: str
+    sources: tuple[str, ...]
+
+
+def _platform_matches(platform: dict[str, object] | None, arch: str) -> bool:
+    """Does an index entry's platform serve `arch` (``amd64`` or ``arm64/v8``) on linux?"""
+    if not platform or platform.get("os") not in (None, "linux"):
+        return False
+    want_arch, _, want_variant = arch.partition("/")
+    if platform.get("architecture") != want_arch:
+        return False
+    return not want_variant or platform.get("variant") in (None, want_variant)
+
+
+def check_definition(definition: ClusterDefinition, inventory: Inventory, store: BlobStore, project: str,
+                     rules: tuple[MappingRule, ...] = (),
+                     overrides: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """Check a definition against the registry; returns the JSON-ready result (not stored).
+
+    `overrides` maps (repository, tag) to the manifest digest the tag will
+    serve (a staged release, checked before its promotion moves the tags).
+    Idempotent and read-only.
+    """
+    started = time.perf_counter()
+    findings: list[ImageFinding] = []
+    wanted: list[_Wanted] = []
+    for image in definition.images:
+        ref = ImageReference.parse(image.reference)
+        try:
+            repository = map_reference(ref, rules, project)
+        except RegistryError as exc:
+            findings.append(ImageFinding(image.reference, f"{project}/{ref.repository}", REPOSITORY_MISSING,
+                                         exc.message, kind=image.kind, sources=image.sources))
+            continue
+        wanted.append(_Wanted(image.reference, repository, ref.tag, str(ref.digest) if ref.digest else None,
+                              image.kind, image.sources))
+
+    repo_ids = inventory.repository_ids(w.repository for w in wanted)
+    tags = inventory.tags((repo_ids[w.repository], w.tag) for w in wanted if w.repository in repo_ids and w.tag)
+    for (repository, tag), staged in (overrides or {}).items():
+        if repository in repo_ids:
+            tags[(repo_ids[repository], tag)] = staged
+
+    # Which manifest each image would pull, or its finding if it cannot get that far.
+    targets: dict[int, tuple[int, str]] = {}
+    early: dict[int, ImageFinding] = {}
+    for i, w in enumerate(wanted):
+        repo_id = repo_ids.get(w.repository)
+        if repo_id is None:
+            early[i] = _finding(w, REPOSITORY_MISSING, f"repository {w.repository} is not in the registry")
+            continue
+        served = tags.get((repo_id, w.tag)) if w.tag else None
+        if w.tag and served is None and not w.digest:
+            early[i] = _finding(w, TAG_MISSING, f"repository {w.repository} has no tag {w.tag}")
+            continue
+        # tag@digest with the tag absent: runtimes pull such a reference by its digest alone, so the
+        # manifest decides (below); only a tag that serves something else is a mismatch.
+        if w.digest and served is not None and served != w.digest:
+            early[i] = _finding(w, DIGEST_MISMATCH, f"tag {w.tag} serves {served}, the definition pins {w.digest}",
+                                digest=served)
+            continue
+        targets[i] = (repo_id, w.digest or served or "")
+    manifests = inventory.manifests(targets.values())
+    for i, key in list(targets.items()):
+        if key not in manifests:
+            w = wanted[i]
+            if w.digest and w.tag and tags.get((key[0], w.tag)) is None:
+                early[i] = _finding(w, TAG_MISSING, f"repository {w.repository} has neither tag {w.tag} nor "
+                                    f"manifest {w.digest}")
+            elif w.digest:
+                early[i] = _finding(w, DIGEST_MISMATCH, f"no manifest {w.digest} in {w.repository}")
+            else:
+                early[i] = _finding(w, BLOB_MISSING, f"tag {w.tag} points at manifest {key[1]}, which is not stored",
+                                    missing=(key[1],))
+            del targets[i]
+
+    # Indexes: pick the child per architecture; then everything each pulled manifest references.
+    refs = inventory.references(targets.values())
+    pulled: dict[int, list[tuple[int, str, int]]] = {}  # image -> manifests to pull: (repo_id, digest, size)
+    missing_platforms: dict[int, list[str]] = {}
+    for i, key in targets.items():
+        top = manifests[key]
+        pulled[i] = [(key[0], key[1], top.size)]
+        if top.media_type in INDEX_TYPES:
+            children = [r for r in refs[key] if r.kind == "manifest"]
+            for arch in definition.architectures:
+                child = next((c for c in children if _platform_matches(c.platform, arch)), None)
+                if child is None:
+                    missing_platforms.setdefault(i, []).append(arch)
+                elif all(child.child != d for _, d, _ in pulled[i]):
+                    pulled[i].append((key[0], child.child, child.size))
+    child_keys = [(r, d) for i in targets for r, d, _ in pulled[i][1:]]
+    child_manifests = inventory.manifests(child_keys)
+    refs.update(inventory.references(child_keys))
+
+    blob_refs: dict[int, list[RefRow]] = {}
+    for i in targets:
+        blob_refs[i] = [b for r, d, _ in pulled[i] for b in refs.get((r, d), []) if b.kind == "blob"]
+    linked = inventory.linked_blobs((targets[i][0], b.child) for i in targets for b in blob_refs[i])
+    on_disk = _presence(store)
+
+    sizes: dict[str, int] = {}  # every digest the cluster pulls, counted once however many images share it
+    absent: set[str] = set()
+    for i, w in enumerate(wanted):
+        if i in early:
+            findings.append(early[i])
+            continue
+        repo_id, digest = targets[i]
+        total = 0
+        missing: list[str] = []
+        missing_bytes = 0
+        for r, d, size in pulled[i]:
+            total += size
+            sizes[d] = size
+            stored = (r, d) == targets[i] or (r, d) in child_manifests
+            if not stored or not on_disk(d):
+                missing.append(d)
+                missing_bytes += size
+                absent.add(d)
+        for b in blob_refs[i]:
+            total += b.size
+            sizes[b.child] = b.size
+            if (repo_id, b.child) not in linked or not on_disk(b.child):
+                missing.append(b.child)
+                missing_bytes += b.size
+                absent.add(b.child)
+        if i in missing_platforms:
+            findings.append(_finding(w, PLATFORM_MISSING,
+                                     f"index {digest} has no linux/{', linux/'.join(missing_platforms[i])} image",
+                                     digest=digest, missing=tuple(missing_platforms[i]), total=total))
+        elif missing:
+            findings.append(_finding(w, BLOB_MISSING, f"{len(missing)} of the blobs of {digest} are missing",
+                                     digest=digest, missing=tuple(missing), total=total, missing_bytes=missing_bytes))
+        else:
+            findings.append(_finding(w, PRESENT, "", digest=digest, total=total, missing_bytes=0))
+
+    counts = Counter(f.finding for f in findings)
+    required = sum(sizes.values())
+    missing_total = sum(sizes[d] for d in absent)
+    unknown = sum(1 for f in findings if f.bytes is None)
+    ready = all(f.finding == PRESENT for f in findings)
+    return {
+        "definition": definition.name,
+        "definitionVersion": definition.version,
+        "definitionDigest": definition.digest,
+        "checkedAt": time.time(),
+        "durationSeconds": round(time.perf_counter() - started, 4),
+        "project": project,
+        "architectures": list(definition.architectures),
+        "ready": ready,
+        "images": len(findings),
+        "counts": {name: counts.get(name, 0) for name in FINDINGS},
+        "bytes": {"required": required, "present": required - missing_total, "missing": missing_total,
+                  "imagesOfUnknownSize": unknown},
+        "requiredVariables": definition.required_variables,
+        "warnings": list(definition.warnings),
+        "findings": [f.to_json() for f in sorted(findings, key=lambda f: (f.finding == PRESENT, f.reference))],
+    }
+
+
+def _presence(store: BlobStore) -> Callable[[str], bool]:
+    """digest text -> is the blob in the store (a stat, never a read), memoised for one check."""
+    seen: dict[str, bool] = {}
+    # For the filesystem store, build each path as a string under the directory DataPaths gives for its
+    # two-hex prefix: a pathlib join per blob costs more than the stat itself over thousands of blobs.
+    paths = store.paths if isinstance(store, FilesystemBlobStore) else None
+    dirs: dict[tuple[str, str], str] = {}
+
+    def present(text: str) -> bool:
+        hit = seen.get(text)
+        if hit is not None:
+            return hit
+        algorithm, _, encoded = text.partition(":")
+        if not encoded.isalnum() or not algorithm.isalnum():
+            seen[text] = False  # digests in the database were validated on the way in; never build a path from junk
+            return False
+        digest = Digest(algorithm, encoded)
+        if paths is not None:
+            key = (digest.algorithm, digest.encoded[:2])
+            folder = dirs.get(key)
+            if folder is None:
+                folder = dirs[key] = str(paths.blob(digest).parent)
+            seen[text] = os.path.isfile(f"{folder}/{digest.encoded}")
+        else:
+            seen[text] = store.stat(digest) is not None
+        return seen[text]
+
+    return present
+
+
+def _finding(w: _Wanted, finding: str, detail: str, digest: str | None = None, missing: tuple[str, ...] = (),
+             total: int | None = None, missing_bytes: int | None = None) -> ImageFinding:
+    return ImageFinding(w.reference, w.repository, finding, detail, digest, total, missing_bytes, missing, w.kind,
+                        w.sources)
+
+
+def run_check(definitions: ClusterDefinitions, registry: Registry, name: str, project: str,
+              rules: tuple[MappingRule, ...] = (), record: bool = True) -> dict[str, Any]:
+    """Check the stored definition `name`; keep the result in its history when `record`.
+
+    Raises DefinitionNotFound. The returned result carries its history id
+    as ``id`` when recorded.
+    """
+    result = check_definition(definitions.get(name), Inventory(registry.db), registry.store, project, rules)
+    if record:
+        result = {"id": definitions.record_check(result), **result}
+    return result
