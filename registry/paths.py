@@ -3,6 +3,7 @@
     <data>/
       cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it)
       cargohold.db.lock       held while migrations run, so workers never race them
+      gc.lock                 held shared by bundle imports, exclusively by the GC's file sweep
       blobs/sha256/<2 hex>/<hex>
                               the content-addressed store; manifests are blobs too.
                               A file here always holds exactly the bytes its name says.
@@ -38,6 +39,10 @@ class DataPaths:
     @property
     def migration_lock(self) -> Path:
         return self.root / "cargohold.db.lock"
+
+    @property
+    def gc_lock(self) -> Path:
+        return self.root / "gc.lock"
 
     @property
     def blobs(self) -> Path:

@@ -1,0 +1,171 @@
+"""HTTP face of releases, garbage collection, scrub and disk usage.
+
+Route table (JSON). Access as for the other appliance APIs (`bundles.api_access`):
+reads need a signed-in principal that may pull from the default project,
+everything that changes state (promote, roll back, GC, scrub) a system
+administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
+
+    GET   /api/cargohold/v1/releases                      every release, oldest first, with usage
+    GET   /api/cargohold/v1/releases/<id>                 one release (id, ``promoted`` or ``latest``):
+                                                          images (pending marked), definitions, files, usage
+    GET   /api/cargohold/v1/releases/<id>/diff?from=<id>  differences from `from` (default: the promoted one)
+    POST  /api/cargohold/v1/releases/<id>/check           readiness as it will be after promotion (not kept)
+    POST  /api/cargohold/v1/releases/<id>/promote         {"force": false, "reason": "..."}: check, then move tags
+    POST  /api/cargohold/v1/releases/rollback             back to the previously promoted release
+    POST  /api/cargohold/v1/gc                            {"dryRun", "retain", "grace", "ignoreCluster"}
+    POST  /api/cargohold/v1/scrub                         {"quarantine": true}: re-hash every blob
+    GET   /api/cargohold/v1/disk                          free space on the data volume, usage per release
+
+Errors answer ``{"errors": [{"code", "message"}]}``: 400 bad input, 404
+unknown release, 409 refused (not ready, nothing to roll back, content
+collected, cluster unreachable for GC). Promotion and rollback are audited
+in their own transaction (resource type ``release``); GC (``garbage-collection``)
+and scrub (``scrub``) after they ran.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from bundles.api_access import ApiAccess, ApiDenied
+from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
+from bundles.releases import ReleaseError, Releases
+from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
+from registry.scrub import scrub
+from registry.uploads import Uploads
+
+PREFIX = "/api/cargohold/v1"
+MAX_BODY_BYTES = 64 << 10
+
+
+def _error(status: int, code: str, message: str, detail: Any = None) -> Response:
+    entry: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        entry["detail"] = detail
+    resp = jsonify({"errors": [entry]})
+    resp.status_code = status
+    return resp
+
+
+def _body() -> dict[str, Any]:
+    """The request's small JSON object body ({} when empty); read with a cap, never whole whatever its size."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ReleaseError(f"the request body may be at most {MAX_BODY_BYTES} bytes", 413, "PAYLOAD_TOO_LARGE")
+    raw = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ReleaseError(f"the request body may be at most {MAX_BODY_BYTES} bytes", 413, "PAYLOAD_TOO_LARGE")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is bad input too
+        body = None
+    if not isinstance(body, dict):
+        raise ReleaseError("the request body must be a JSON object", 400, "BAD_REQUEST")
+    return body
+
+
+def _flag(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ReleaseError(f"{name} must be true or false", 400, "BAD_REQUEST")
+    return value
+
+
+def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> Blueprint:
+    """The release endpoints over one data directory."""
+    bp = Blueprint("releases", __name__)
+
+    @bp.errorhandler(ApiDenied)
+    def _denied(exc: ApiDenied) -> Response:
+        return guard.denied(exc)
+
+    @bp.errorhandler(ReleaseError)
+    def _release_error(exc: ReleaseError) -> Response:
+        return _error(exc.status, exc.code, exc.message, exc.detail)
+
+    @bp.before_request
+    def _authenticate() -> None:
+        guard.authenticate()
+
+    def _principal() -> Any:
+        return guard.require_reader()
+
+    def _admin(action: str) -> Any:
+        return guard.require_admin(action)
+
+    @bp.get(f"{PREFIX}/releases")
+    def list_releases() -> Response:
+        _principal()
+        usage = releases.usage()
+        return jsonify({"releases": [{**r.to_json(), "usage": usage.get(r.id)} for r in releases.all()]})
+
+    @bp.get(f"{PREFIX}/releases/<rid>")
+    def show(rid: str) -> Response:
+        _principal()
+        return jsonify(releases.show(rid))
+
+    @bp.get(f"{PREFIX}/releases/<rid>/diff")
+    def diff(rid: str) -> Response:
+        _principal()
+        return jsonify(releases.diff(request.args.get("from", "promoted"), rid))
+
+    @bp.post(f"{PREFIX}/releases/<rid>/check")
+    def check(rid: str) -> Response:
+        _principal()
+        return jsonify(releases.check(rid))
+
+    @bp.post(f"{PREFIX}/releases/<rid>/promote")
+    def promote(rid: str) -> Response:
+        principal = _admin("promote releases")
+        body = _body()
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ReleaseError("reason must be a string", 400, "BAD_REQUEST")
+        return jsonify(releases.promote(rid, principal.username, request.remote_addr or "", _flag(body, "force"),
+                                        reason))
+
+    @bp.post(f"{PREFIX}/releases/rollback")
+    def rollback() -> Response:
+        principal = _admin("roll back releases")
+        return jsonify(releases.rollback(principal.username, request.remote_addr or ""))
+
+    @bp.post(f"{PREFIX}/gc")
+    def gc() -> Response:
+        _admin("collect garbage")
+        body = _body()
+        retain = body.get("retain", DEFAULT_RETAIN)
+        if not isinstance(retain, int) or isinstance(retain, bool) or retain < 1:
+            raise ReleaseError("retain must be a whole number of releases, at least 1", 400, "BAD_REQUEST")
+        try:
+            grace = parse_grace(str(body["grace"])) if "grace" in body else DEFAULT_GRACE_SECONDS
+        except ValueError as exc:
+            raise ReleaseError(str(exc), 400, "BAD_REQUEST") from None
+        dry_run = _flag(body, "dryRun")
+        try:
+            report = collect(releases, uploads, retain, grace, dry_run, ClusterSource.from_env(),
+                             _flag(body, "ignoreCluster"))
+        except GcRefused as exc:
+            return _error(409, "CLUSTER_UNREACHABLE", str(exc))
+        if not dry_run:
+            guard.record("delete", "garbage-collection", f"{len(report['manifestsRemoved'])} manifests, "
+                         f"{len(report['blobsRemoved'])} blobs, {report['bytesReclaimed']} bytes (retain {retain})")
+        return jsonify(report)
+
+    @bp.post(f"{PREFIX}/scrub")
+    def run_scrub() -> Response:
+        _admin("scrub the blob store")
+        body = _body()
+        report = scrub(releases.registry, quarantine=_flag(body, "quarantine", True))
+        guard.record("update", "scrub", f"{report.checked} blobs checked, {len(report.damaged)} damaged")
+        return jsonify(report.to_json())
+
+    @bp.get(f"{PREFIX}/disk")
+    def disk() -> Response:
+        _principal()
+        return jsonify(releases.disk())
+
+    return bp

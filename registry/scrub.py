@@ -1,0 +1,97 @@
+"""Scrub: re-hash every blob in the store and quarantine the ones whose bytes no longer match.
+
+A blob file is only ever put in place with verified bytes, so a mismatch
+means the disk (or someone) changed it afterwards. Each file is hashed as a
+stream (flat memory). A damaged file is moved to
+``<data>/quarantine/<algorithm>-<hex>-<unix time>`` (kept for inspection,
+never served), so pulls answer BLOB_UNKNOWN instead of wrong bytes. Its
+database rows stay: the readiness check then reports the images that need
+it as ``blob_missing``, and importing the bundle again (or pushing the image
+again) puts correct bytes back under the same digest. Rows whose file is
+absent are reported as missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.blobstore import CHUNK
+from registry.digest import Digest
+from registry.errors import RegistryError
+from registry.model import Registry
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub found."""
+
+    checked: int = 0
+    bytes: int = 0
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # {"digest", "actual", "quarantined"}
+    missing: list[str] = field(default_factory=list)  # rows whose file is gone
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.missing
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "bytes": self.bytes, "damaged": self.damaged,
+                "missing": self.missing, "durationSeconds": round(self.duration_seconds, 3)}
+
+
+def _hash_file(path: os.PathLike[str] | str, algorithm: str) -> tuple[str, int]:
+    h = hashlib.new(algorithm)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def scrub(registry: Registry, quarantine: bool = True,
+          progress: Callable[[int, int], None] | None = None) -> ScrubReport:
+    """Re-hash every blob file; quarantine (unless told not to) and report mismatches. Read-only otherwise."""
+    started = time.monotonic()
+    report = ScrubReport()
+    paths = registry.paths
+    for info in registry.store.walk():
+        path = registry.store.local_path(info.digest)
+        if path is None:
+            continue
+        try:
+            actual, size = _hash_file(path, info.digest.algorithm)
+        except FileNotFoundError:
+            continue  # removed by garbage collection meanwhile
+        report.checked += 1
+        report.bytes += size
+        if progress is not None:
+            progress(report.checked, report.bytes)
+        if actual == info.digest.encoded:
+            continue
+        entry: dict[str, Any] = {"digest": str(info.digest), "actual": f"{info.digest.algorithm}:{actual}",
+                                 "size": size, "quarantined": None}
+        if quarantine:
+            paths.quarantine.mkdir(parents=True, exist_ok=True)
+            target = paths.quarantine / f"{info.digest.algorithm}-{info.digest.encoded}-{int(time.time())}"
+            try:
+                os.replace(path, target)
+                entry["quarantined"] = str(target)
+            except FileNotFoundError:
+                pass
+        report.damaged.append(entry)
+    for (text,) in registry.db.execute("SELECT digest FROM blobs ORDER BY digest"):
+        try:
+            digest = Digest.parse(text)
+        except RegistryError:
+            continue
+        if registry.store.stat(digest) is None and all(d["digest"] != text for d in report.damaged):
+            report.missing.append(text)
+    report.duration_seconds = time.monotonic() - started
+    return report
