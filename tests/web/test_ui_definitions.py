@@ -1,0 +1,45 @@
+"""Cluster definitions in the UI: the readiness report (what is missing, exactly), recording a check, and
+the verdict on the dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.appliance import Appliance
+from tests.bundles.buildutil import cargohold
+from tests.bundles.clusterdefs import build_archive, simple_definition
+from tests.web.uiutil import build_bundle, login, screenshot
+
+
+def test_definition_check_report_names_what_is_missing_and_records_checks(
+        ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    present = "docker.io/cargotest/present:1"
+    missing = "docker.io/cargotest/missing:1"
+    bundle, _ = build_bundle(tmp_path, private, "defs", "1", {present: 50_000}, seed=131)
+    cargohold("bundle", "import", bundle, "--data-dir", ui_app.data_dir, "--quiet")
+    archive = build_archive(tmp_path / "edge.tgz", simple_definition("edge-site", [present, missing]))
+    cargohold("clusterdef", "import", "--data-dir", ui_app.data_dir, archive)
+
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/definitions")
+    page.get_by_role("link", name="edge-site").click()
+    assert page.locator("#verdict").inner_text() == "NOT READY"
+    findings = page.locator("#findings").inner_text()
+    assert present in findings and missing in findings
+    row = page.locator("#findings tr", has_text=missing)
+    assert "present" not in row.inner_text()
+    assert page.locator("#findings tr", has_text=present).get_by_text("present", exact=True).is_visible()
+    assert "No checks recorded yet." in page.locator("#history").inner_text()
+
+    page.get_by_role("button", name="Run and record a check").click()
+    assert "Check recorded: not ready." in page.locator(".flashes").inner_text()
+    assert page.locator("#history tbody tr").count() == 1
+    screenshot(page, "16-definition-check")
+    page.goto(f"{ui_app.url}/ui/")
+    readiness = page.locator("#readiness").inner_text()
+    assert "edge-site" in readiness and "not ready" in readiness

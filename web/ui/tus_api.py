@@ -1,0 +1,263 @@
+"""The tus 1.0 upload endpoint, and the import status the UI polls.
+
+Route table (tus 1.0 core + creation, checksum, termination, expiration):
+
+    OPTIONS /api/v1/uploads           Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm (no auth)
+    POST    /api/v1/uploads           Upload-Length, Upload-Metadata -> 201 Location, Upload-Expires
+    HEAD    /api/v1/uploads/<id>      Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires
+    PATCH   /api/v1/uploads/<id>      application/offset+octet-stream at Upload-Offset (409 on a mismatch),
+                                      optional Upload-Checksum "sha256 <base64>" (460 on a mismatch)
+    DELETE  /api/v1/uploads/<id>      terminate: 204, the bytes are removed
+    GET     /api/v1/uploads/<id>      the upload record as JSON (not part of tus): offset, sha256, jobId
+    GET     /ui/api/imports/<id>      an import job as JSON, for the UI's live progress
+
+Every tus response carries ``Tus-Resumable: 1.0.0``. Every route but
+OPTIONS needs an admin: a UI session (with ``X-CSRF-Token`` on POST, PATCH
+and DELETE) or Basic/Bearer credentials, through
+`registry.token_api.request_principal`.
+
+Metadata keys the appliance reads: ``filename``; ``kind`` (``bundle``, the
+default, or ``signature``); and for a bundle, ``signature`` = the id of a
+completed signature upload. When a bundle upload's last byte lands, the
+import starts (`bundles.jobs.start_in_background`), and the final PATCH
+answers with ``Cargohold-Import-Job`` (also on HEAD afterwards). Each
+completed upload reports its file's digest in ``Cargohold-Upload-Sha256``.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from email.utils import formatdate
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from bundles.importer import BundleRefused
+from bundles.jobs import start_in_background
+from registry.access import TooManyAttempts
+from registry.auth import Principal
+from registry.errors import RegistryError
+from registry.token_api import request_principal
+from web.tus import TusError, TusUpload, parse_checksum, parse_metadata
+from web.ui import UiServices
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
+PREFIX = "/api/v1/uploads"
+MAX_SIGNATURE_BYTES = 64 << 10
+KINDS = ("bundle", "signature")
+
+
+def _ui() -> UiServices:
+    return current_app.extensions["cargohold.ui"]  # type: ignore[no-any-return]
+
+
+def _tus(resp: Response) -> Response:
+    resp.headers["Tus-Resumable"] = TUS_VERSION
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def _fail(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = Response(message + "\n", status=status, mimetype="text/plain")
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return _tus(resp)
+
+
+def _expires(upload: TusUpload) -> str:
+    return formatdate(upload.expires_at, usegmt=True)
+
+
+def _upload_headers(resp: Response, upload: TusUpload) -> Response:
+    resp.headers["Upload-Offset"] = str(upload.offset)
+    resp.headers["Upload-Length"] = str(upload.length)
+    if not upload.complete:
+        resp.headers["Upload-Expires"] = _expires(upload)
+    if upload.sha256:
+        resp.headers["Cargohold-Upload-Sha256"] = upload.sha256
+    if upload.job_id:
+        resp.headers["Cargohold-Import-Job"] = upload.job_id
+        resp.headers["Cargohold-Import-Url"] = f"/ui/imports/{upload.job_id}"
+    return resp
+
+
+def _admin() -> Principal | Response:
+    """The admin the request acts as, or the error response to send."""
+    services = current_app.extensions["cargohold"]
+    try:
+        principal = request_principal(services.access, _ui().signer)
+    except TooManyAttempts as exc:
+        return _fail(429, exc.message, {"Retry-After": str(exc.retry_after)})
+    except RegistryError as exc:
+        status = 401 if exc.code == "UNAUTHORIZED" else 403
+        return _fail(status, exc.message, {"WWW-Authenticate": 'Basic realm="cargohold"'} if status == 401 else {})
+    if principal is None:
+        return _fail(401, "authentication required: uploads need an administrator (sign in, or Basic credentials)",
+                     {"WWW-Authenticate": 'Basic realm="cargohold"'})
+    if not principal.admin:
+        return _fail(403, f"{principal.username} may not upload bundles (administrators only)")
+    g.principal = principal
+    return principal
+
+
+def _start_import(upload: TusUpload) -> None:
+    """Called when a bundle upload's last byte lands: start its import (a signature upload just waits)."""
+    ui = _ui()
+    if upload.metadata.get("kind", "bundle") != "bundle":
+        return
+    signature: bytes | None = None
+    jobs = ui.imports.jobs
+    sig_id = upload.metadata.get("signature")
+    path = ui.uploads.data_path(upload)
+    if sig_id:
+        sig = ui.uploads.get(sig_id)
+        if sig is None or not sig.complete:
+            job = jobs.create(path.name, upload.length)
+            jobs.fail(job.id, f"the signature upload {sig_id} is gone or incomplete; upload the bundle and its "
+                      "signature again")
+            ui.uploads.set_job(upload.id, job.id)
+            return
+        with ui.uploads.data_path(sig).open("rb") as f:
+            signature = f.read(MAX_SIGNATURE_BYTES + 1)
+    job = start_in_background(ui.imports.importer, jobs, path, signature, [path])
+    ui.uploads.set_job(upload.id, job.id)
+    # The same audit entry as an import through POST /api/v1/bundles.
+    principal: Principal | None = g.get("principal")
+    current_app.extensions["cargohold"].audit.record(principal.username if principal else "", "create", "import",
+                                                     f"{job.id}:{path.name}", request.remote_addr or "")
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("tus", __name__)
+
+    @bp.route(PREFIX, methods=["OPTIONS"])
+    @bp.route(f"{PREFIX}/<upload_id>", methods=["OPTIONS"])
+    def options(upload_id: str | None = None) -> Response:
+        resp = Response(status=204)
+        resp.headers["Tus-Version"] = TUS_VERSION
+        resp.headers["Tus-Extension"] = EXTENSIONS
+        resp.headers["Tus-Max-Size"] = str(_ui().uploads.max_size)
+        resp.headers["Tus-Checksum-Algorithm"] = "sha256"
+        return _tus(resp)
+
+    @bp.post(PREFIX)
+    def create() -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            return _fail(412, f"Tus-Resumable must be {TUS_VERSION}", {"Tus-Version": TUS_VERSION})
+        raw_length = request.headers.get("Upload-Length")
+        if raw_length is None or not raw_length.isdigit():
+            return _fail(400, "Upload-Length is required and must be a non-negative integer "
+                         "(deferred lengths are not supported)")
+        length = int(raw_length)
+        uploads = _ui().uploads
+        config = current_app.extensions["cargohold"].config
+        try:
+            metadata = parse_metadata(request.headers.get("Upload-Metadata"))
+            kind = metadata.get("kind", "bundle")
+            if kind not in KINDS:
+                raise TusError(400, f"metadata kind {kind!r} is not one of {', '.join(KINDS)}")
+            if kind == "signature" and length > MAX_SIGNATURE_BYTES:
+                raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
+            sig_id = metadata.get("signature")
+            if sig_id:
+                sig = uploads.get(sig_id)
+                if sig is None or not sig.complete or sig.metadata.get("kind") != "signature":
+                    raise TusError(400, f"metadata signature {sig_id!r} does not name a completed signature upload")
+            free = shutil.disk_usage(config.paths.root).free
+            if length + config.import_reserve_bytes > free:
+                raise TusError(507, f"not enough free disk for a {length}-byte upload: {free} bytes free, "
+                               f"{config.import_reserve_bytes} must stay free (import_reserve_bytes)")
+            upload = uploads.create(length, metadata, who.username)
+            if upload.complete:  # an empty upload completes at creation
+                upload = uploads.get(upload.id) or upload
+            elif request.content_length and request.headers.get("Content-Type") == "application/offset+octet-stream":
+                upload = uploads.append(upload.id, 0, request.stream, request.content_length,
+                                        parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
+        except TusError as exc:
+            return _fail(exc.status, exc.message)
+        resp = Response(status=201)
+        resp.headers["Location"] = f"{PREFIX}/{upload.id}"
+        return _tus(_upload_headers(resp, upload))
+
+    @bp.route(f"{PREFIX}/<upload_id>", methods=["HEAD"])
+    def head(upload_id: str) -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        upload = _ui().uploads.get(upload_id)
+        if upload is None:
+            return _fail(404, f"no upload {upload_id}")
+        resp = Response(status=200)
+        if upload.metadata:
+            resp.headers["Upload-Metadata"] = _metadata_header(upload)
+        return _tus(_upload_headers(resp, upload))
+
+    @bp.get(f"{PREFIX}/<upload_id>")
+    def get(upload_id: str) -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        upload = _ui().uploads.get(upload_id)
+        if upload is None:
+            return _fail(404, f"no upload {upload_id}")
+        return _tus(jsonify(upload.to_json()))
+
+    @bp.patch(f"{PREFIX}/<upload_id>")
+    def patch(upload_id: str) -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            return _fail(412, f"Tus-Resumable must be {TUS_VERSION}", {"Tus-Version": TUS_VERSION})
+        if request.mimetype != "application/offset+octet-stream":
+            return _fail(415, "Content-Type must be application/offset+octet-stream")
+        raw = request.headers.get("Upload-Offset", "")
+        if not raw.isdigit():
+            return _fail(400, "Upload-Offset is required and must be a non-negative integer")
+        try:
+            upload = _ui().uploads.append(upload_id, int(raw), request.stream, request.content_length,
+                                          parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
+        except TusError as exc:
+            return _fail(exc.status, exc.message)
+        except BundleRefused as exc:  # the bundle vanished between its last byte and the import's start
+            return _fail(500 if exc.code != "NOT_FOUND" else 410, exc.message)
+        return _tus(_upload_headers(Response(status=204), upload))
+
+    @bp.delete(f"{PREFIX}/<upload_id>")
+    def terminate(upload_id: str) -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        uploads = _ui().uploads
+        if uploads.get(upload_id) is None:
+            return _fail(404, f"no upload {upload_id}")
+        uploads.delete(upload_id)
+        return _tus(Response(status=204))
+
+    @bp.get("/ui/api/imports/<job_id>")
+    def import_job(job_id: str) -> Response:
+        who = _admin()
+        if isinstance(who, Response):
+            return who
+        job = _ui().imports.jobs.get(job_id)
+        if job is None:
+            resp = jsonify({"errors": [{"code": "NOT_FOUND", "message": f"no import job {job_id}"}]})
+            resp.status_code = 404
+            return resp
+        body: dict[str, Any] = job.to_json()
+        body["now"] = time.time()
+        resp = jsonify(body)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    return bp
+
+
+def _metadata_header(upload: TusUpload) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in upload.metadata.items())
