@@ -59,6 +59,7 @@ from bundles.format import (
 )
 from bundles.inventory import INVENTORY_MEDIA_TYPE
 from bundles.registry_client import PullError, RegistryClient
+from registry.blobstore import fsync_dir
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest
@@ -921,7 +922,7 @@ class _Output:
                 m = PART_SUFFIX.search(stale.name)
                 if m and stale.name == f"{self.out.name}.part{m.group(1)}" and int(m.group(1)) >= len(finals):
                     stale.unlink()
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         return finals
 
     def abort(self) -> None:
@@ -931,14 +932,6 @@ class _Output:
             self._current = None
         for tmp in self._files:
             tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["BuildError", "BuildResult", "BundleBuilder", "Platform", "bundle_parts", "parse_size",

@@ -12,7 +12,7 @@ that may pull from the default project; credentials are Basic or Bearer):
     GET     /api/cargohold/v1/cluster-definitions/<name>/checks    past checks, newest first
     GET     /api/cargohold/v1/cluster-definitions/<name>/checks/<id>
     POST    /api/cargohold/v1/mirror-config                        edge-host files: ?format=tar (default) or json
-    GET     /ui/cluster-definitions/<name>                         HTML readiness page (live check)
+    GET     /ui/cluster-definitions/<name>                         302 to the UI's page /ui/definitions/<name>
 
 Errors answer ``{"errors": [{"code", "message"}]}`` with the status the
 problem calls for; a refused upload leaves the store as it was. Uploads,
@@ -22,15 +22,14 @@ deletes and recorded checks land in the audit log (``cluster-definition``
 
 from __future__ import annotations
 
-import html
-import time
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import quote
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from bundles.api_access import ApiAccess, ApiDenied
-from bundles.check import PRESENT, run_check
+from bundles.check import run_check
 from bundles.clusterdef import (
     MAX_ARCHIVE_BYTES,
     ClusterDefinitions,
@@ -158,62 +157,9 @@ def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard:
                         headers={"Content-Disposition": 'attachment; filename="mirror-config.tar.gz"'})
 
     @bp.get("/ui/cluster-definitions/<name>")
-    def readiness_page(name: str) -> Response:
-        guard.require_reader()
-        result = run_check(definitions, registry, name, config.project, config.rules, record=False)
-        return Response(render_readiness(result, definitions.checks(name, limit=20)), mimetype="text/html")
+    def readiness_page(name: str) -> BaseResponse:
+        # The old minimal page: the operator UI's page shows the same check (and needs its sign-in).
+        return redirect(f"/ui/definitions/{quote(name, safe='')}", code=302)
 
     return bp
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def render_readiness(result: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """A self-contained HTML page (no external assets) for one check result."""
-    e = html.escape
-    verdict = "READY" if result["ready"] else "NOT READY"
-    colour = "#1a7f37" if result["ready"] else "#b42318"
-    counts = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in result["counts"].items())
-    rows = "".join(
-        f"<tr class='{e(f['finding'])}'><td><code>{e(f['reference'])}</code></td><td>{e(f['finding'])}</td>"
-        f"<td>{e(f['detail'])}</td><td>{e(_fmt_bytes(f['bytes']))}</td></tr>" for f in result["findings"])
-    variables = "".join(f"<li><code>{e(v['name'])}</code> (profile {e(v['profile'])}"
-                        f"{', format ' + e(v['format']) if v.get('format') else ''})</li>"
-                        for v in result["requiredVariables"]) or "<li>none</li>"
-    warnings = "".join(f"<li>{e(w)}</li>" for w in result["warnings"]) or "<li>none</li>"
-    past = "".join(f"<tr><td>{e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(c['checkedAt'])))}</td>"
-                   f"<td>{'ready' if c['ready'] else 'not ready'}</td>"
-                   f"<td>{c['counts'].get(PRESENT, 0)} / {sum(c['counts'].values())}</td></tr>"
-                   for c in history) or "<tr><td colspan='3'>no checks recorded yet</td></tr>"
-    b = result["bytes"]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(result['definition'])}: {verdict}</title>
-<style>
-body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}} .verdict{{color:{colour};font-size:1.6em}}
-tr.present td:nth-child(2){{color:#1a7f37}} tr:not(.present) td:nth-child(2){{color:#b42318;font-weight:bold}}
-</style></head><body>
-<h1>{e(result['definition'])} {e(result.get('definitionVersion') or '')}</h1>
-<p class="verdict" id="verdict">{verdict}</p>
-<p>{result['images']} images for {e(', '.join(result['architectures']))};
-required {e(_fmt_bytes(b['required']))}, missing {e(_fmt_bytes(b['missing']))}
-{f"({b['imagesOfUnknownSize']} images of unknown size)" if b['imagesOfUnknownSize'] else ""}.</p>
-<table id="counts"><tr><th>finding</th><th>images</th></tr>{counts}</table>
-<h2>Images</h2>
-<table id="findings"><tr><th>image</th><th>finding</th><th>detail</th><th>size</th></tr>{rows}</table>
-<h2>Required variables without a default</h2><ul id="variables">{variables}</ul>
-<h2>Warnings</h2><ul id="warnings">{warnings}</ul>
-<h2>Past checks</h2>
-<table id="history"><tr><th>checked</th><th>verdict</th><th>present</th></tr>{past}</table>
-</body></html>
-"""
 

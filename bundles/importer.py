@@ -57,7 +57,7 @@ from bundles import format as fmt
 from bundles import keys, releases
 from bundles.releases import ReleaseInfo
 from bundles.trust import TrustStore
-from registry.blobstore import BlobInfo
+from registry.blobstore import BlobInfo, fsync_dir
 from registry.db import write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
@@ -467,7 +467,7 @@ class _Staging:
                                 f"could not stage a blob: {exc.strerror}") from None
         for algo in ("sha256", "sha512"):
             if (self.root / algo).is_dir():
-                _fsync_dir(self.root / algo)
+                fsync_dir(self.root / algo)
 
     def path(self, digest: Digest) -> Path:
         return self.root / digest.algorithm / digest.encoded
@@ -488,14 +488,6 @@ class _Staging:
         self._pool.shutdown(wait=True)
         shutil.rmtree(self.root, ignore_errors=True)
         self._lock.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- member checks ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def storage_error(exc: OSError, what: str) -> RegistryError:
     return RegistryError("UNKNOWN", f"storage error while writing {what}: {exc.strerror}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk, so a rename or create in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -175,7 +176,7 @@ class FilesystemBlobStore:
             return BlobInfo(digest, final.stat().st_size)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return BlobInfo(digest, size)
 
     def delete(self, digest: Digest) -> bool:

@@ -65,6 +65,8 @@ from registry.token_api import request_principal
 PREFIX = "/api/v2.0"
 VERSION = "v2.11.0-cargohold"
 MAX_PAGE_SIZE = 100
+# Largest JSON request body (the biggest real one, a repository description, is 64 KiB).
+MAX_JSON_BYTES = 1 << 20
 _MAX_ID = (1 << 63) - 1
 _REGISTRY_CODES = {"NAME_UNKNOWN": "NOT_FOUND", "MANIFEST_UNKNOWN": "NOT_FOUND", "BLOB_UNKNOWN": "NOT_FOUND",
                    "UNAUTHORIZED": "UNAUTHORIZED", "DENIED": "FORBIDDEN", "TOOMANYREQUESTS": "TOO_MANY_REQUESTS"}
@@ -165,6 +167,8 @@ def parse_q(allowed: tuple[str, ...]) -> dict[str, tuple[str, str]]:
 
 
 def _json_body() -> dict[str, Any]:
+    # Capped before reading: werkzeug reads the whole body into memory, chunked or not (413 past the cap).
+    request.max_content_length = MAX_JSON_BYTES
     body = request.get_json(force=True, silent=True)  # deep nesting reads as invalid (web.app's JSON provider)
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
@@ -733,6 +737,7 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     def refresh_robot_secret(robot_id: str) -> Response:
         robot = manageable_robot(robot_id)
         try:
+            request.max_content_length = MAX_JSON_BYTES
             body = request.get_json(force=True, silent=True) if request.get_data(cache=True) else {}
         except RecursionError:  # as in _json_body: deep nesting is bad input, not a 500
             body = None

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from registry.access import Access, TooManyAttempts
-from registry.auth import Principal, parse_basic
+from registry.auth import ROBOT_PREFIX, Principal, parse_basic
 from registry.errors import RegistryError
 from registry.tokens import SERVICE, TokenError, TokenSigner, parse_scopes
 
@@ -80,12 +80,38 @@ def request_principal(access: Access, signer: TokenSigner | None) -> Principal |
             claims = signer.verify(value.strip())
         except TokenError as exc:
             raise RegistryError("UNAUTHORIZED", f"invalid bearer token: {exc}") from None
+        revoked = _subject_revoked(access, claims.subject)
+        if revoked:
+            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: {revoked}")
         grants: set[tuple[str, str]] = set()
         for scope in claims.access:
             name = scope.name if scope.type == "repository" else f"registry:{scope.name}"
             grants |= {(name, action) for action in scope.actions}
         return Principal(claims.subject, False, "token", None, frozenset(grants))
     raise RegistryError("UNAUTHORIZED", f"unsupported authorization scheme {scheme!r}")
+
+
+def _subject_revoked(access: Access, subject: str) -> str | None:
+    """Why a token's subject may no longer act (deleted, disabled, expired), or None.
+
+    Tokens live for minutes; an operator disabling a robot (say, its secret
+    leaked) means it now, not when its last token runs out.
+    """
+    if not subject:
+        return None  # an anonymous token: grants public pulls only
+    if subject.startswith(ROBOT_PREFIX):
+        found = access.robots.stored(subject)
+        if found is None:
+            return f"robot account {subject} no longer exists"
+        robot = found[0]
+        if robot.disabled:
+            return f"robot account {subject} is disabled"
+        if robot.expired():
+            return f"robot account {subject} has expired"
+        return None
+    if access.users.stored(subject) is None:
+        return f"user {subject} no longer exists"
+    return None
 
 
 def realm_base(external_url: str | None) -> str:

@@ -7,15 +7,32 @@ services over the data directory and registers every blueprint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, jsonify, redirect, request
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
 
+from bundles import api as bundles_api
+from bundles import clusterdef_api, releases_api
+from bundles.api_access import ApiAccess
+from bundles.clusterdef import ClusterDefinitions
+from bundles.releases import Releases
+from registry import harbor, token_api
+from registry.access import Access, LoginLimiter
+from registry.artifacts import Artifacts
+from registry.audit import AuditLog
 from registry.auth import Users
 from registry.db import migrate
 from registry.distribution import DistributionConfig, create_blueprint, register_error_handlers
 from registry.model import Registry
+from registry.names import parse_mapping_rules
+from registry.tokens import TokenSigner
 from registry.uploads import Uploads
+from web import tls_api, ui
+from web.bundle_import import import_services
 from web.config import Config
+from web.tls import generated_ca
 
 
 @dataclass(frozen=True)
@@ -26,14 +43,40 @@ class Services:
     registry: Registry
     uploads: Uploads
     users: Users
+    access: Access
+    audit: AuditLog
 
 
 def build_services(config: Config) -> Services:
     """Open the data directory (migrating it) and build the core services."""
     paths = config.paths
+    import bundles.schema  # noqa: F401  (registers the bundles package's tables, so migrate applies them too)
+
     migrate(paths)
     registry = Registry(paths, max_manifest_bytes=config.max_manifest_bytes)
-    return Services(config, registry, Uploads(registry, config.upload_expiry_seconds), Users(registry))
+    users = Users(registry)
+    access = Access(registry, users, LoginLimiter(
+        registry, config.login_failures_per_user, config.login_failures_per_address,
+        window=config.login_lockout_seconds, lockout=config.login_lockout_seconds))
+    # The default project exists from the first start and is public: edge hosts pull anonymously.
+    access.projects.ensure(config.project, public=True)
+    return Services(config, registry, Uploads(registry, config.upload_expiry_seconds), users, access,
+                    AuditLog(registry))
+
+
+class _JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with too-deep nesting reported as invalid JSON.
+
+    `json.loads` raises RecursionError on a body like ``[[[[…``, which
+    `request.get_json(silent=True)` does not catch; as a ValueError every
+    endpoint treats it as the malformed input it is, instead of a 500.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON is nested too deeply") from None
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -41,15 +84,41 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     services = build_services(config)
     app = Flask(__name__)
+    app.json = _JSONProvider(app)
     app.extensions["cargohold"] = services
     realm = "cargohold"
     register_error_handlers(app, realm)
+    signer = TokenSigner.load_or_create(config.paths, config.token_expiry_seconds)
     app.register_blueprint(create_blueprint(
         services.registry, services.uploads, services.users,
-        DistributionConfig(project=config.project, own_hosts=config.own_hosts, realm=realm)))
+        DistributionConfig(project=config.project, own_hosts=config.own_hosts, realm=realm,
+                           external_url=config.external_url),
+        services.access, signer))
+    app.register_blueprint(token_api.create_blueprint(services.access, signer, config.external_url))
+    app.register_blueprint(harbor.create_blueprint(
+        services.access, Artifacts(services.registry, services.access.projects), services.audit, config.project,
+        config.external_url, lambda: generated_ca(config) is not None))
+    harbor.register_audit(app, services.audit)
+    app.register_blueprint(tls_api.create_blueprint(config))
+    # The bundle and cluster-definition APIs authenticate, limit, refuse and audit as the Harbor API does.
+    guard = ApiAccess(services.access, signer, services.audit, config.project, config.external_url)
+    app.register_blueprint(clusterdef_api.create_blueprint(
+        ClusterDefinitions(config.paths), services.registry, guard,
+        clusterdef_api.ClusterDefApiConfig(config.project, parse_mapping_rules(config.mapping_rules))))
+    app.register_blueprint(releases_api.create_blueprint(
+        Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit),
+        guard, services.uploads))
+    imports = import_services(config, services.registry)
+    app.register_blueprint(bundles_api.create_blueprint(
+        imports.importer, imports.jobs, guard, config.paths,
+        bundles_api.BundleApiConfig(config.bundle_max_bytes, config.import_reserve_bytes)))
+    # The operator UI (web.ui): sign-in, resumable upload (tus), pages.
+    ui.init_app(app, imports, ClusterDefinitions(config.paths), signer)
 
     @app.get("/")
-    def index() -> Response:
-        return jsonify({"service": "cargohold", "registry": "/v2/"})
+    def index() -> ResponseReturnValue:
+        if request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json:
+            return redirect("/ui/")  # a browser: the operator UI
+        return jsonify({"service": "cargohold", "registry": "/v2/", "ui": "/ui/"})
 
     return app

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from web.config import Config
 
 
-def _config(**overrides: object) -> Config:
+def _config(**overrides: Any) -> Config:
     try:
         return Config.from_env(**overrides)
     except ValueError as exc:
@@ -32,20 +33,22 @@ data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), de
 @click.option("--bind", default=None, help="Address to listen on [default: 127.0.0.1:5000].")
 @click.option("--workers", type=int, default=None, help="gunicorn worker processes [default: 2].")
 @click.option("--worker-class", default=None, help="gunicorn worker class [default: gthread].")
-@click.option("--threads", type=int, default=None, help="Threads per gthread worker [default: 16].")
+@click.option("--threads", type=int, default=None, help="Threads per gthread worker [default: 32].")
 @click.option("--project", default=None, help="Harbor project for bundle images [default: spectro-images].")
 @click.option("--tls/--no-tls", default=None, help="Serve HTTPS (generates a local CA and certificate if none given).")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="PEM certificate chain for --tls.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls.")
+@click.option("--tls-san", default=None,
+              help="Extra comma-separated DNS names/IPs for the generated certificate (e.g. the cluster VIP).")
 def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_class: str | None,
           threads: int | None, project: str | None, tls: bool | None, tls_cert: Path | None,
-          tls_key: Path | None) -> None:
+          tls_key: Path | None, tls_san: str | None) -> None:
     """Run the appliance under gunicorn."""
     from web.app import build_services
     from web.server import ApplianceServer
 
     config = _config(data_dir=data_dir, bind=bind, workers=workers, worker_class=worker_class, threads=threads,
-                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key)
+                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san)
     services = build_services(config)
     generated = services.users.bootstrap_admin(config.admin_password)
     if generated:
@@ -54,7 +57,10 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
     if config.tls:
         from web.tls import ensure_server_certificate
 
-        cert, key = ensure_server_certificate(config)
+        try:
+            cert, key = ensure_server_certificate(config)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
         config = _config(**{**config.__dict__, "tls_cert": cert, "tls_key": key})
     click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
                err=True)
@@ -74,9 +80,60 @@ def set_password(data_dir: Path | None, username: str, password: str) -> None:
     """Set a user's password (prompted; never taken from the command line)."""
     from web.app import build_services
 
-    build_services(_config(data_dir=data_dir)).users.set_password(username, password)
+    try:
+        build_services(_config(data_dir=data_dir)).users.set_password(username, password)
+    except ValueError as exc:  # an invalid user name (robot$ names are reserved for robot accounts)
+        raise click.UsageError(str(exc)) from None
     click.echo(f"password set for {username}", err=True)
 
 
+@main.group()
+def tls() -> None:
+    """The appliance's TLS material."""
+
+
+@tls.command("ca")
+@data_dir_option
+def tls_ca(data_dir: Path | None) -> None:
+    """Print the local CA certificate (PEM) that edge hosts should trust."""
+    from web.tls import TLSFiles
+
+    config = _config(data_dir=data_dir)
+    path = TLSFiles.of(config.paths).ca_cert
+    try:
+        pem = path.read_text()
+    except FileNotFoundError:
+        raise click.ClickException(f"no local CA at {path}: start the appliance once with "
+                                   "`cargohold serve --tls` (without --tls-cert/--tls-key) to generate it") from None
+    click.echo(pem, nl=False)
+
+
+@main.group()
+def bundle() -> None:
+    """Build, import and inspect content bundles."""
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys and the appliance's trusted keys."""
+
+
+@main.group()
+def inventory() -> None:
+    """What content this appliance holds."""
+
+
+# Command modules add themselves to the groups above.
+from web import cli_build, cli_clusterdef, cli_import  # noqa: E402,F401
+
+cli_clusterdef.register(main)
+from web import cli_release  # noqa: E402
+
+cli_release.register(main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m web.cli` this file is __main__, while the command modules
+    # add their commands to the groups of the imported `web.cli`: run that one.
+    from web.cli import main as _imported_main
+
+    sys.exit(_imported_main())

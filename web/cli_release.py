@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,25 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+def _echo_json(doc: Any, as_json: bool) -> bool:
+    """Print `doc` as JSON when --json was given; True when it was (the caller prints nothing more)."""
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    return as_json
+
+
+def _image(i: dict[str, Any]) -> str:
+    """``repository[:tag]@digest`` of a release image."""
+    return f"{i['repository']}{':' + i['tag'] if i['tag'] else ''}@{i['digest']}"
+
+
+def _echo_added_removed(changes: dict[str, Any], indent: str, describe: Callable[[dict[str, Any]], str]) -> None:
+    """The ``+`` (added) then ``-`` (removed) lines of one section of a release diff."""
+    for sign, key in (("+", "added"), ("-", "removed")):
+        for item in changes[key]:
+            click.echo(f"{indent}{sign} {describe(item)}")
+
+
 @click.group()
 def release() -> None:
     """Releases: what each bundle import staged; diff, check, promote, roll back."""
@@ -86,8 +105,7 @@ def list_cmd(data_dir: Path | None, as_json: bool) -> None:
     _, releases = _releases(data_dir)
     usage = releases.usage()
     items = [{**r.to_json(), "usage": usage.get(r.id)} for r in releases.all()]
-    if as_json:
-        click.echo(json.dumps({"releases": items}, indent=2))
+    if _echo_json({"releases": items}, as_json):
         return
     _table(("ID", "NAME", "VERSION", "STATE", "IMPORTED (UTC)", "PROMOTED (UTC)", "SIZE", "UNIQUE"),
            [(str(r["id"]), r["name"], r["version"] or "-", r["state"] + (" (forced)" if r["forced"] else ""),
@@ -103,8 +121,7 @@ def show_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
     """One release: its images (pending tag moves marked), definitions, usage. RELEASE_ID may be 'promoted'."""
     _, releases = _releases(data_dir)
     doc = _guard(releases.show, release_id)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
+    if _echo_json(doc, as_json):
         return
     click.echo(f"release {doc['id']}: {doc['name']} {doc['version']} ({doc['state']})")
     click.echo(f"  bundle {doc['bundle']}  key {doc['keyId'] or '-'}  imported {_when(doc['importedAt'])} UTC")
@@ -115,7 +132,7 @@ def show_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
                "release")
     for i in doc["images"]:
         mark = "  (pending: moves at promotion)" if i["pending"] else ""
-        click.echo(f"  {i['repository']}{':' + i['tag'] if i['tag'] else ''}@{i['digest']}{mark}")
+        click.echo(f"  {_image(i)}{mark}")
     for d in doc["clusterDefinitions"]:
         click.echo(f"  cluster definition {d['name']} {d['version']}")
 
@@ -131,32 +148,22 @@ def diff_cmd(data_dir: Path | None, ids: tuple[str, ...], as_json: bool) -> None
         raise click.UsageError("give one release (compared with the promoted one) or two")
     old, new = (ids if len(ids) == 2 else ("promoted", ids[0]))
     doc = _guard(releases.diff, old, new)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
+    if _echo_json(doc, as_json):
         return
     f, t = doc["from"], doc["to"]
     click.echo(f"release {f['id']} ({f['name']} {f['version']}) -> release {t['id']} ({t['name']} {t['version']})")
     imgs = doc["images"]
-    for i in imgs["added"]:
-        click.echo(f"  + {i['repository']}{':' + i['tag'] if i['tag'] else ''}@{i['digest']}")
-    for i in imgs["removed"]:
-        click.echo(f"  - {i['repository']}{':' + i['tag'] if i['tag'] else ''}@{i['digest']}")
+    _echo_added_removed(imgs, "  ", _image)
     for i in imgs["changed"]:
         click.echo(f"  ~ {i['repository']}:{i['tag']}  {i['from']} -> {i['to']}")
     click.echo(f"  {len(imgs['added'])} added, {len(imgs['removed'])} removed, {len(imgs['changed'])} changed, "
                f"{imgs['unchanged']} unchanged; {_size(doc['bytes']['new'])} new on disk "
                f"({doc['bytes']['newBlobs']} blobs)")
     defs = doc["clusterDefinitions"]
-    for d in defs["added"]:
-        click.echo(f"  + cluster definition {d['name']} {d['version']}")
-    for d in defs["removed"]:
-        click.echo(f"  - cluster definition {d['name']} {d['version']}")
+    _echo_added_removed(defs, "  ", lambda d: f"cluster definition {d['name']} {d['version']}")
     for d in defs["changed"]:
         click.echo(f"  ~ cluster definition {d['name']} {d['from']} -> {d['to']}")
-        for p in d["packs"]["added"]:
-            click.echo(f"      + pack {p['profile']}/{p['pack']} {p['version']}")
-        for p in d["packs"]["removed"]:
-            click.echo(f"      - pack {p['profile']}/{p['pack']} {p['version']}")
+        _echo_added_removed(d["packs"], "      ", lambda p: f"pack {p['profile']}/{p['pack']} {p['version']}")
         for p in d["packs"]["changed"]:
             click.echo(f"      ~ pack {p['profile']}/{p['pack']} {p['from']} -> {p['to']}")
         for v in d["variables"]["added"]:
@@ -200,8 +207,7 @@ def promote_cmd(data_dir: Path | None, release_id: str, force: bool, reason: str
     """Check, then move every tag of the release in one step."""
     _, releases = _releases(data_dir)
     result = _guard(releases.promote, release_id, _who(), "local", force, reason)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    if _echo_json(result, as_json):
         return
     r = result["release"]
     click.echo(f"promoted release {r['id']} ({r['name']} {r['version']}): {result['tagsMoved']} tag(s) moved"
@@ -215,8 +221,7 @@ def rollback_cmd(data_dir: Path | None, as_json: bool) -> None:
     """Put the previously promoted release's tags back in one step."""
     _, releases = _releases(data_dir)
     result = _guard(releases.rollback, _who(), "local")
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    if _echo_json(result, as_json):
         return
     r, back = result["release"], result["rolledBack"]
     click.echo(f"rolled back release {back['id']} ({back['name']} {back['version']}); release {r['id']} "
@@ -254,8 +259,7 @@ def gc_cmd(data_dir: Path | None, dry_run: bool, retain: int | None, grace: str,
         raise click.ClickException(str(exc)) from None
     for w in report["warnings"]:
         click.echo(w if w.startswith("WARNING") else f"warning: {w}", err=True)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
+    if _echo_json(report, as_json):
         return
     verb = "would remove" if dry_run else "removed"
     for m in report["manifestsRemoved"]:
@@ -304,8 +308,7 @@ def disk_cmd(data_dir: Path | None, as_json: bool) -> None:
     """Free space on the data volume and disk usage per release."""
     _, releases = _releases(data_dir)
     doc = releases.disk()
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
+    if _echo_json(doc, as_json):
         return
     v = doc["volume"]
     click.echo(f"data volume {doc['dataDir']}: {_size(v['free'])} free of {_size(v['total'])}; store holds "

@@ -26,12 +26,18 @@ class Config:
 
     data_dir: Path = Path("cargohold-data")
     bind: str = "127.0.0.1:5000"
+    # Chosen by measurement (scripts/bench_registry.py, docs/performance.md).
     # gthread: a blob download or a slow upload holds a thread, not a whole
-    # process, and threads share one SQLite page cache. Chosen by measurement
-    # (docs/performance.md).
+    # process; sync workers stopped answering manifests once as many slow
+    # downloads as workers were in flight, and cannot keep connections alive. Two
+    # workers suit 2 cores (4 were no faster). 32 threads each because every
+    # download in flight holds one: with 16, thirty slow layer downloads (ten
+    # hosts pulling 3 layers at a time) could fill a worker and stall its
+    # manifest requests; 32 kept serving, at ~3 MB more RSS per worker and
+    # the same request rates.
     worker_class: str = "gthread"
     workers: int = 2
-    threads: int = 16
+    threads: int = 32
     project: str = DEFAULT_PROJECT
     max_manifest_bytes: int = 4 << 20
     upload_expiry_seconds: int = 24 * 3600
@@ -39,7 +45,32 @@ class Config:
     tls: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Extra names for the generated server certificate, comma-separated DNS
+    # names or IP addresses (the cluster's virtual IP, a site DNS name).
+    tls_san: str = ""
     external_url: str | None = None
+    # Bundle import (docs/bundle-import.md). Unsigned bundles are refused
+    # unless this is turned on: a site must not run content nobody vouched for.
+    allow_unsigned_bundles: bool = False
+    # Largest bundle file (or upload) accepted, compressed.
+    bundle_max_bytes: int = 512 << 30
+    # Largest total a bundle may decompress to, and the largest ratio of
+    # decompressed to compressed bytes (a zstd bomb is refused long before it
+    # fills the disk). Real bundles carry gzip layers and stay near 1:1.
+    bundle_max_unpacked_bytes: int = 1 << 40
+    bundle_max_ratio: int = 100
+    # Free space an import must leave on the data volume.
+    import_reserve_bytes: int = 256 << 20
+    # Image name mapping rules, ``prefix=replacement,...``: a matched reference prefix is replaced (the
+    # rest of the path kept) before nesting under the project (registry.names.MappingRule).
+    mapping_rules: str = ""
+    # Access control (docs/api.md, Access control). Registry bearer tokens live this long; this many
+    # distinct wrong passwords for one user, or from one source address, within the lockout window
+    # lock the user or address out for the window (429). 0 turns a limit off.
+    token_expiry_seconds: int = 1800
+    login_failures_per_user: int = 10
+    login_failures_per_address: int = 30
+    login_lockout_seconds: int = 300
 
     @property
     def paths(self) -> DataPaths:

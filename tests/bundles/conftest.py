@@ -8,7 +8,6 @@ refused import can be shown to have left it exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from registry.model import Registry
 from registry.paths import DataPaths
 from tests.appliance import Appliance
 from tests.images import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, OciLayout
+from tests.layouts import layout_closure
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,37 +132,13 @@ def run(*cmd: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def assert_pulled_identical(pulled: Path, source: Path, digest: str) -> int:
     """Every blob reachable from `digest` in the pulled layout equals the source layout's bytes; returns the count."""
-    seen: set[str] = set()
-    stack = [digest]
-    while stack:
-        d = stack.pop()
-        if d in seen:
-            continue
-        seen.add(d)
+    seen = layout_closure(pulled, digest)  # each blob present and hashing to its digest
+    for d in seen:
         hex_ = d.split(":", 1)[1]
         got, want = pulled / "blobs" / "sha256" / hex_, source / "blobs" / "sha256" / hex_
-        assert got.is_file(), f"{d} missing from what skopeo pulled"
-        assert sha256_file(got) == d, f"pulled blob {d} does not hash to its digest"
         assert got.read_bytes() == want.read_bytes(), f"pulled blob {d} differs from the bundle's"
-        try:
-            doc = json.loads(got.read_bytes())
-        except (UnicodeDecodeError, ValueError):
-            continue
-        if isinstance(doc, dict) and doc.get("schemaVersion") == 2:
-            stack += [m["digest"] for m in doc.get("manifests", [])]
-            if "config" in doc:
-                stack.append(doc["config"]["digest"])
-            stack += [layer["digest"] for layer in doc.get("layers", [])]
     return len(seen)
 
 

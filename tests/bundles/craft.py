@@ -10,7 +10,6 @@ and compresses it with tarfile + zstandard.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -24,6 +23,7 @@ import zstandard
 from bundles import format as fmt
 from bundles import keys
 from registry.digest import Digest
+from tests.layouts import sha256_file
 
 
 @dataclass
@@ -61,14 +61,6 @@ def layout_files(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _sha256_file(path: Path) -> Digest:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return Digest("sha256", h.hexdigest())
-
-
 def make_manifest(root: Path, name: str = "test-bundle", version: str = "1.0.0",
                   extra: list[tuple[str, Path]] | None = None, omit: frozenset[str] = frozenset(),
                   base: dict[str, str] | None = None, external: list[tuple[str, int]] | None = None,
@@ -76,7 +68,7 @@ def make_manifest(root: Path, name: str = "test-bundle", version: str = "1.0.0",
                   definitions: list[fmt.FileEntry] | None = None) -> tuple[fmt.BundleManifest, list[tuple[str, Path]]]:
     """The bundle manifest for a layout (minus `omit`ted blob members, plus `extra` files)."""
     files = [(n, p) for n, p in layout_files(root) if n not in omit] + list(extra or [])
-    members = tuple(fmt.Member(n, p.stat().st_size, _sha256_file(p)) for n, p in files)
+    members = tuple(fmt.Member(n, p.stat().st_size, Digest.parse(sha256_file(p))) for n, p in files)
     index = json.loads((root / "index.json").read_text())
     images = tuple(
         fmt.ImageEntry(e["annotations"][fmt.REF_NAME_ANNOTATION], Digest.parse(e["digest"]), e["mediaType"], e["size"])

@@ -23,6 +23,7 @@ import requests
 from tests.appliance import Appliance
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.images import Blob, OciLayout
+from tests.web.uiutil import signed_in
 
 API = "/api/cargohold/v1"
 PROJECT = "spectro-images"
@@ -175,8 +176,13 @@ def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(appliance:
                         auth=appliance.admin, timeout=10).json()
     assert kept["ready"] is True and kept["counts"]["present"] == 5
 
-    # The readiness page says the same, with no external assets.
-    page = requests.get(f"{appliance.url}/ui/cluster-definitions/{name}", auth=appliance.admin, timeout=10)
+    # The old readiness page address sends you to the UI's page, which (signed in) says the same,
+    # with no external assets.
+    old = requests.get(f"{appliance.url}/ui/cluster-definitions/{name}", timeout=10, allow_redirects=False)
+    assert old.status_code == 302 and old.headers["Location"].endswith(f"/ui/definitions/{name}")
+    session, _ = signed_in(appliance)
+    page = session.get(f"{appliance.url}/ui/cluster-definitions/{name}", timeout=10)
+    assert page.url == f"{appliance.url}/ui/definitions/{name}"
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert 'id="verdict">NOT READY<' in page.text and "platform_missing" in page.text
     assert "http://" not in page.text and "https://" not in page.text

@@ -23,7 +23,8 @@ import pytest
 from bundles import keys
 from registry.digest import Digest
 from tests.bundles import craft
-from tests.bundles.conftest import REPO_ROOT, big_layout, cli, sha256_file
+from tests.bundles.conftest import REPO_ROOT, big_layout, cli
+from tests.layouts import sha256_file
 
 
 def _rows(data: Path, sql: str) -> list[tuple[object, ...]]:

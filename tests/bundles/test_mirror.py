@@ -23,7 +23,7 @@ from registry.paths import DataPaths
 from tests.appliance import Appliance
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.test_check import PROJECT, check, skopeo_copy, upload
-from tests.containerd import Containerd, containerd  # noqa: F401  (the session fixture)
+from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -90,7 +90,7 @@ def test_mirror_config_over_http(appliance: Appliance) -> None:
     assert bad.status_code == 400 and "host:port" in bad.json()["errors"][0]["message"]
 
 
-def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Appliance, containerd: Containerd,  # noqa: F811
+def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Appliance, containerd: Containerd,
                                                                 tmp_path: Path) -> None:
     """The generated ns-mode hosts.toml makes a real containerd pull every image through the appliance.
 
@@ -150,7 +150,7 @@ def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Applia
 
 
 def test_containerd_trusts_the_generated_ca_beside_hosts_toml(appliance_factory: Callable[..., Appliance],
-                                                              containerd: Containerd,  # noqa: F811
+                                                              containerd: Containerd,
                                                               tmp_path: Path) -> None:
     """Over HTTPS the files carry the appliance's CA (``ca = "ca.crt"`` beside hosts.toml) and containerd verifies."""
     app = appliance_factory("--tls", scheme="https")

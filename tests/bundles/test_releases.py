@@ -26,6 +26,7 @@ from tests.appliance import Appliance
 from tests.bundles.conftest import assert_pulled_identical, cli, skopeo_pull
 from tests.bundles.fakekube import fake_kube, pod, write_kubeconfig
 from tests.bundles.releases_util import Site, blob_sizes, make_site, trust
+from tests.layouts import layout_closure
 
 API = "/api/cargohold/v1"
 
@@ -161,7 +162,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     assert _pull(app, site.by_digest("b", "b1"), tmp_path, "dry-b1") == site.digests["b1"]  # nothing changed
 
     # The real run, with a running cluster still on A1 (by imageID) and on c:1.0 (by tag through the appliance).
-    a1_only = {dg for dg in v1_only if dg in _reachable(site.v1_layout.root, site.digests["a1"])}
+    a1_only = {dg for dg in v1_only if dg in layout_closure(site.v1_layout.root, site.digests["a1"])}
     pods = [pod("web", "default", [f"{app.host}/spectro-images/{a}"],
                 [f"{app.host}/{site.repo('a')}@{site.digests['a1']}"]),
             pod("db", "prod", [f"{app.host}/{site.repo('c')}:1.0"], [])]
@@ -191,21 +192,6 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     refused = _api(app, "POST", "/releases/rollback")
     assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "CONTENT_MISSING"
     assert _pull(app, b, tmp_path, "after-refused-b") == site.digests["b2"]
-
-
-def _reachable(layout_root: Path, digest: str) -> set[str]:
-    seen: set[str] = set()
-    stack = [digest]
-    while stack:
-        dg = stack.pop()
-        if dg in seen:
-            continue
-        seen.add(dg)
-        doc = json.loads((layout_root / "blobs" / "sha256" / dg.split(":", 1)[1]).read_bytes()) \
-            if dg == digest else None
-        if doc:
-            stack += [doc["config"]["digest"], *(x["digest"] for x in doc["layers"])]
-    return seen
 
 
 def test_promotion_is_refused_when_the_check_fails_unless_forced_with_a_reason(

@@ -8,7 +8,6 @@ multi-layer image tagged ``multi:1`` and a two-platform index tagged
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import requests
 
 from tests.appliance import Appliance
 from tests.images import OCI_INDEX, REF_NAME, Blob, OciLayout
+from tests.layouts import json_or_none
 
 LAYER_SIZES = [400_000, 120_000, 3_000]
 
@@ -81,44 +81,6 @@ def layout_ref(root: Path, ref: str | None = None) -> str:
     return str(entries[0]["digest"])
 
 
-def layout_closure(root: Path, digest: str) -> set[str]:
-    """Every digest reachable from manifest `digest` in an OCI layout (itself, children, configs, layers).
-
-    Each blob's bytes are re-hashed, so a layout that holds wrong bytes under
-    a digest fails here rather than passing by name.
-    """
-    seen: set[str] = set()
-    stack = [digest]
-    while stack:
-        d = stack.pop()
-        if d in seen:
-            continue
-        path = root / "blobs" / "sha256" / d.split(":", 1)[1]
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        assert f"sha256:{h.hexdigest()}" == d, f"{path} does not hash to its name"
-        seen.add(d)
-        doc = _json_or_none(path)  # configs and layers are not schemaVersion-2 documents
-        if doc is not None and doc.get("schemaVersion") == 2:
-            stack += [m["digest"] for m in doc.get("manifests", [])]  # type: ignore[attr-defined]
-            if isinstance(doc.get("config"), dict):
-                stack.append(doc["config"]["digest"])  # type: ignore[index]
-            stack += [layer["digest"] for layer in doc.get("layers", [])]  # type: ignore[attr-defined]
-    return seen
-
-
-def _json_or_none(path: Path) -> dict[str, object] | None:
-    if path.stat().st_size > 4 << 20:
-        return None
-    try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def is_index(root: Path, digest: str) -> bool:
-    doc = _json_or_none(root / "blobs" / "sha256" / digest.split(":", 1)[1])
+    doc = json_or_none(root / "blobs" / "sha256" / digest.split(":", 1)[1])
     return bool(doc) and doc.get("mediaType") == OCI_INDEX  # type: ignore[union-attr]

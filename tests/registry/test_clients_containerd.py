@@ -18,7 +18,8 @@ import pytest
 
 from tests.appliance import Appliance, free_port
 from tests.containerd import Containerd, ContainerdError
-from tests.registry.conftest import SourceImages, layout_closure, require, run
+from tests.layouts import layout_closure
+from tests.registry.conftest import SourceImages, require, run
 
 
 @pytest.fixture(autouse=True)

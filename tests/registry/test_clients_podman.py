@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.appliance import Appliance, free_port
-from tests.registry.conftest import SourceImages, layout_closure, layout_ref, require, run
+from tests.layouts import layout_closure
+from tests.registry.conftest import SourceImages, layout_ref, require, run
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,7 +11,8 @@ import pytest
 
 from tests.appliance import Appliance
 from tests.images import OciLayout
-from tests.registry.conftest import SourceImages, layout_closure, layout_ref, require, run
+from tests.layouts import layout_closure, sha256_file
+from tests.registry.conftest import SourceImages, layout_ref, require, run
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +29,6 @@ def skopeo(*args: str, tmp_path: Path, check: bool = True) -> str:
 def push(appliance: Appliance, source: SourceImages, ref: str, dest: str, tmp_path: Path, *extra: str) -> None:
     skopeo("copy", "--dest-tls-verify=false", "--dest-creds", appliance.creds, *extra,
            f"oci:{source.path}:{ref}", f"docker://{appliance.host}/{dest}", tmp_path=tmp_path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
 
 
 def test_copy_multilayer_image_round_trip(appliance: Appliance, source: SourceImages, repo: str,

@@ -31,8 +31,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 import web.tls
 from tests.appliance import Appliance
-from tests.containerd import Containerd
-from tests.containerd import containerd as containerd  # the session fixture, requested by name
+from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
 from web.config import Config
 from web.tls import SubjectNames, TLSConfigError, TLSFiles, ensure_server_certificate

@@ -11,23 +11,7 @@ import requests
 
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
-from tests.web.uiutil import login, screenshot
-
-
-def _token(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "the form carries no CSRF token"
-    return match.group(1)
-
-
-def _signed_in(app: Appliance) -> tuple[requests.Session, str]:
-    s = requests.Session()
-    token = _token(s.get(f"{app.url}/ui/login", timeout=10).text)
-    r = s.post(f"{app.url}/ui/login", data={"username": app.admin[0], "password": app.admin[1],
-                                             "csrf_token": token}, timeout=10, allow_redirects=False)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/ui/")
-    page = s.get(f"{app.url}/ui/", timeout=10)
-    return s, re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+from tests.web.uiutil import login, screenshot, signed_in
 
 
 def test_wrong_password_shows_an_error_and_the_right_one_signs_in(ui_app: Appliance, context: Any) -> None:
@@ -60,7 +44,7 @@ def test_posts_without_the_csrf_token_are_refused(ui_app: Appliance) -> None:
     assert r.status_code == 400 and "CSRF" in r.text
     assert s.get(f"{ui_app.url}/ui/", timeout=10, allow_redirects=False).status_code == 302
 
-    s, token = _signed_in(ui_app)
+    s, token = signed_in(ui_app)
     # A page form without the token: refused, nothing created.
     r = s.post(f"{ui_app.url}/ui/robots", data={"name": "csrfless"}, timeout=10)
     assert r.status_code == 400 and "CSRF" in r.text
@@ -79,7 +63,7 @@ def test_posts_without_the_csrf_token_are_refused(ui_app: Appliance) -> None:
 
 
 def test_a_password_change_ends_the_session(ui_app: Appliance) -> None:
-    s, _ = _signed_in(ui_app)
+    s, _ = signed_in(ui_app)
     assert s.get(f"{ui_app.url}/ui/keys", timeout=10, allow_redirects=False).status_code == 200
     # The same password again: a new salt, so a new hash, which is what a session is bound to.
     cargohold("admin", "set-password", "--data-dir", ui_app.data_dir, env={"CARGOHOLD_NEW_PASSWORD": ui_app.admin[1]})

@@ -20,7 +20,8 @@ from tusclient.uploader.uploader import Uploader
 
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
-from tests.web.uiutil import build_bundle, detached_signature, sha256_file
+from tests.layouts import sha256_file
+from tests.web.uiutil import build_bundle, detached_signature
 
 TUS = {"Tus-Resumable": "1.0.0"}
 

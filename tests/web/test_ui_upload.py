@@ -17,7 +17,8 @@ import requests
 
 from tests.appliance import Appliance
 from tests.bundles.conftest import snapshot
-from tests.web.uiutil import build_bundle, catalog, detached_signature, login, screenshot, sha256_file
+from tests.layouts import sha256_file
+from tests.web.uiutil import build_bundle, catalog, detached_signature, login, screenshot
 
 CHUNK = 256 << 10
 

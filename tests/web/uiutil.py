@@ -7,12 +7,13 @@ own browser downloads are never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
@@ -47,6 +48,24 @@ def login(page: object, app: Appliance, password: str | None = None) -> None:
     page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
 
 
+def form_token(html: str) -> str:
+    """The CSRF token a UI form carries."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the form carries no CSRF token"
+    return match.group(1)
+
+
+def signed_in(app: Appliance) -> tuple[requests.Session, str]:
+    """A requests session signed in to the UI as the admin (through the login form), and its CSRF token."""
+    s = requests.Session()
+    token = form_token(s.get(f"{app.url}/ui/login", timeout=10).text)
+    r = s.post(f"{app.url}/ui/login", data={"username": app.admin[0], "password": app.admin[1],
+                                             "csrf_token": token}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/ui/")
+    page = s.get(f"{app.url}/ui/", timeout=10)
+    return s, re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+
+
 def signing_key(directory: Path) -> tuple[Path, Path]:
     """(private PEM, public PEM) of a new RSA key from `cargohold keys generate`."""
     cargohold("keys", "generate", directory / "signing", "--type", "rsa", "--bits", "2048")
@@ -72,14 +91,6 @@ def detached_signature(bundle: Path, key: Path) -> Path:
     out = bundle.with_name(bundle.name + ".sig")
     subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key), "-out", str(out), str(bundle)], check=True)
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def catalog(app: Appliance) -> list[str]:

@@ -103,6 +103,17 @@ def _admin() -> Principal | Response:
     return principal
 
 
+def _admin_upload(upload_id: str) -> TusUpload | Response:
+    """The upload an admin request names, or the error response to send (auth failure, or 404)."""
+    who = _admin()
+    if isinstance(who, Response):
+        return who
+    upload = _ui().uploads.get(upload_id)
+    if upload is None:
+        return _fail(404, f"no upload {upload_id}")
+    return upload
+
+
 def _start_import(upload: TusUpload) -> None:
     """Called when a bundle upload's last byte lands: start its import (a signature upload just waits)."""
     ui = _ui()
@@ -187,12 +198,9 @@ def create_blueprint() -> Blueprint:
 
     @bp.route(f"{PREFIX}/<upload_id>", methods=["HEAD"])
     def head(upload_id: str) -> Response:
-        who = _admin()
-        if isinstance(who, Response):
-            return who
-        upload = _ui().uploads.get(upload_id)
-        if upload is None:
-            return _fail(404, f"no upload {upload_id}")
+        upload = _admin_upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
         resp = Response(status=200)
         if upload.metadata:
             resp.headers["Upload-Metadata"] = _metadata_header(upload)
@@ -200,12 +208,9 @@ def create_blueprint() -> Blueprint:
 
     @bp.get(f"{PREFIX}/<upload_id>")
     def get(upload_id: str) -> Response:
-        who = _admin()
-        if isinstance(who, Response):
-            return who
-        upload = _ui().uploads.get(upload_id)
-        if upload is None:
-            return _fail(404, f"no upload {upload_id}")
+        upload = _admin_upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
         return _tus(jsonify(upload.to_json()))
 
     @bp.patch(f"{PREFIX}/<upload_id>")
@@ -231,13 +236,10 @@ def create_blueprint() -> Blueprint:
 
     @bp.delete(f"{PREFIX}/<upload_id>")
     def terminate(upload_id: str) -> Response:
-        who = _admin()
-        if isinstance(who, Response):
-            return who
-        uploads = _ui().uploads
-        if uploads.get(upload_id) is None:
-            return _fail(404, f"no upload {upload_id}")
-        uploads.delete(upload_id)
+        upload = _admin_upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        _ui().uploads.delete(upload.id)
         return _tus(Response(status=204))
 
     @bp.get("/ui/api/imports/<job_id>")
