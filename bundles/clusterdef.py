@@ -43,6 +43,7 @@ from bundles.discovery import (
     normalise,
     values_images,
 )
+from bundles.tarheaders import BoundedTarInfo
 from registry.db import migrate, open_database, write_transaction
 from registry.paths import DataPaths
 
@@ -245,7 +246,7 @@ def read_members(stream: IO[bytes]) -> tuple[dict[str, bytes], str]:
     members: dict[str, bytes] = {}
     total = count = 0
     try:
-        with tarfile.open(fileobj=counting, mode="r|gz") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=counting, mode="r|gz", tarinfo=BoundedTarInfo) as tar:  # type: ignore[call-overload]
             for member in tar:
                 count += 1
                 if count > MAX_MEMBERS:

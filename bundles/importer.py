@@ -56,6 +56,7 @@ import zstandard
 from bundles import format as fmt
 from bundles import keys, releases
 from bundles.releases import ReleaseInfo
+from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
 from registry.blobstore import BlobInfo, fsync_dir
 from registry.db import write_transaction
@@ -325,7 +326,7 @@ class _TarStream:
         """The next member's header (after skipping what is left of the current one); None at the end."""
         self._skip(self.offset - self._pos)
         try:
-            info = tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+            info = BoundedTarInfo.fromtarfile(self)  # type: ignore[arg-type]
         # These HeaderError subclasses exist at run time but are missing from typeshed's stubs.
         except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):  # type: ignore[attr-defined]
             return None

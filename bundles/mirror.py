@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ from registry.paths import DataPaths
 
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 K3S_CA_PATH = "/etc/rancher/k3s/cargohold-ca.crt"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# host[:port]: a DNS name or IPv4 address, or a bracketed IPv6 address; a port of 1-5 digits.
+_ADDRESS = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?\Z")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class MirrorSettings:
     def __post_init__(self) -> None:
         if self.scheme not in ("http", "https"):
             raise ValueError(f"scheme must be http or https, not {self.scheme!r}")
-        if not self.address or "/" in self.address or " " in self.address:
+        if not _ADDRESS.match(self.address):  # it names directories in the generated tree: nothing else
             raise ValueError(f"address {self.address!r} must be host or host:port")
         if (self.username is None) != (self.password is None):
             raise ValueError("give both a username and a password, or neither")

@@ -166,9 +166,17 @@ def parse_q(allowed: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _capped_body() -> bytes:
+    """The request body, read into memory only up to MAX_JSON_BYTES; 413 past it."""
+    request.max_content_length = MAX_JSON_BYTES  # a longer Content-Length: werkzeug answers 413 unread
+    data = request.get_data(cache=True)
+    if len(data) >= MAX_JSON_BYTES:  # a chunked body is cut at the cap by werkzeug, not refused
+        raise HarborError("BAD_REQUEST", f"the request body is over the {MAX_JSON_BYTES}-byte limit", 413)
+    return data
+
+
 def _json_body() -> dict[str, Any]:
-    # Capped before reading: werkzeug reads the whole body into memory, chunked or not (413 past the cap).
-    request.max_content_length = MAX_JSON_BYTES
+    _capped_body()
     body = request.get_json(force=True, silent=True)  # deep nesting reads as invalid (web.app's JSON provider)
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
@@ -737,8 +745,7 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     def refresh_robot_secret(robot_id: str) -> Response:
         robot = manageable_robot(robot_id)
         try:
-            request.max_content_length = MAX_JSON_BYTES
-            body = request.get_json(force=True, silent=True) if request.get_data(cache=True) else {}
+            body = request.get_json(force=True, silent=True) if _capped_body() else {}
         except RecursionError:  # as in _json_body: deep nesting is bad input, not a 500
             body = None
         if not isinstance(body, dict):

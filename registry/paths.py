@@ -20,6 +20,7 @@ Nothing else in the code joins path segments under the data directory.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,14 @@ class DataPaths:
         return self.root / "imports"
 
     def ensure(self) -> None:
-        """Create the directories (idempotent)."""
+        """Create the directories (idempotent).
+
+        The root is 0700: the database holds password and robot-secret
+        hashes and the audit log, and everything else is served through the
+        appliance's own access checks, never read from disk by other users.
+        """
         for d in (self.root, self.blobs, self.tmp, self.uploads, self.quarantine, self.keys, self.tls, self.imports):
             d.mkdir(parents=True, exist_ok=True)
-        self.keys.chmod(0o700)
+        for d in (self.root, self.keys):
+            if d.stat().st_uid == os.getuid():  # a mounted volume owned by someone else keeps its mode
+                d.chmod(0o700)

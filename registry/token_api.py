@@ -8,7 +8,8 @@ Route table:
     POST  /service/token   405 (Harbor's token service takes no OAuth2 POST)
 
 `request_principal` turns a request's Authorization header (Basic for users
-and robots, Bearer for tokens this service issued) into a `Principal`; with
+and robots, Bearer for tokens this service issued, refused once their subject
+is deleted, disabled or expired) into a `Principal`; with
 no header, a signed-in operator UI session (web.ui) counts, and an unsafe
 method from a session must carry its CSRF token in ``X-CSRF-Token``;
 `bearer_challenge` is the WWW-Authenticate value every /v2/ 401 carries.

@@ -351,3 +351,13 @@ def test_detached_signature_required_for_plain_layout(world: World) -> None:
 def test_garbage_signature_file(world: World) -> None:
     bundle = _write(world, _entries(world))
     refused(world, bundle, "SIGNATURE", "empty", signature=b"")
+
+
+def test_extended_header_claiming_too_many_bytes_is_refused_before_it_is_read(world: World) -> None:
+    # tarfile would read the claimed pax header whole into memory; capped (bundles.tarheaders), the
+    # bundle is refused at the header.
+    from tests.bundles.test_tar_headers import extended_header_bomb
+
+    bundle = world.tmp / f"{uuid.uuid4().hex[:8]}.tar.zst"
+    bundle.write_bytes(zstandard.ZstdCompressor().compress(extended_header_bomb(8 << 20)))
+    refused(world, bundle, "FORMAT", "extended header (pax or GNU long name) of 8388608 bytes")

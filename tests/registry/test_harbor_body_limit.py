@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import requests
 
@@ -27,7 +28,7 @@ def test_an_oversized_chunked_json_body_is_refused_too(appliance: Appliance) -> 
     project = admin.create_project(public=False)
     payload = json.dumps({"metadata": {"public": "true"}, "padding": "x" * (MAX_JSON_BYTES + 1024)}).encode()
 
-    def chunks():  # a generator body: sent chunked, with no Content-Length
+    def chunks() -> Iterator[bytes]:  # a generator body: sent chunked, with no Content-Length
         for i in range(0, len(payload), 64 << 10):
             yield payload[i:i + (64 << 10)]
 

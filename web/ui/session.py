@@ -29,6 +29,9 @@ from registry.auth import Principal
 from registry.errors import RegistryError
 from registry.token_api import SESSION_BINDING, SESSION_CSRF, SESSION_USER, session_binding, session_principal
 
+# Largest UI form post: the biggest field is a pasted or uploaded public key (64 KiB).
+MAX_FORM_BYTES = 1 << 20
+
 
 def access() -> Access:
     return current_app.extensions["cargohold"].access  # type: ignore[no-any-return]
@@ -79,6 +82,13 @@ def _safe_next(target: str | None) -> str:
 
 def create_blueprint() -> Blueprint:
     bp = Blueprint("ui_session", __name__, url_prefix="/ui")
+
+    @bp.before_app_request
+    def _cap_ui_forms() -> None:
+        # Reading request.form spools file parts to disk, and the CSRF check (and the sign-in form) reads it
+        # before anyone is signed in: cap every UI body first (413), so an anonymous POST cannot fill the disk.
+        if request.path.startswith("/ui/"):
+            request.max_content_length = MAX_FORM_BYTES
 
     @bp.app_context_processor
     def _globals() -> dict[str, Any]:
