@@ -90,6 +90,15 @@ def test_mirror_config_over_http(appliance: Appliance) -> None:
     assert bad.status_code == 400 and "host:port" in bad.json()["errors"][0]["message"]
 
 
+def mirror_config_cli(app: Appliance, out: Path) -> Path:
+    """`cargohold mirror-config --out OUT` for the appliance's data directory and address; returns OUT."""
+    proc = subprocess.run([sys.executable, "-m", "web.cli", "mirror-config", "--data-dir", str(app.data_dir),
+                           "--out", str(out), "--address", app.host],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Appliance, containerd: Containerd,
                                                                 tmp_path: Path) -> None:
     """The generated ns-mode hosts.toml makes a real containerd pull every image through the appliance.
@@ -123,11 +132,7 @@ def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Applia
     assert result["ready"] is True, result["findings"]
     assert {f["reference"] for f in result["findings"]} == set(images)
 
-    out = tmp_path / "mirror"
-    proc = subprocess.run([sys.executable, "-m", "web.cli", "mirror-config", "--data-dir", str(appliance.data_dir),
-                           "--out", str(out), "--address", appliance.host],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr
+    out = mirror_config_cli(appliance, tmp_path / "mirror")
     hosts_dir = out / "containerd" / "mirror"
     assert (hosts_dir / "127.0.0.2" / "hosts.toml").exists() and (hosts_dir / "docker.io" / "hosts.toml").exists()
     assert tomllib.loads((hosts_dir / "127.0.0.2" / "hosts.toml").read_text())["server"] == "https://127.0.0.2"
@@ -159,11 +164,7 @@ def test_containerd_trusts_the_generated_ca_beside_hosts_toml(appliance_factory:
     ref = f"127.0.0.2/tls/app:{tag}"
     blob = layout.add_image([1_000], seed=uuid.uuid4().int % 10_000_000, ref="app")
     skopeo_copy(app, layout.root, "app", f"{PROJECT}/{ref}", tmp_path)
-    out = tmp_path / "mirror"
-    proc = subprocess.run([sys.executable, "-m", "web.cli", "mirror-config", "--data-dir", str(app.data_dir),
-                           "--out", str(out), "--address", app.host],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr
+    out = mirror_config_cli(app, tmp_path / "mirror")
     hosts = out / "containerd" / "mirror"
     config = tomllib.loads((hosts / "127.0.0.2" / "hosts.toml").read_text())
     assert config["host"] == {f"https://{app.host}": {"capabilities": ["pull", "resolve"], "ca": "ca.crt"}}

@@ -82,6 +82,18 @@ def registry_digest(appliance: Appliance, ref: str) -> str:
     return str(info["Digest"])
 
 
+def podman_import(podman: Podman, tmp_path: Path, name: str, member: str, payload: bytes) -> str:
+    """`podman import` a one-file root filesystem as a new local image; returns its name."""
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    local = f"localhost/cargohold-test/{name}{uuid.uuid4().hex[:8]}:1"
+    podman("import", str(rootfs), local)
+    return local
+
+
 def test_pull_image(podman: Podman, appliance: Appliance, source: SourceImages, repo: str) -> None:
     skopeo_push(appliance, source, "multi:1", f"{repo}:1")
     podman("pull", "--tls-verify=false", f"{appliance.host}/{repo}:1")
@@ -220,13 +232,7 @@ def test_push_new_image_compressed_on_the_fly(podman: Podman, appliance: Applian
                                               tmp_path: Path) -> None:
     """An image podman made itself: its layer is compressed while it streams up (size unknown in advance)."""
     payload = random.Random(5).randbytes(300_000)
-    rootfs = tmp_path / "rootfs.tar"
-    with tarfile.open(rootfs, "w") as tar:
-        info = tarfile.TarInfo("data/payload.bin")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    local = f"localhost/cargohold-test/imported{uuid.uuid4().hex[:8]}:1"
-    podman("import", str(rootfs), local)
+    local = podman_import(podman, tmp_path, "imported", "data/payload.bin", payload)
     target = f"{appliance.host}/{repo}/imported:1"
     digestfile = tmp_path / "digest"
     podman("push", "--tls-verify=false", "--creds", appliance.creds, "--digestfile", str(digestfile), local, target)
@@ -248,13 +254,7 @@ def test_push_new_image_compressed_on_the_fly(podman: Podman, appliance: Applian
 def test_push_zstd_compressed(podman: Podman, appliance: Appliance, repo: str, tmp_path: Path) -> None:
     """zstd layers (OCI ...tar+zstd) push and come back intact."""
     payload = random.Random(6).randbytes(200_000)
-    rootfs = tmp_path / "rootfs.tar"
-    with tarfile.open(rootfs, "w") as tar:
-        info = tarfile.TarInfo("data/z.bin")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    local = f"localhost/cargohold-test/zstd{uuid.uuid4().hex[:8]}:1"
-    podman("import", str(rootfs), local)
+    local = podman_import(podman, tmp_path, "zstd", "data/z.bin", payload)
     target = f"{appliance.host}/{repo}/zstd:1"
     podman("push", "--tls-verify=false", "--creds", appliance.creds, "--format", "oci", "--compression-format",
            "zstd", local, target)
