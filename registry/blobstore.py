@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ class BlobStore(Protocol):
     def adopt(self, path: Path, digest: Digest, size: int) -> BlobInfo: ...
     def delete(self, digest: Digest) -> bool: ...
     def walk(self) -> Iterator[BlobInfo]: ...
+
+
+def require_space(root: Path, incoming: int, reserve: int, what: str) -> None:
+    """Refuse a write that would leave less than `reserve` bytes free on the data volume.
+
+    Raises INSUFFICIENT_STORAGE (507) naming the shortfall. An edge box with
+    a full disk cannot even record a failed upload, so writers stop before it.
+    """
+    free = shutil.disk_usage(root).free
+    if incoming + reserve > free:
+        raise RegistryError("INSUFFICIENT_STORAGE",
+                            f"not enough free space for {what}: {incoming} bytes incoming, {free} free and "
+                            f"{reserve} must stay free (import_reserve_bytes)")
 
 
 def storage_error(exc: OSError, what: str) -> RegistryError:

@@ -313,6 +313,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         digest_text = request.args.get("digest")
         if digest_text:
             digest = Digest.parse(digest_text)
+            uploads.require_space(_content_length())
             info = registry.store.ingest(_body(), digest, _content_length())
             registry.link_blob(name, info)
             return _created(name, info.digest)

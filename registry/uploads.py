@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from registry import hashstate
-from registry.blobstore import CHUNK, BlobInfo, storage_error
+from registry.blobstore import CHUNK, BlobInfo, require_space, storage_error
 from registry.db import write_transaction
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -50,13 +50,20 @@ class ClientGone(Exception):
 class Uploads:
     """Upload sessions of one registry."""
 
-    def __init__(self, registry: Registry, expiry_seconds: int = DEFAULT_EXPIRY_SECONDS) -> None:
+    def __init__(self, registry: Registry, expiry_seconds: int = DEFAULT_EXPIRY_SECONDS,
+                 reserve_bytes: int = 0) -> None:
         self.registry = registry
         self.paths = registry.paths
         self.expiry_seconds = expiry_seconds
+        self.reserve_bytes = reserve_bytes
+
+    def require_space(self, incoming: int | None) -> None:
+        """Raise INSUFFICIENT_STORAGE unless `incoming` bytes fit above the free-space reserve."""
+        require_space(self.paths.root, incoming or 0, self.reserve_bytes, "this upload")
 
     def start(self, name: str) -> UploadSession:
-        """Open a new, empty session for repository `name`."""
+        """Open a new, empty session for repository `name`; raises INSUFFICIENT_STORAGE when the disk is full."""
+        self.require_space(0)
         uuid = uuidlib.uuid4().hex
         now = time.time()
         state = hashstate.ResumableSha256().state() if hashstate.available() else None
@@ -100,8 +107,10 @@ class Uploads:
 
         Raises RANGE_INVALID (416) for an out-of-order or stale chunk. If the
         client disconnects mid-chunk, the bytes that arrived are kept and
-        counted, and ClientGone is raised.
+        counted, and ClientGone is raised. INSUFFICIENT_STORAGE when the chunk
+        would eat into the free-space reserve.
         """
+        self.require_space(length)
         with self._locked(session) as (f, offset, state):
             if start is not None and start != offset:
                 raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {offset} bytes",
@@ -155,6 +164,8 @@ class Uploads:
         current offset, and DIGEST_INVALID when the content does not match
         `digest`; the session is then discarded, since no later chunk can fix it.
         """
+        if stream is not None and length != 0:
+            self.require_space(length)
         with self._locked(session) as (f, offset, state):
             # Checked under the lock: a chunk that landed meanwhile moved the offset.
             if start is not None and start != offset:

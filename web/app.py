@@ -60,8 +60,8 @@ def build_services(config: Config) -> Services:
         window=config.login_lockout_seconds, lockout=config.login_lockout_seconds))
     # The default project exists from the first start and is public: edge hosts pull anonymously.
     access.projects.ensure(config.project, public=True)
-    return Services(config, registry, Uploads(registry, config.upload_expiry_seconds), users, access,
-                    AuditLog(registry))
+    uploads = Uploads(registry, config.upload_expiry_seconds, config.import_reserve_bytes)
+    return Services(config, registry, uploads, users, access, AuditLog(registry))
 
 
 class _JSONProvider(DefaultJSONProvider):
