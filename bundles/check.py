@@ -2,7 +2,7 @@
 
 Each required image is mapped to its local repository
 (`registry.names.map_reference`: mapping rules, then nesting under the
-project) and gets exactly one finding, the first that applies:
+project, a host with a port as ``host_port``) and gets exactly one finding, the first that applies:
 
     repository_missing  no such repository
     tag_missing         the repository lacks the tag (for ``tag@digest``: and the

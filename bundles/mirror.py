@@ -1,13 +1,15 @@
 """Edge-host registry mirror configuration: the files that let containerd, k3s and RKE2 pull through the appliance.
 
 For the appliance's address and every upstream registry found in the
-stored content (repositories ``<project>/<upstream host>/...``) this writes:
+stored content (repositories ``<project>/<nested host>/...``; a host with a
+port is stored nested as ``host_port`` and named ``host:port`` here, as
+containerd and k3s name it: `registry.names.nest_domain`) this writes:
 
     containerd/mirror/<host>/hosts.toml     ?ns= mirror mode: the upstream stays the server, the
                                             appliance is a pull/resolve host; containerd adds
                                             ``?ns=<host>`` to every request (the /v2/ API nests it)
     containerd/override/<host>/hosts.toml   override_path mode: the appliance path
-                                            ``/v2/<project>/<host>`` replaces ``/v2``, for
+                                            ``/v2/<project>/<nested host>`` replaces ``/v2``, for
                                             runtimes or proxies that drop the ns parameter
     k3s/registries.yaml                     k3s / RKE2: mirrors with endpoint and rewrite,
                                             configs with the CA file and credentials
@@ -35,7 +37,7 @@ import yaml
 
 from registry.inventory import Inventory
 from registry.model import Registry
-from registry.names import DEFAULT_DOMAIN
+from registry.names import DEFAULT_DOMAIN, nest_domain, split_local_repository
 from registry.paths import DataPaths
 
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
@@ -70,14 +72,13 @@ class MirrorSettings:
 
 
 def upstream_domains(inventory: Inventory, project: str) -> list[str]:
-    """Upstream registry hosts that stored repositories nest under `project`."""
+    """Upstream registry hosts (``host[:port]``, un-nested) that stored repositories nest under `project`."""
     domains: set[str] = set()
-    prefix = f"{project}/"
-    for name in inventory.repository_names(prefix):
-        parts = name[len(prefix):].split("/")
-        # <project>/<host>/<path...>: a host has a dot (or is localhost); other names are local projects' own.
-        if len(parts) >= 2 and ("." in parts[0] or parts[0] == "localhost"):
-            domains.add(parts[0])
+    for name in inventory.repository_names(f"{project}/"):
+        # Names below the project that nest no host are local projects' own: no upstream to mirror.
+        split = split_local_repository(project, name)
+        if split is not None:
+            domains.add(split[0])
     return sorted(domains)
 
 
@@ -123,7 +124,7 @@ def mirror_files(settings: MirrorSettings, domains: list[str]) -> dict[str, byte
             f"pull {domain} images through the appliance (ns mode)"))
         put_host("override", domain, _hosts_toml(
             _upstream_server(domain),
-            _host_block(f"{settings.url}/v2/{settings.project}/{domain}", settings, pull, True),
+            _host_block(f"{settings.url}/v2/{settings.project}/{nest_domain(domain)}", settings, pull, True),
             f"pull {domain} images through the appliance (override_path mode)"))
     own = _hosts_toml(settings.url, _host_block(settings.url, settings, [*pull, "push"], False),
                       "the appliance itself")
@@ -131,7 +132,7 @@ def mirror_files(settings: MirrorSettings, domains: list[str]) -> dict[str, byte
     put_host("override", settings.address, own)
 
     mirrors: dict[str, object] = {
-        domain: {"endpoint": [settings.url], "rewrite": {"^(.*)$": f"{settings.project}/{domain}/$1"}}
+        domain: {"endpoint": [settings.url], "rewrite": {"^(.*)$": f"{settings.project}/{nest_domain(domain)}/$1"}}
         for domain in domains}
     mirrors[settings.address] = {"endpoint": [settings.url]}
     config: dict[str, object] = {}

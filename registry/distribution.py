@@ -18,7 +18,8 @@ Route table (``<name>`` is a multi-component repository name):
     GET             /v2/<name>/referrers/<digest>         referrers (artifactType)
 
 containerd mirror requests carry ``?ns=<upstream host>``; the name is then
-resolved under the default project (`registry.names.mirror_repository`).
+resolved under the default project (`registry.names.mirror_repository`;
+``?ns=host:port`` nests as ``<project>/host_port/...``).
 """
 
 from __future__ import annotations

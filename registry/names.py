@@ -5,6 +5,14 @@ Images keep their full original reference nested under a Harbor project
 repository ``spectro-images/docker.io/library/nginx`` with tag ``1.25``.
 containerd mirror requests (``?ns=docker.io`` on ``library/nginx``) resolve
 to that same repository.
+
+A registry host with a port cannot be a path component as it is (':' is not
+in the OCI name grammar), so the host component nests through `nest_domain`:
+``host:port`` becomes ``host_port`` (``myreg.local:5000/team/app`` is served as
+``spectro-images/myreg.local_5000/team/app``). Host names never contain '_'
+(DNS), so the encoding is injective and `unnest_domain` reverses it. Every
+place that builds or takes apart ``<project>/<host>/...`` goes through this pair.
+IPv6 literal hosts (``[::1]:5000``) are refused with NAME_INVALID.
 """
 
 from __future__ import annotations
@@ -55,19 +63,93 @@ def normalize_domain(domain: str) -> str:
     return DEFAULT_DOMAIN if domain in _DOCKER_ALIASES else domain
 
 
+_PORT_RE = re.compile(r"^[0-9]{1,5}\Z")
+_COMPONENT_RE = re.compile(rf"^{_COMPONENT}\Z")
+
+
+def nest_domain(domain: str) -> str:
+    """The path component that registry host `domain` nests as: ``host:port`` -> ``host_port``.
+
+    Injective because host names never contain '_'. Raises
+    RegistryError(NAME_INVALID) for a host that cannot be nested: an IPv6
+    literal, a '_' in the host, a port that is not 1-5 digits, or characters
+    outside the OCI name grammar.
+    """
+    def refuse(why: str) -> RegistryError:
+        return RegistryError("NAME_INVALID", f"registry host {domain!r} cannot be nested in a repository name: {why}")
+
+    if domain.startswith("["):
+        raise refuse("IPv6 literal hosts are not supported; use a DNS name or an IPv4 address")
+    if "_" in domain:
+        raise refuse("a host name cannot contain '_'")
+    host, sep, port = domain.rpartition(":")
+    if not sep:
+        host = domain
+    elif ":" in host:
+        raise refuse("IPv6 literal hosts are not supported; use a DNS name or an IPv4 address")
+    elif not _PORT_RE.match(port):
+        raise refuse(f"port {port!r} is not a number")
+    if not _COMPONENT_RE.match(host):
+        raise refuse("lowercase letters, digits, '.' and '-' only, beginning and ending with a letter or digit")
+    return f"{host}_{port}" if sep else host
+
+
+def unnest_domain(component: str) -> str:
+    """The registry host that `component` is the nesting of (the inverse of `nest_domain`).
+
+    Raises RegistryError(NAME_INVALID) if no host nests as `component`.
+    """
+    host, sep, port = component.rpartition("_")
+    domain = f"{host}:{port}" if sep else component
+    try:
+        if nest_domain(domain) == component:
+            return domain
+    except RegistryError:
+        pass
+    raise RegistryError("NAME_INVALID", f"{component!r} is not a nested registry host")
+
+
+def looks_like_host(domain: str) -> bool:
+    """Docker's rule for a first path component that names a registry: a '.', a port, or localhost."""
+    return "." in domain or ":" in domain or domain == "localhost"
+
+
+def split_local_repository(project: str, name: str) -> tuple[str, str] | None:
+    """``(host, path)`` for a repository ``<project>/<nested host>/<path>``, or None.
+
+    None when `name` is outside `project` or its first component below it
+    nests no registry host (a local project's own repository such as
+    ``<project>/team/app``).
+    """
+    prefix = f"{project}/"
+    if not name.startswith(prefix):
+        return None
+    component, _, path = name[len(prefix):].partition("/")
+    if not path:
+        return None
+    try:
+        domain = unnest_domain(component)
+    except RegistryError:
+        return None
+    return (domain, path) if looks_like_host(domain) else None
+
+
 def mirror_repository(project: str, ns: str, name: str) -> str:
     """The local repository for a containerd mirror request ``name?ns=host``.
 
-    A name already nested as ``<project>/<host>/...`` is kept: containerd adds
-    ``ns`` even when hosts.toml (override_path) or a k3s rewrite already put
-    the project path in the request.
+    A name already nested as ``<project>/<nested host>/...`` is kept:
+    containerd adds ``ns`` even when hosts.toml (override_path) or a k3s
+    rewrite already put the project path in the request. Only Docker Hub
+    gets ``library/`` before a one-component name. Raises
+    RegistryError(NAME_INVALID) for an `ns` that cannot be nested.
     """
     domain = normalize_domain(ns)
-    if name.startswith(f"{project}/{domain}/"):
+    nested = nest_domain(domain)
+    if name.startswith(f"{project}/{nested}/"):
         return name
     if domain == DEFAULT_DOMAIN and "/" not in name:
         name = f"library/{name}"
-    return f"{project}/{domain}/{name}"
+    return f"{project}/{nested}/{name}"
 
 
 @dataclass(frozen=True)
@@ -100,8 +182,12 @@ class ImageReference:
             text, tag = text[:colon], text[colon + 1 :]
             validate_tag(tag)
         first, _, rest = text.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        if rest and (looks_like_host(first) or first != first.lower()):
             domain, path = normalize_domain(first), rest
+            try:
+                nest_domain(domain)  # a reference the appliance could never store is refused here, first
+            except RegistryError as exc:
+                raise RegistryError("NAME_INVALID", f"invalid image reference {original!r}: {exc.message}") from None
         else:
             domain, path = DEFAULT_DOMAIN, text
         if domain == DEFAULT_DOMAIN and "/" not in path:
@@ -120,8 +206,8 @@ class ImageReference:
         return f"{self.domain}/{self.path}"
 
     def local_repository(self, project: str) -> str:
-        """The repository this image is served from under `project`."""
-        return f"{project}/{self.repository}"
+        """The repository this image is served from under `project` (its host nested by `nest_domain`)."""
+        return f"{project}/{nest_domain(self.domain)}/{self.path}"
 
     def __str__(self) -> str:
         out = self.repository
@@ -173,8 +259,9 @@ def parse_mapping_rules(text: str) -> tuple[MappingRule, ...]:
 def map_reference(ref: ImageReference, rules: tuple[MappingRule, ...] | list[MappingRule], project: str) -> str:
     """The local repository serving `ref`: the first matching rule applied, then nested under `project`.
 
-    Raises RegistryError(NAME_INVALID) when the result is not a valid
-    repository name (for example an upstream host with a port).
+    Rules match and replace the original form (``myreg.local:5000/team``);
+    the resulting first component is then nested by `nest_domain`. Raises
+    RegistryError(NAME_INVALID) when the result is not a valid repository name.
     """
     repository = ref.repository
     for rule in rules:
@@ -182,9 +269,10 @@ def map_reference(ref: ImageReference, rules: tuple[MappingRule, ...] | list[Map
         if mapped is not None:
             repository = mapped
             break
-    name = f"{project}/{repository}"
+    first, sep, rest = repository.partition("/")
     try:
+        name = f"{project}/{nest_domain(first)}{sep}{rest}"
         return validate_name(name)
-    except RegistryError:
-        raise RegistryError("NAME_INVALID", f"image {ref} maps to {name!r}, which is not a valid repository "
-                            "name (a registry host with a port cannot be nested; add a mapping rule)") from None
+    except RegistryError as exc:
+        raise RegistryError("NAME_INVALID", f"image {ref} maps to {repository!r}, which cannot be served: "
+                            f"{exc.message}") from None

@@ -272,3 +272,30 @@ def test_cli_import_check_and_list(appliance: Appliance, site: Site, tmp_path: P
     bad.write_bytes(b"nope")
     refused = cli("clusterdef", "import", str(bad))
     assert refused.returncode != 0 and "not a readable gzip-compressed tar" in refused.stderr
+
+
+def test_images_from_a_registry_with_a_port_are_found_where_they_nest(appliance: Appliance, tmp_path: Path) -> None:
+    """``host:5000/apps/one:1`` is checked against ``spectro-images/host_5000/apps/one`` and found present."""
+    host = f"u{uuid.uuid4().hex[:10]}.example.com"
+    layout = OciLayout(tmp_path / "layout")
+    base = seed_base()
+    one = layout.add_image([2_000], seed=base, ref="one")
+    local = layout.add_image([1_000], seed=base + 1, ref="local")
+    skopeo_copy(appliance, layout.root, "one", f"{PROJECT}/{host}_5000/apps/one:1", tmp_path)
+    skopeo_copy(appliance, layout.root, "local", f"{PROJECT}/localhost_5000/app-{host}:1", tmp_path)
+    present, by_localhost = f"{host}:5000/apps/one:1", f"localhost:5000/app-{host}:1"
+    other_port, absent = f"{host}:5001/apps/one:1", f"{host}:5000/gone/x:1"
+    name = f"port-{host.split('.')[0]}"
+    definition = simple_definition(name, [present, by_localhost, other_port, absent])
+    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition)).status_code == 201
+    result = check(appliance, name)
+    assert not_present(result) == {other_port: "repository_missing", absent: "repository_missing"}
+    found = {f["reference"]: f for f in result["findings"]}
+    assert found[present]["repository"] == f"{PROJECT}/{host}_5000/apps/one"
+    assert found[present]["digest"] == one.digest
+    assert found[by_localhost]["digest"] == local.digest
+    assert found[other_port]["repository"] == f"{PROJECT}/{host}_5001/apps/one"
+    # An IPv6 literal host cannot be nested: the definition is refused at upload, naming why.
+    ipv6 = simple_definition(f"v6-{host.split('.')[0]}", ["[fd00::1]:5000/apps/one:1"])
+    refused = upload(appliance, build_archive(tmp_path / "v6.tgz", ipv6))
+    assert refused.status_code == 400 and "IPv6 literal hosts are not supported" in refused.text, refused.text

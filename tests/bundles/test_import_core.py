@@ -16,17 +16,19 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bundles import format as fmt
 from bundles import keys
 from bundles.clusterdef import ClusterDefinitions
 from bundles.importer import BundleRefused, _Staging
+from bundles.mirror import for_registry
 from registry.digest import Digest
 from registry.names import MappingRule
 from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.conftest import REPO_ROOT, big_layout, cli, make_site, snapshot, unique_layout
-from tests.images import OCI_MANIFEST
+from tests.images import OCI_MANIFEST, OciLayout
 
 
 def test_mapping_rules_place_images_elsewhere(tmp_path: Path, ec_key: keys.PrivateKey) -> None:
@@ -160,3 +162,30 @@ def test_long_member_names_in_pax_and_gnu_tars(tmp_path: Path, ec_key: keys.Priv
     report = site.importer().run(craft.write_bundle(tmp_path / "b.tar.zst", entries, tar_format=tar_format))
     assert [c["path"] for c in report["charts"]] == [member]
     assert [i["reference"] for i in report["images"]] == refs
+
+
+def test_images_from_a_registry_with_a_port_nest_as_host_port(tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    """``localhost:5000/app:1`` lands in ``spectro-images/localhost_5000/app`` (':' cannot be in a name),
+    and the mirror configuration names the host ``localhost:5000`` again, as containerd and k3s do."""
+    tag = uuid.uuid4().hex[:10]
+    seed = uuid.uuid4().int % 1_000_000
+    layout = tmp_path / "layout"
+    oci = OciLayout(layout)
+    refs = {f"localhost:5000/app-{tag}:1": "spectro-images/localhost_5000/app-" + tag,
+            f"myreg.local:5000/team/app-{tag}:2": f"spectro-images/myreg.local_5000/team/app-{tag}",
+            f"10.0.0.5:8443/x-{tag}:3": f"spectro-images/10.0.0.5_8443/x-{tag}"}
+    blobs = {ref: oci.add_image([20_000], seed=seed + i, ref=ref) for i, ref in enumerate(refs)}
+    site = make_site(tmp_path / "data", ec_key)
+    report = site.importer().run(craft.write_bundle(tmp_path / "b.tar.zst", craft.standard_entries(layout, ec_key)))
+    assert {i["reference"]: i["repository"] for i in report["images"]} == refs
+    for ref, repository in refs.items():
+        assert site.registry.resolve(repository, ref.rsplit(":", 1)[1]).digest == Digest.parse(blobs[ref].digest)
+
+    files = for_registry(site.registry, "spectro-images", "10.0.0.10:5000")
+    for host in ("localhost:5000", "myreg.local:5000", "10.0.0.5:8443"):
+        assert f"containerd/mirror/{host}/hosts.toml" in files
+        assert f"https://{host}" in files[f"containerd/mirror/{host}/hosts.toml"].decode()
+    assert "http://10.0.0.10:5000/v2/spectro-images/myreg.local_5000" in \
+        files["containerd/override/myreg.local:5000/hosts.toml"].decode()
+    mirrors = yaml.safe_load(files["k3s/registries.yaml"])["mirrors"]
+    assert mirrors["localhost:5000"]["rewrite"] == {"^(.*)$": "spectro-images/localhost_5000/$1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from bundles.mirror import MirrorSettings, for_registry, mirror_files, write_dir
 from registry.db import write_transaction
 from registry.model import Registry
 from registry.paths import DataPaths
-from tests.appliance import Appliance
+from tests.appliance import Appliance, free_port
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.test_check import PROJECT, check, skopeo_copy, upload
 from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
@@ -52,6 +53,32 @@ def test_files_for_every_upstream_in_both_modes(tmp_path: Path) -> None:
         "registry.k8s.io": {"endpoint": ["http://10.0.0.5:5000"], "rewrite": {"^(.*)$": "p/registry.k8s.io/$1"}},
         "10.0.0.5:5000": {"endpoint": ["http://10.0.0.5:5000"]}}}
     assert "ca.crt" not in files  # plain HTTP: no CA
+
+
+def test_upstreams_with_a_port_are_named_as_containerd_and_k3s_name_them(tmp_path: Path) -> None:
+    """Stored ``p/myreg.local_5000/...`` is the upstream ``myreg.local:5000``: hosts dirs and mirrors use that."""
+    registry = Registry(DataPaths(tmp_path / "data"))
+    with write_transaction(registry.db) as db:
+        for name in ("p/myreg.local_5000/team/app", "p/10.0.0.5_8443/x", "p/localhost_5000/y", "p/localhost/z",
+                     "p/myreg.local/team/app", "p/my_team/app", "p/team/app"):
+            registry.ensure_repository(db, name)
+    files = for_registry(registry, "p", "10.0.0.10:5000")
+    hosts = {k.split("/")[2] for k in files if k.startswith("containerd/mirror/") and k.endswith("hosts.toml")}
+    assert hosts == {"myreg.local:5000", "10.0.0.5:8443", "localhost:5000", "localhost", "myreg.local",
+                     "10.0.0.10:5000"}
+    ns = tomllib.loads(files["containerd/mirror/myreg.local:5000/hosts.toml"].decode())
+    assert ns == {"server": "https://myreg.local:5000",
+                  "host": {"http://10.0.0.10:5000": {"capabilities": ["pull", "resolve"]}}}
+    override = tomllib.loads(files["containerd/override/10.0.0.5:8443/hosts.toml"].decode())
+    assert override == {"server": "https://10.0.0.5:8443", "host": {"http://10.0.0.10:5000/v2/p/10.0.0.5_8443": {
+        "capabilities": ["pull", "resolve"], "override_path": True}}}
+    mirrors = yaml.safe_load(files["k3s/registries.yaml"])["mirrors"]
+    assert mirrors["myreg.local:5000"] == {"endpoint": ["http://10.0.0.10:5000"],
+                                           "rewrite": {"^(.*)$": "p/myreg.local_5000/$1"}}
+    assert mirrors["myreg.local"]["rewrite"] == {"^(.*)$": "p/myreg.local/$1"}
+    assert mirrors["localhost:5000"]["rewrite"] == {"^(.*)$": "p/localhost_5000/$1"}
+    written = write_directory(files, tmp_path / "out")
+    assert tmp_path / "out" / "containerd" / "mirror" / "myreg.local:5000" / "hosts.toml" in written
 
 
 def test_https_with_ca_and_credentials(tmp_path: Path) -> None:
@@ -179,3 +206,39 @@ def test_containerd_trusts_the_generated_ca_beside_hosts_toml(appliance_factory:
     toml.write_text("\n".join(line for line in toml.read_text().splitlines() if not line.strip().startswith("ca =")))
     refused = containerd.ctr("images", "pull", ref, hosts_dir=hosts, check=False, timeout=60)
     assert refused.returncode != 0 and "certificate" in (refused.stdout + refused.stderr).lower()
+
+
+def test_containerd_pulls_an_image_of_a_registry_with_a_port(appliance: Appliance, containerd: Containerd,
+                                                               tmp_path: Path) -> None:
+    """``127.0.0.1:<closed port>/app:1`` pulls through the generated ``127.0.0.1:<port>/hosts.toml``.
+
+    The image is stored as ``spectro-images/127.0.0.1_<port>/...``; containerd
+    asks with ``?ns=127.0.0.1:<port>``. Nothing listens on that port, so only
+    the appliance can serve it.
+    """
+    port = free_port()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    tag = uuid.uuid4().hex[:8]
+    layout = OciLayout(tmp_path / "layout")
+    blob = layout.add_image([1_500, 300], seed=uuid.uuid4().int % 10_000_000, ref="app")
+    ref = f"127.0.0.1:{port}/edge/app-{tag}:1"
+    skopeo_copy(appliance, layout.root, "app", f"{PROJECT}/127.0.0.1_{port}/edge/app-{tag}:1", tmp_path)
+    out = mirror_config_cli(appliance, tmp_path / "mirror")
+    hosts_dir = out / "containerd" / "mirror"
+    config = tomllib.loads((hosts_dir / f"127.0.0.1:{port}" / "hosts.toml").read_text())
+    assert config["server"] == f"https://127.0.0.1:{port}"
+
+    direct = containerd.ctr("images", "pull", "--plain-http", ref, check=False, timeout=60)
+    assert direct.returncode != 0  # control: the upstream itself is unreachable
+
+    containerd.ctr("images", "pull", ref, hosts_dir=hosts_dir)
+    assert containerd.image_digest(ref) == blob.digest
+    # containerd asked by the original name, with the upstream host:port (URL-encoded) in ns.
+    assert re.search(rf"/v2/edge/app-{tag}/manifests/1\?ns=127\.0\.0\.1(?::|%3A){port} ", appliance.log())
+    containerd.ctr("images", "rm", ref)
+
+    # override_path mode: the host path names the nested repository itself.
+    containerd.ctr("images", "pull", ref, hosts_dir=out / "containerd" / "override")
+    assert containerd.image_digest(ref) == blob.digest
+    containerd.ctr("images", "rm", ref)

@@ -188,9 +188,36 @@ def test_ns_equal_to_the_appliance_itself_is_not_rewritten(appliance: Appliance,
 
 
 def test_ns_that_makes_an_invalid_name_is_400(v2: V2) -> None:
-    for ns in ("bad host", "myregistry:5000"):  # a host with a port cannot be a name component
+    for ns, why in (("bad host", "lowercase letters"), ("[::1]:5000", "IPv6 literal hosts are not supported"),
+                    ("my_reg.local", "cannot contain '_'"), ("myreg.local:http", "is not a number")):
         r = v2.request("GET", "/v2/library/x/manifests/1", params={"ns": ns})
         assert r.status_code == 400 and error_codes(r) == ["NAME_INVALID"], ns
+        assert why in r.json()["errors"][0]["message"], (ns, r.text)
+
+
+def test_ns_with_a_port_resolves_to_the_nested_host(appliance: Appliance, v2: V2) -> None:
+    """``?ns=host:port`` resolves to ``<project>/host_port/...`` (':' cannot be in a repository name)."""
+    host = f"r{os.urandom(4).hex()}.local"
+    image = v2.push_image(f"spectro-images/{host}_5000/team/app", "1")
+    other = v2.push_image(f"spectro-images/{host}_5001/team/app", "1", seed=b"other port")
+    anon = V2(appliance, auth=False)
+    for ref in ("1", image.digest):
+        r = anon.request("GET", f"/v2/team/app/manifests/{ref}", params={"ns": f"{host}:5000"},
+                         headers={"Accept": OCI_MANIFEST})
+        assert r.status_code == 200, r.text
+        assert r.content == image.body
+    r = anon.request("GET", "/v2/team/app/manifests/1", params={"ns": f"{host}:5001"}, headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200 and r.content == other.body != image.body
+    layer = image_layer_digest(image.body)
+    r = anon.request("GET", f"/v2/team/app/blobs/{layer}", params={"ns": f"{host}:5000"})
+    assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == layer
+    assert anon.request("GET", "/v2/team/app/tags/list", params={"ns": f"{host}:5000"}).json()["tags"] == ["1"]
+    # The same host without the port is another registry, which has nothing here.
+    r = anon.request("GET", "/v2/team/app/manifests/1", params={"ns": host})
+    assert r.status_code == 404, r.text
+    # An override_path / rewrite request that already names the nested path is not nested again.
+    r = anon.request("GET", f"/v2/spectro-images/{host}_5000/team/app/manifests/1", params={"ns": f"{host}:5000"})
+    assert r.status_code == 200 and r.content == image.body
 
 
 def image_layer_digest(body: bytes) -> str:

@@ -10,9 +10,14 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.names import (
     ImageReference,
+    MappingRule,
     is_digest_reference,
+    map_reference,
     mirror_repository,
+    nest_domain,
     normalize_domain,
+    split_local_repository,
+    unnest_domain,
     validate_name,
     validate_tag,
 )
@@ -42,7 +47,10 @@ def test_image_reference_normalisation(text: str, domain: str, path: str, tag: s
     assert (ref.domain, ref.path, ref.tag) == (domain, path, tag)
     assert ref.digest == (Digest.parse(digest) if digest else None)
     assert ref.repository == f"{domain}/{path}"
-    assert ref.local_repository("spectro-images") == f"spectro-images/{domain}/{path}"
+    local = ref.local_repository("spectro-images")
+    assert local == f"spectro-images/{domain.replace(':', '_')}/{path}"
+    assert validate_name(local) == local
+    assert split_local_repository("spectro-images", local) == (domain, path)
     # The string form parses back to the same reference.
     assert ImageReference.parse(str(ref)) == ref
 
@@ -59,6 +67,9 @@ def test_image_reference_normalisation(text: str, domain: str, path: str, tag: s
     ("", "NAME_INVALID"),
     ("a//b", "NAME_INVALID"),
     ("gcr.io/", "NAME_INVALID"),
+    ("[::1]:5000/x:1", "NAME_INVALID"),
+    ("my_reg.local/x:1", "NAME_INVALID"),
+    ("myreg.local:http/x:1", "NAME_INVALID"),
 ])
 def test_bad_references_are_refused_with_their_code(text: str, code: str) -> None:
     with pytest.raises(RegistryError) as exc:
@@ -122,3 +133,106 @@ def test_mirror_repository(ns: str, name: str, expected: str) -> None:
 def test_normalize_domain() -> None:
     assert normalize_domain("Index.Docker.IO") == "docker.io"
     assert normalize_domain("ghcr.io") == "ghcr.io"
+
+
+# Hosts that nest under a project: plain names, IPv4 with and without a port, localhost, Docker Hub.
+HOSTS = [
+    ("docker.io", "docker.io"),
+    ("gcr.io", "gcr.io"),
+    ("myreg.local", "myreg.local"),
+    ("myreg.local:5000", "myreg.local_5000"),
+    ("10.0.0.5", "10.0.0.5"),
+    ("10.0.0.5:8443", "10.0.0.5_8443"),
+    ("10.0.0.58:443", "10.0.0.58_443"),
+    ("10.0.0.5:8443:1", None),
+    ("localhost", "localhost"),
+    ("localhost:5000", "localhost_5000"),
+    ("localhost:50001", "localhost_50001"),
+    ("registry-1.example.com:443", "registry-1.example.com_443"),
+]
+
+
+@pytest.mark.parametrize(("domain", "nested"), [h for h in HOSTS if h[1] is not None])
+def test_nest_domain_round_trip(domain: str, nested: str) -> None:
+    assert nest_domain(domain) == nested
+    assert validate_name(f"spectro-images/{nested}/team/app")
+    assert unnest_domain(nested) == domain
+
+
+def test_nest_domain_is_injective() -> None:
+    nested = [nest_domain(d) for d, n in HOSTS if n is not None]
+    assert len(set(nested)) == len(nested)
+    # Every valid component unnests to exactly one host, which nests back to it.
+    for component in nested:
+        assert nest_domain(unnest_domain(component)) == component
+
+
+@pytest.mark.parametrize(("domain", "why"), [
+    ("[::1]:5000", "IPv6 literal hosts are not supported"),
+    ("[fd00::1]", "IPv6 literal hosts are not supported"),
+    ("fd00::1", "IPv6 literal hosts are not supported"),
+    ("my_reg.local", "cannot contain '_'"),
+    ("myreg.local_5000", "cannot contain '_'"),
+    ("myreg.local:", "port '' is not a number"),
+    ("myreg.local:http", "port 'http' is not a number"),
+    ("myreg.local:123456", "port '123456' is not a number"),
+    ("-bad.host:5000", "lowercase letters"),
+    ("Upper.io", "lowercase letters"),
+    ("a b", "lowercase letters"),
+])
+def test_hosts_that_cannot_be_nested_are_refused(domain: str, why: str) -> None:
+    with pytest.raises(RegistryError) as exc:
+        nest_domain(domain)
+    assert exc.value.code == "NAME_INVALID" and why in exc.value.message and domain in exc.value.message
+
+
+@pytest.mark.parametrize("component", ["a_b", "a_5000_1", "a__5000", "_5000", "x_", "a_99999999"])
+def test_components_that_nest_no_host_are_refused(component: str) -> None:
+    with pytest.raises(RegistryError) as exc:
+        unnest_domain(component)
+    assert exc.value.code == "NAME_INVALID" and component in exc.value.message
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("p/myreg.local_5000/team/app", ("myreg.local:5000", "team/app")),
+    ("p/localhost_5000/app", ("localhost:5000", "app")),
+    ("p/docker.io/library/nginx", ("docker.io", "library/nginx")),
+    ("p/team/app", None),  # a local project's own repository: 'team' is no host
+    ("p/my_team/app", None),
+    ("p/myreg.local_5000", None),
+    ("q/myreg.local_5000/app", None),
+])
+def test_split_local_repository(name: str, expected: tuple[str, str] | None) -> None:
+    assert split_local_repository("p", name) == expected
+
+
+@pytest.mark.parametrize(("ns", "name", "expected"), [
+    ("myreg.local:5000", "team/app", "spectro-images/myreg.local_5000/team/app"),
+    ("myreg:5000", "library/x", "spectro-images/myreg_5000/library/x"),
+    ("myreg:5000", "x", "spectro-images/myreg_5000/x"),  # only Docker Hub gets library/
+    ("10.0.0.5:8443", "x", "spectro-images/10.0.0.5_8443/x"),
+    ("LOCALHOST:5000", "y", "spectro-images/localhost_5000/y"),
+    ("localhost:5000", "spectro-images/localhost_5000/y", "spectro-images/localhost_5000/y"),  # already nested
+])
+def test_mirror_repository_with_ports(ns: str, name: str, expected: str) -> None:
+    assert mirror_repository("spectro-images", ns, name) == expected
+
+
+def test_mirror_repository_refuses_an_ipv6_ns() -> None:
+    with pytest.raises(RegistryError) as exc:
+        mirror_repository("spectro-images", "[::1]:5000", "x")
+    assert exc.value.code == "NAME_INVALID" and "IPv6" in exc.value.message
+
+
+def test_map_reference_nests_ports_after_mapping() -> None:
+    ref = ImageReference.parse("myreg.local:5000/team/app:1")
+    assert map_reference(ref, (), "p") == "p/myreg.local_5000/team/app"
+    # Rules are written in the original form; a port in the replacement nests too.
+    rules = (MappingRule("myreg.local:5000/team", "quay.io/mirror"),)
+    assert map_reference(ref, rules, "p") == "p/quay.io/mirror/app"
+    to_port = (MappingRule("gcr.io/org", "registry.site:5000/gcr"),)
+    assert map_reference(ImageReference.parse("gcr.io/org/img:1"), to_port, "p") == "p/registry.site_5000/gcr/img"
+    bad = (MappingRule("gcr.io/org", "[::1]:5000/gcr"),)
+    with pytest.raises(RegistryError) as exc:
+        map_reference(ImageReference.parse("gcr.io/org/img:1"), bad, "p")
+    assert exc.value.code == "NAME_INVALID" and "IPv6" in exc.value.message
