@@ -23,8 +23,20 @@ rolled-back and the previous one promoted again. Tags that only the
 rolled-back release introduced stay: no earlier release claims them, and
 removing a tag can break a pull that already depends on it.
 
+Discard (`discard`), in one transaction: a staged, superseded or rolled-back
+release that will not be promoted (again) loses its image, definition and
+file rows and keeps its ``releases`` row with state ``discarded`` (history:
+the list still shows it; who discarded it, when and why is in the audit
+log). Its content is then no longer a retention root. Refused for the
+promoted release and for the release a rollback would restore (the
+promoted one's `previous_id`). Tags and cluster definitions the release
+published at import (new names) stay: they may already be pulled or
+running, and the garbage collector keeps content while it is tagged.
+Importing the same bundle again stages it again.
+
 Retention (`retained`): the promoted release and the N-1 releases promoted
-most recently before it, plus every staged release (waiting for promotion).
+most recently before it, plus every staged release (waiting for promotion);
+discarded releases hold nothing and take no place in it.
 With no promoted release at all, every release is kept. Content outside
 bundles (pushed with a client) is kept by the garbage collector while it is
 tagged, whatever the retention.
@@ -50,7 +62,7 @@ from registry.inventory import Inventory
 from registry.model import Registry
 from registry.names import MappingRule
 
-STATES = ("staged", "promoted", "superseded", "rolled-back")
+STATES = ("staged", "promoted", "superseded", "rolled-back", "discarded")
 
 
 class ReleaseError(Exception):
@@ -171,7 +183,9 @@ def record_release(db: Database, info: ReleaseInfo, images: list[tuple[str, str,
                           info.bytes_written])
         release_id = int(cur.lastrowid or 0)
     else:
-        db.execute("UPDATE releases SET bundle = ?, key_id = ? WHERE id = ?", [info.bundle, info.key_id, release_id])
+        # A discarded release imported again is staged again (its rows are written back below).
+        db.execute("UPDATE releases SET bundle = ?, key_id = ?, state = CASE state WHEN 'discarded' THEN 'staged' "
+                   "ELSE state END WHERE id = ?", [info.bundle, info.key_id, release_id])
         for table in ("release_images", "release_definitions", "release_files"):
             db.execute(f"DELETE FROM {table} WHERE release_id = ?", [release_id])
     db.conn.executemany(
@@ -389,6 +403,9 @@ class Releases:
         release = self.get(release_id)
         if release.state == "promoted":
             raise ReleaseError(f"release {release.id} ({release.name} {release.version}) is already promoted")
+        if release.state == "discarded":
+            raise ReleaseError(f"release {release.id} ({release.name} {release.version}) was discarded; import its "
+                               "bundle again to promote it", 409, "DISCARDED")
         if force and not (reason or "").strip():
             raise ReleaseError("a forced promotion needs a reason (--reason)", 400, "BAD_REQUEST")
         check = self.check(release.id)
@@ -401,6 +418,10 @@ class Releases:
         for result in check["definitions"]:
             self.definitions.record_check(result)
         with write_transaction(self.registry.db) as db:
+            # A discard may have run since `get`: its records are gone, so promoting it would move nothing.
+            if db.execute("SELECT state FROM releases WHERE id = ?", [release.id]).fetchone()[0] == "discarded":
+                raise ReleaseError(f"release {release.id} ({release.name} {release.version}) was discarded; import "
+                                   "its bundle again to promote it", 409, "DISCARDED")
             self._require_content(db, release)
             previous = db.execute("SELECT id FROM releases WHERE state = 'promoted'").fetchone()
             moved = self._apply_tags(db, release.id)
@@ -430,7 +451,13 @@ class Releases:
             raise ReleaseError(f"release {current.id} was promoted with no release before it: nothing to roll "
                                "back to")
         target = self.get(current.previous_id)
+        if target.state == "discarded":
+            raise ReleaseError(f"release {target.id} ({target.name} {target.version}), which release {current.id} "
+                               "replaced, was discarded: nothing to roll back to", 409, "DISCARDED")
         with write_transaction(self.registry.db) as db:
+            if db.execute("SELECT state FROM releases WHERE id = ?", [target.id]).fetchone()[0] == "discarded":
+                raise ReleaseError(f"release {target.id} ({target.name} {target.version}), which release "
+                                   f"{current.id} replaced, was discarded: nothing to roll back to", 409, "DISCARDED")
             self._require_content(db, target)
             moved = self._apply_tags(db, target.id)
             db.execute("UPDATE releases SET state = 'rolled-back' WHERE id = ?", [current.id])
@@ -443,6 +470,45 @@ class Releases:
         return {"rolledBack": self.get(current.id).to_json(), "release": self.get(target.id).to_json(),
                 "tagsMoved": moved}
 
+    # -- discard
+
+    def discard(self, release_id: int | str, username: str, source_ip: str = "",
+                reason: str | None = None) -> dict[str, Any]:
+        """Drop a release that will not be promoted from the retention, in one transaction; returns the outcome.
+
+        Raises ReleaseError: not found, already discarded, the promoted
+        release, or the release a rollback would restore. Tags and cluster
+        definitions it published at import stay (see the module docstring).
+        """
+        if reason is not None and len(reason) > 500:
+            raise ReleaseError("the reason may be at most 500 characters", 400, "BAD_REQUEST")
+        reason = (reason or "").strip() or None
+        release = self.get(release_id)
+        with write_transaction(self.registry.db) as db:
+            # Re-read inside the write lock: a promotion or rollback may have run since `get`.
+            row = db.execute(f"SELECT {_COLUMNS} FROM releases WHERE id = ?", [release.id]).fetchone()
+            release = _release(row)
+            what = f"release {release.id} ({release.name} {release.version})"
+            if release.state == "discarded":
+                raise ReleaseError(f"{what} is already discarded", 409, "DISCARDED")
+            if release.state == "promoted":
+                raise ReleaseError(f"{what} is promoted and cannot be discarded: promote another release or roll "
+                                   "back first", 409, "PROMOTED")
+            current = db.execute("SELECT id, previous_id FROM releases WHERE state = 'promoted'").fetchone()
+            if current is not None and current[1] == release.id:
+                raise ReleaseError(f"{what} is what a rollback of release {current[0]} would restore and cannot be "
+                                   "discarded", 409, "ROLLBACK_TARGET")
+            images = int(db.execute("SELECT COUNT(*) FROM release_images WHERE release_id = ?",
+                                    [release.id]).fetchone()[0])
+            for table in ("release_images", "release_definitions", "release_files"):
+                db.execute(f"DELETE FROM {table} WHERE release_id = ?", [release.id])
+            db.execute("UPDATE releases SET state = 'discarded' WHERE id = ?", [release.id])
+            self.audit.record(username, "delete", "release",
+                              f"discard release {release.id} {release.name} {release.version} (was {release.state})"
+                              + (f": {reason}" if reason else ""), source_ip, db=db)
+        return {"release": self.get(release.id).to_json(), "was": release.state, "imagesDropped": images,
+                "reason": reason}
+
     # -- retention and GC roots
 
     def retained(self, keep: int, db: Database | None = None) -> list[int]:
@@ -454,7 +520,8 @@ class Releases:
         current = next((r for r in rows if r.state == "promoted"), None)
         if current is None:
             return [r.id for r in rows]
-        earlier = sorted((r for r in rows if r.promoted_at is not None and r.id != current.id),
+        earlier = sorted((r for r in rows if r.promoted_at is not None and r.id != current.id
+                          and r.state != "discarded"),
                          key=lambda r: r.promoted_at or 0, reverse=True)[:keep - 1]
         staged = [r for r in rows if r.state == "staged"]
         return sorted({current.id, *(r.id for r in earlier), *(r.id for r in staged)})

@@ -2,7 +2,7 @@
 
 Route table (JSON). Access as for the other appliance APIs (`bundles.api_access`):
 reads need a signed-in principal that may pull from the default project,
-everything that changes state (promote, roll back, GC, scrub) a system
+everything that changes state (promote, roll back, discard, GC, scrub) a system
 administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
 
     GET   /api/cargohold/v1/releases                      every release, oldest first, with usage
@@ -12,13 +12,16 @@ administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
     POST  /api/cargohold/v1/releases/<id>/check           readiness as it will be after promotion (not kept)
     POST  /api/cargohold/v1/releases/<id>/promote         {"force": false, "reason": "..."}: check, then move tags
     POST  /api/cargohold/v1/releases/rollback             back to the previously promoted release
+    DELETE /api/cargohold/v1/releases/<id>                {"reason": "..."} (optional): discard a release that
+                                                          will not be promoted; its content leaves the retention
     POST  /api/cargohold/v1/gc                            {"dryRun", "retain", "grace", "ignoreCluster"}
     POST  /api/cargohold/v1/scrub                         {"quarantine": true}: re-hash every blob
     GET   /api/cargohold/v1/disk                          free space on the data volume, usage per release
 
 Errors answer ``{"errors": [{"code", "message"}]}``: 400 bad input, 404
 unknown release, 409 refused (not ready, nothing to roll back, content
-collected, cluster unreachable for GC). Promotion and rollback are audited
+collected, discarding the promoted release or the rollback target, cluster
+unreachable for GC). Promotion, rollback and discard are audited
 in their own transaction (resource type ``release``); GC (``garbage-collection``)
 and scrub (``scrub``) after they ran.
 """
@@ -132,6 +135,15 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
     def rollback() -> Response:
         principal = _admin("roll back releases")
         return jsonify(releases.rollback(principal.username, request.remote_addr or ""))
+
+    @bp.delete(f"{PREFIX}/releases/<rid>")
+    def discard(rid: str) -> Response:
+        principal = _admin("discard releases")
+        body = _body()
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ReleaseError("reason must be a string", 400, "BAD_REQUEST")
+        return jsonify(releases.discard(rid, principal.username, request.remote_addr or "", reason))
 
     @bp.post(f"{PREFIX}/gc")
     def gc() -> Response:

@@ -56,8 +56,8 @@ def m002_trusted_keys_and_import_jobs(db: Database) -> None:
 
 @clusterdef_migrations()
 def m003_releases(db: Database) -> None:
-    # bundles.releases: state is staged, promoted, superseded or rolled-back; previous_id is the release that was
-    # promoted when this one was promoted (what a rollback returns to).
+    # bundles.releases: state is staged, promoted, superseded, rolled-back or discarded; previous_id is the
+    # release that was promoted when this one was promoted (what a rollback returns to).
     db.table("releases").create(
         {"id": int, "name": str, "version": str, "bundle": str, "bundle_digest": str, "key_id": str,
          "imported_at": float, "state": str, "promoted_at": float, "promoted_by": str, "previous_id": int,

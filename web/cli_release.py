@@ -94,7 +94,7 @@ def _echo_added_removed(changes: dict[str, Any], indent: str, describe: Callable
 
 @click.group()
 def release() -> None:
-    """Releases: what each bundle import staged; diff, check, promote, roll back."""
+    """Releases: what each bundle import staged; diff, check, promote, roll back, discard."""
 
 
 @release.command("list")
@@ -226,6 +226,26 @@ def rollback_cmd(data_dir: Path | None, as_json: bool) -> None:
     r, back = result["release"], result["rolledBack"]
     click.echo(f"rolled back release {back['id']} ({back['name']} {back['version']}); release {r['id']} "
                f"({r['name']} {r['version']}) is promoted again: {result['tagsMoved']} tag(s) moved")
+
+
+@release.command("discard")
+@data_dir_option
+@click.argument("release_id")
+@click.option("--reason", default=None, help="Why the release is discarded (recorded in the audit log).")
+@json_option
+def discard_cmd(data_dir: Path | None, release_id: str, reason: str | None, as_json: bool) -> None:
+    """Discard a release that will not be promoted: GC retention no longer keeps its content.
+
+    Refused for the promoted release and the one a rollback would restore.
+    Tags the release published at import stay (and keep their content).
+    """
+    _, releases = _releases(data_dir)
+    result = _guard(releases.discard, release_id, _who(), "local", reason)
+    if _echo_json(result, as_json):
+        return
+    r = result["release"]
+    click.echo(f"discarded release {r['id']} ({r['name']} {r['version']}, was {result['was']}); "
+               "`cargohold gc` reclaims what no tag or other release uses")
 
 
 @click.command("gc")

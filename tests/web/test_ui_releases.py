@@ -1,4 +1,4 @@
-"""Promote and roll back from the UI: two releases of one image tag, moved and moved back with a confirmation."""
+"""Promote, roll back and discard from the UI: releases of one image tag, each step behind a confirmation."""
 
 from __future__ import annotations
 
@@ -82,3 +82,44 @@ def test_promote_and_roll_back_from_the_ui(ui_app: Appliance, context: Any, key_
     screenshot(page, "15-releases-rolled-back")
     audit = page.goto(f"{ui_app.url}/ui/audit").text()
     assert f"promote release {id2} web 2" in audit and f"roll back release {id2} web 2 to release {id1}" in audit
+
+
+API_REF = "docker.io/cargotest/api:stable"
+API_REPO = "spectro-images/docker.io/cargotest/api"
+
+
+def test_discard_a_staged_release_from_the_ui(ui_app: Appliance, context: Any, key_pair: tuple[Path, Path],
+                                             tmp_path: Path) -> None:
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    first, d1 = build_bundle(tmp_path, private, "api", "1", {API_REF: 50_000}, seed=333)
+    second, d2 = build_bundle(tmp_path, private, "api", "2", {API_REF: 50_000}, seed=444)
+    cargohold("bundle", "import", first, "--data-dir", ui_app.data_dir, "--json", "--quiet")
+    r2 = json.loads(cargohold("bundle", "import", second, "--data-dir", ui_app.data_dir, "--json", "--quiet").stdout)
+    id2 = r2["release"]["id"]
+
+    def served() -> str:
+        r = requests.head(f"{ui_app.url}/v2/{API_REPO}/manifests/stable", auth=ui_app.admin, timeout=10,
+                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert r.status_code == 200
+        return r.headers["Docker-Content-Digest"]
+
+    assert served() == d1[API_REF]  # v2 is staged: its tag move is pending
+    page = context.new_page()
+    login(page, ui_app)
+    page.goto(f"{ui_app.url}/ui/releases/{id2}")
+    page.get_by_role("button", name=f"Discard #{id2}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    assert page.locator("#release-state").inner_text() == "staged"  # Cancel changes nothing
+
+    page.fill("#discard-reason", "never going to ship")
+    _confirm(page, f"Discard #{id2}", "Discard")
+    assert f"Release {id2} (api 2) discarded" in page.locator(".flashes").inner_text()
+    assert page.locator("#release-state").inner_text() == "discarded"
+    assert page.get_by_role("button", name=f"Promote #{id2}").count() == 0
+    assert page.get_by_role("button", name=f"Discard #{id2}").count() == 0
+    assert served() == d1[API_REF] and d1[API_REF] != d2[API_REF]
+    listed = requests.get(f"{ui_app.url}/api/cargohold/v1/releases/{id2}", auth=ui_app.admin, timeout=10).json()
+    assert listed["state"] == "discarded" and listed["images"] == []
+    audit = page.goto(f"{ui_app.url}/ui/audit").text()
+    assert f"discard release {id2} api 2 (was staged): never going to ship" in audit

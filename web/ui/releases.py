@@ -1,4 +1,4 @@
-"""The operator UI's release pages: list with disk use, status and check, diff, promote and roll back.
+"""The operator UI's release pages: list with disk use, status and check, diff, promote, roll back, discard.
 
 Route table (HTML; signed-in admin; POSTs carry the CSRF token and are confirmed in a dialog first):
 
@@ -8,6 +8,7 @@ Route table (HTML; signed-in admin; POSTs carry the CSRF token and are confirmed
     GET   /ui/releases/diff?from=&to=      what changes between two releases
     POST  /ui/releases/<id>/promote        force=1 and reason= to promote a release that is not ready
     POST  /ui/releases/rollback            back to the release promoted before the current one
+    POST  /ui/releases/<id>/discard        reason=: discard a release that will not be promoted
 
 The work is `bundles.releases.Releases`, the same core the JSON API
 (`bundles.releases_api`) and ``cargohold release`` use.
@@ -71,6 +72,20 @@ def create_blueprint(releases: Releases) -> Blueprint:
         rel = outcome["release"]
         flash(f"Release {rel['id']} ({rel['name']} {rel['version']}) promoted: {outcome['tagsMoved']} tag(s) moved.",
               "ok")
+        return redirect(url_for("ui_releases.release", release_id=release_id))
+
+    @bp.post("/<int:release_id>/discard")
+    def discard(release_id: int) -> Any:
+        principal = page_principal()
+        reason = request.form.get("reason", "").strip() or None
+        try:
+            outcome = releases.discard(release_id, principal.username, request.remote_addr or "", reason)
+        except ReleaseError as exc:
+            flash(f"Discard refused: {exc.message}", "error")
+            return redirect(url_for("ui_releases.release", release_id=release_id))
+        rel = outcome["release"]
+        flash(f"Release {rel['id']} ({rel['name']} {rel['version']}) discarded: garbage collection no longer keeps "
+              "its content for it.", "ok")
         return redirect(url_for("ui_releases.release", release_id=release_id))
 
     @bp.post("/rollback")
