@@ -17,6 +17,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -28,6 +29,9 @@ from registry.paths import DataPaths
 from tests.appliance import Appliance
 from tests.images import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, OciLayout
 from tests.layouts import layout_closure
+
+if TYPE_CHECKING:
+    from tests.bundles.releases_util import Site as ReleaseSite
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,6 +158,16 @@ def trusted(appliance: Appliance, tmp_path_factory: pytest.TempPathFactory, rsa_
                    check=False)
         assert proc.returncode == 0 or "already trusted" in proc.stderr, proc.stderr
     return appliance
+
+
+@pytest.fixture
+def site(tmp_path: Path, ec_key: keys.PrivateKey) -> ReleaseSite:
+    """v1 and v2 bundles of one site (tests/bundles/releases_util.py), signed with `ec_key`."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed; scripts/setup-test-env installs it")
+    from tests.bundles.releases_util import make_site as make_release_site  # it imports this module
+
+    return make_release_site(tmp_path, ec_key)
 
 
 def skopeo_pull(app: Appliance, ref: str, dest: Path) -> str:

@@ -11,10 +11,13 @@ pack version, changes a variable's default and adds a variable.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import requests
 
 from bundles import format as fmt
 from bundles import keys
@@ -23,6 +26,9 @@ from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.conftest import cli
 from tests.images import OciLayout
+from tests.layouts import sha256_file
+
+API = "/api/cargohold/v1"
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,21 @@ class Site:
         return self.refs[key].rsplit(":", 1)[0] + "@" + self.digests[digest_key]
 
 
+def release_api(app: Appliance, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """A call to the release API, as the admin unless `auth` is given."""
+    kwargs.setdefault("auth", app.admin)
+    return requests.request(method, f"{app.url}{API}{path}", timeout=60, **kwargs)
+
+
+def import_release(app: Appliance, bundle: Path) -> dict[str, Any]:
+    """Import `bundle` with the CLI; the release it staged."""
+    release: dict[str, Any] = json.loads(cli("bundle", "import", str(bundle), "--data-dir", str(app.data_dir),
+                                             "--json", "--quiet").stdout)["release"]
+    return release
+
+
 def blob_sizes(layout: OciLayout) -> dict[str, int]:
     return {f"sha256:{p.name}": p.stat().st_size for p in (layout.root / "blobs" / "sha256").iterdir()}
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _bundle(out: Path, layout: OciLayout, key: keys.PrivateKey, version: str, definition: Path) -> Path:
@@ -88,7 +103,7 @@ def make_site(tmp: Path, key: keys.PrivateKey) -> Site:
     a2 = build_archive(tmp / "edge-v2.tgz", d2)
     return Site(_bundle(tmp / "site-v1.tar.zst", v1, key, "1.0.0", a1),
                 _bundle(tmp / "site-v2.tar.zst", v2, key, "2.0.0", a2),
-                v1, v2, refs, digests, name, _sha256(a1), _sha256(a2))
+                v1, v2, refs, digests, name, sha256_file(a1), sha256_file(a2))
 
 
 def trust(app: Appliance, key: keys.PrivateKey, tmp: Path) -> None:

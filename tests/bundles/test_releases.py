@@ -11,12 +11,10 @@ real API's JSON shape and the real kubernetes client reads it.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -25,20 +23,8 @@ from bundles import keys
 from tests.appliance import Appliance
 from tests.bundles.conftest import assert_pulled_identical, cli, skopeo_pull
 from tests.bundles.fakekube import fake_kube, pod, write_kubeconfig
-from tests.bundles.releases_util import Site, blob_sizes, make_site, trust
+from tests.bundles.releases_util import API, Site, blob_sizes, import_release, release_api, trust
 from tests.layouts import layout_closure
-
-API = "/api/cargohold/v1"
-
-
-def _api(app: Appliance, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, f"{app.url}{API}{path}", auth=app.admin, timeout=60, **kwargs)
-
-
-def _import(app: Appliance, bundle: Path) -> dict[str, Any]:
-    release: dict[str, Any] = json.loads(cli("bundle", "import", str(bundle), "--data-dir", str(app.data_dir),
-                                             "--json", "--quiet").stdout)["release"]
-    return release
 
 
 def _pull(app: Appliance, ref: str, tmp: Path, name: str) -> str:
@@ -54,11 +40,6 @@ def _audit(app: Appliance) -> list[tuple[str, str]]:
         conn.close()
 
 
-@pytest.fixture
-def site(tmp_path: Path, ec_key: keys.PrivateKey) -> Site:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed; scripts/setup-test-env installs it")
-    return make_site(tmp_path, ec_key)
 
 
 def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
@@ -68,9 +49,9 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     a, b, d = site.refs["a"], site.refs["b"], site.refs["d"]
 
     # 1. import v1 and promote it: pulls get v1.
-    r1 = _import(app, site.v1)
+    r1 = import_release(app, site.v1)
     assert r1["pendingTags"] == []  # every tag is new: published at import
-    promoted = _api(app, "POST", f"/releases/{r1['id']}/promote")
+    promoted = release_api(app, "POST", f"/releases/{r1['id']}/promote")
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["release"]["state"] == "promoted" and promoted.json()["previous"] is None
     got = _pull(app, a, tmp_path, "p1-a")
@@ -78,12 +59,12 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     assert assert_pulled_identical(tmp_path / "p1-a", site.v1_layout.root, got) == 4
 
     # 2. import v2, which moves a:1.0 and b:1.0: they stay on v1 until promotion; the new d:1.0 is published.
-    r2 = _import(app, site.v2)
+    r2 = import_release(app, site.v2)
     assert r2["pendingTags"] == sorted([f"{site.repo('a')}:1.0", f"{site.repo('b')}:1.0"])
     assert _pull(app, a, tmp_path, "p2-a") == site.digests["a1"]
     assert _pull(app, b, tmp_path, "p2-b") == site.digests["b1"]
     assert _pull(app, d, tmp_path, "p2-d") == site.digests["d"]
-    shown = _api(app, "GET", f"/releases/{r2['id']}").json()
+    shown = release_api(app, "GET", f"/releases/{r2['id']}").json()
     assert shown["state"] == "staged" and shown["keyId"] == keys.key_id(ec_key)
     assert {(i["repository"], i["pending"]) for i in shown["images"]} == {
         (site.repo("a"), True), (site.repo("b"), True), (site.repo("c"), False), (site.repo("d"), False)}
@@ -92,7 +73,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     assert live.json()["version"] == "1.0.0"
 
     # The diff is exact: CLI and HTTP agree.
-    diff = _api(app, "GET", f"/releases/{r2['id']}/diff", params={"from": r1["id"]}).json()
+    diff = release_api(app, "GET", f"/releases/{r2['id']}/diff", params={"from": r1["id"]}).json()
     cli_diff = json.loads(cli("release", "diff", str(r1["id"]), str(r2["id"]), "--json",
                               "--data-dir", str(app.data_dir)).stdout)
     assert cli_diff["images"] == diff["images"] and cli_diff["bytes"] == diff["bytes"]
@@ -118,7 +99,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     live_check = requests.post(f"{app.url}{API}/cluster-definitions/{site.definition}/checks", auth=app.admin,
                                timeout=30).json()
     assert live_check["ready"] is True  # still v1's definition
-    staged_check = _api(app, "POST", f"/releases/{r2['id']}/check").json()
+    staged_check = release_api(app, "POST", f"/releases/{r2['id']}/check").json()
     assert staged_check["ready"] is True, staged_check
 
     # 3. promote v2: pulls get v2.
@@ -128,12 +109,12 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
     assert got == site.digests["a2"]
     assert assert_pulled_identical(tmp_path / "p3-a", site.v2_layout.root, got) == 4
     assert _pull(app, b, tmp_path, "p3-b") == site.digests["b2"]
-    assert _api(app, "GET", f"/releases/{r1['id']}").json()["state"] == "superseded"
+    assert release_api(app, "GET", f"/releases/{r1['id']}").json()["state"] == "superseded"
     live = requests.get(f"{app.url}{API}/cluster-definitions/{site.definition}", auth=app.admin, timeout=30)
     assert live.json()["version"] == "2.0.0"
 
     # 4. roll back: pulls get v1 again; d:1.0 (only v2 brought it) stays.
-    back = _api(app, "POST", "/releases/rollback")
+    back = release_api(app, "POST", "/releases/rollback")
     assert back.status_code == 200, back.text
     assert back.json()["release"]["id"] == r1["id"] and back.json()["rolledBack"]["state"] == "rolled-back"
     got = _pull(app, a, tmp_path, "p4-a")
@@ -149,7 +130,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
 
     # GC after promoting v2 again with retention 1. Dry run, no cluster configured: exactly what only v1 used
     # (A1's and B1's manifests, configs and layers, and v1's definition archive) would go.
-    assert _api(app, "POST", f"/releases/{r2['id']}/promote").status_code == 200
+    assert release_api(app, "POST", f"/releases/{r2['id']}/promote").status_code == 200
     v1_only = {dg: s for dg, s in v1_blobs.items() if dg not in v2_blobs}
     v1_only[site.v1_definition_digest] = (tmp_path / "edge-v1.tgz").stat().st_size
     dry = json.loads(cli("gc", "--dry-run", "--retain", "1", "--grace", "0", "--json",
@@ -168,7 +149,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
             pod("db", "prod", [f"{app.host}/{site.repo('c')}:1.0"], [])]
     with fake_kube(pods) as kube:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
-        report = _api(app, "GET", "/disk").json()
+        report = release_api(app, "GET", "/disk").json()
         assert {r["id"] for r in report["releases"]} == {r1["id"], r2["id"]}
         assert report["volume"]["free"] > 0
         gc = json.loads(cli("gc", "--retain", "1", "--grace", "0", "--kubeconfig", str(kubeconfig), "--json",
@@ -189,7 +170,7 @@ def test_upgrade_sequence_stage_diff_promote_rollback_and_gc(
         assert assert_pulled_identical(tmp_path / f"gc-{key}", site.v2_layout.root, got) >= 3
 
     # Rolling back to v1 now would point b:1.0 at content that is gone: refused, nothing changes.
-    refused = _api(app, "POST", "/releases/rollback")
+    refused = release_api(app, "POST", "/releases/rollback")
     assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "CONTENT_MISSING"
     assert _pull(app, b, tmp_path, "after-refused-b") == site.digests["b2"]
 
@@ -202,8 +183,8 @@ def test_promotion_is_refused_when_the_check_fails_unless_forced_with_a_reason(
 
     app = appliance_factory()
     trust(app, ec_key, tmp_path)
-    r1 = _import(app, site.v1)
-    assert _api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    r1 = import_release(app, site.v1)
+    assert release_api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
     # A bundle whose definition needs an image nobody brought.
     missing = site.refs["a"].replace("rel-a", "rel-missing")
     archive = build_archive(tmp_path / "broken.tgz", simple_definition(site.definition, [site.refs["c"], missing]))
@@ -211,30 +192,30 @@ def test_promotion_is_refused_when_the_check_fails_unless_forced_with_a_reason(
     bundle = craft.write_bundle(tmp_path / "broken.tar.zst", craft.standard_entries(
         site.v1_layout.root, ec_key, name="edge-site", version="1.0.1", extra=[(member, archive)],
         definitions=[fmt.FileEntry("edge", "1.0.1", member)]))
-    r3 = _import(app, bundle)
+    r3 = import_release(app, bundle)
 
-    refused = _api(app, "POST", f"/releases/{r3['id']}/promote")
+    refused = release_api(app, "POST", f"/releases/{r3['id']}/promote")
     assert refused.status_code == 409, refused.text
     err = refused.json()["errors"][0]
     assert err["code"] == "NOT_READY" and "1 image(s) not present" in err["message"]
-    assert _api(app, "GET", f"/releases/{r3['id']}").json()["state"] == "staged"
+    assert release_api(app, "GET", f"/releases/{r3['id']}").json()["state"] == "staged"
     proc = cli("release", "promote", str(r3["id"]), "--data-dir", str(app.data_dir), check=False)
     assert proc.returncode == 1 and "not ready, promotion refused" in proc.stderr
 
-    no_reason = _api(app, "POST", f"/releases/{r3['id']}/promote", json={"force": True})
+    no_reason = release_api(app, "POST", f"/releases/{r3['id']}/promote", json={"force": True})
     assert no_reason.status_code == 400 and "needs a reason" in no_reason.json()["errors"][0]["message"]
-    bad = _api(app, "POST", f"/releases/{r3['id']}/promote", json={"force": "yes"})
+    bad = release_api(app, "POST", f"/releases/{r3['id']}/promote", json={"force": "yes"})
     assert bad.status_code == 400
     guest = requests.post(f"{app.url}{API}/releases/{r3['id']}/promote", timeout=30)
     assert guest.status_code == 401
 
-    forced = _api(app, "POST", f"/releases/{r3['id']}/promote",
+    forced = release_api(app, "POST", f"/releases/{r3['id']}/promote",
                   json={"force": True, "reason": "hotfix window, image arrives tomorrow"})
     assert forced.status_code == 200, forced.text
-    shown = _api(app, "GET", f"/releases/{r3['id']}").json()
+    shown = release_api(app, "GET", f"/releases/{r3['id']}").json()
     assert shown["state"] == "promoted" and shown["forced"] is True
     assert shown["reason"] == "hotfix window, image arrives tomorrow"
-    assert _api(app, "GET", f"/releases/{r1['id']}").json()["state"] == "superseded"
+    assert release_api(app, "GET", f"/releases/{r1['id']}").json()["state"] == "superseded"
     assert _audit(app)[-1][1] == (f"promote release {r3['id']} edge-site 1.0.1 "
                                   "(forced: hotfix window, image arrives tomorrow)")
     listing = cli("release", "list", "--data-dir", str(app.data_dir)).stdout
@@ -245,7 +226,7 @@ def test_gc_refuses_when_the_configured_cluster_is_unreachable(
         appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
     app = appliance_factory()
     trust(app, ec_key, tmp_path)
-    _import(app, site.v1)
+    import_release(app, site.v1)
     with fake_kube([]) as kube:
         url = kube.url
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)  # the server is gone: connection refused
@@ -267,26 +248,26 @@ def test_release_endpoints_need_credentials_and_name_bad_input(
         appliance_factory: Callable[..., Appliance], tmp_path: Path) -> None:
     app = appliance_factory()
     assert requests.get(f"{app.url}{API}/releases", timeout=30).status_code == 401
-    assert _api(app, "GET", "/releases").json() == {"releases": []}
-    missing = _api(app, "GET", "/releases/99")
+    assert release_api(app, "GET", "/releases").json() == {"releases": []}
+    missing = release_api(app, "GET", "/releases/99")
     assert missing.status_code == 404 and missing.json()["errors"][0]["message"] == "no release 99"
-    bad = _api(app, "GET", "/releases/abc")
+    bad = release_api(app, "GET", "/releases/abc")
     assert bad.status_code == 400 and "not a release id" in bad.json()["errors"][0]["message"]
-    nothing = _api(app, "POST", "/releases/rollback")
+    nothing = release_api(app, "POST", "/releases/rollback")
     assert nothing.status_code == 409 and "nothing to roll back" in nothing.json()["errors"][0]["message"]
-    gc = _api(app, "POST", "/gc", json={"retain": 0})
+    gc = release_api(app, "POST", "/gc", json={"retain": 0})
     assert gc.status_code == 400 and "retain" in gc.json()["errors"][0]["message"]
-    gc = _api(app, "POST", "/gc", json={"grace": "soon"})
+    gc = release_api(app, "POST", "/gc", json={"grace": "soon"})
     assert gc.status_code == 400 and "soon" in gc.json()["errors"][0]["message"]
-    gc = _api(app, "POST", "/gc", data="[1]", headers={"Content-Type": "application/json"})
+    gc = release_api(app, "POST", "/gc", data="[1]", headers={"Content-Type": "application/json"})
     assert gc.status_code == 400 and "JSON object" in gc.json()["errors"][0]["message"]
-    gc = _api(app, "POST", "/gc", data=b"\xff not json")
+    gc = release_api(app, "POST", "/gc", data=b"\xff not json")
     assert gc.status_code == 400
-    gc = _api(app, "POST", "/gc", data=b" " * (80 << 10))
+    gc = release_api(app, "POST", "/gc", data=b" " * (80 << 10))
     assert gc.status_code == 413 and "at most 65536 bytes" in gc.json()["errors"][0]["message"]
-    dry = _api(app, "POST", "/gc", json={"dryRun": True})
+    dry = release_api(app, "POST", "/gc", json={"dryRun": True})
     assert dry.status_code == 200 and dry.json()["dryRun"] is True
-    disk = _api(app, "GET", "/disk").json()
+    disk = release_api(app, "GET", "/disk").json()
     assert disk["volume"]["free"] > 0 and disk["releases"] == []
     proc = subprocess.run(["df", "-B1", "--output=avail", str(app.data_dir)], capture_output=True, text=True)
     if proc.returncode == 0:

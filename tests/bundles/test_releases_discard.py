@@ -8,35 +8,17 @@ staged) and brings the new tag d:1.0 (published at import).
 
 from __future__ import annotations
 
-import json
-import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-import requests
-
 from bundles import keys
 from tests.appliance import Appliance
 from tests.bundles.conftest import cli, skopeo_pull
-from tests.bundles.releases_util import Site, blob_sizes, make_site, trust
+from tests.bundles.releases_util import Site, blob_sizes, import_release, release_api, trust
 from tests.layouts import layout_closure
 from tests.registry.harborapi import Harbor
-
-API = "/api/cargohold/v1"
-
-
-def _api(app: Appliance, method: str, path: str, **kwargs: Any) -> requests.Response:
-    kwargs.setdefault("auth", app.admin)
-    return requests.request(method, f"{app.url}{API}{path}", timeout=60, **kwargs)
-
-
-def _import(app: Appliance, bundle: Path) -> dict[str, Any]:
-    release: dict[str, Any] = json.loads(cli("bundle", "import", str(bundle), "--data-dir", str(app.data_dir),
-                                             "--json", "--quiet").stdout)["release"]
-    return release
 
 
 def _snapshot(app: Appliance) -> tuple[list[Any], ...]:
@@ -64,25 +46,20 @@ def _release_audit(app: Appliance) -> list[tuple[str, str, str]]:
 
 
 def _dry_gc(app: Appliance) -> dict[str, Any]:
-    r = _api(app, "POST", "/gc", json={"dryRun": True, "retain": 1, "grace": "0"})
+    r = release_api(app, "POST", "/gc", json={"dryRun": True, "retain": 1, "grace": "0"})
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
-@pytest.fixture
-def site(tmp_path: Path, ec_key: keys.PrivateKey) -> Site:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed; scripts/setup-test-env installs it")
-    return make_site(tmp_path, ec_key)
 
 
 def test_discard_a_staged_release_frees_its_content_and_refuses_the_promoted_and_rollback_target(
         appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
     app = appliance_factory()
     trust(app, ec_key, tmp_path)
-    r1 = _import(app, site.v1)
-    assert _api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
-    r2 = _import(app, site.v2)
+    r1 = import_release(app, site.v1)
+    assert release_api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    r2 = import_release(app, site.v2)
     assert r2["pendingTags"] == sorted([f"{site.repo('a')}:1.0", f"{site.repo('b')}:1.0"])
 
     # While v2 is staged the retention keeps it: nothing of v2 is reclaimable.
@@ -92,7 +69,7 @@ def test_discard_a_staged_release_frees_its_content_and_refuses_the_promoted_and
 
     # The promoted release is refused, with the reason, and nothing changes.
     snap = _snapshot(app)
-    refused = _api(app, "DELETE", f"/releases/{r1['id']}")
+    refused = release_api(app, "DELETE", f"/releases/{r1['id']}")
     assert refused.status_code == 409, refused.text
     err = refused.json()["errors"][0]
     assert err["code"] == "PROMOTED" and "is promoted and cannot be discarded" in err["message"]
@@ -100,31 +77,31 @@ def test_discard_a_staged_release_frees_its_content_and_refuses_the_promoted_and
 
     # A project robot (pull/push/delete in the project) may not discard; neither may an anonymous caller.
     robot = Harbor(app, app.admin).project_robot("spectro-images", ("pull", "push", "delete"))
-    denied = _api(app, "DELETE", f"/releases/{r2['id']}", auth=robot.auth)
+    denied = release_api(app, "DELETE", f"/releases/{r2['id']}", auth=robot.auth)
     assert denied.status_code == 403 and "may not discard releases" in denied.json()["errors"][0]["message"]
-    assert _api(app, "DELETE", f"/releases/{r2['id']}", auth=None).status_code == 401
-    bad = _api(app, "DELETE", f"/releases/{r2['id']}", json={"reason": 7})
+    assert release_api(app, "DELETE", f"/releases/{r2['id']}", auth=None).status_code == 401
+    bad = release_api(app, "DELETE", f"/releases/{r2['id']}", json={"reason": 7})
     assert bad.status_code == 400 and "reason must be a string" in bad.json()["errors"][0]["message"]
-    assert _api(app, "DELETE", "/releases/99").status_code == 404
+    assert release_api(app, "DELETE", "/releases/99").status_code == 404
     assert _snapshot(app) == snap
 
     # Discard staged v2: its rows go, the row stays as "discarded", the live tags still serve v1.
-    out = _api(app, "DELETE", f"/releases/{r2['id']}", json={"reason": "superseded by 2.0.1 upstream"})
+    out = release_api(app, "DELETE", f"/releases/{r2['id']}", json={"reason": "superseded by 2.0.1 upstream"})
     assert out.status_code == 200, out.text
     assert out.json()["release"]["state"] == "discarded" and out.json()["was"] == "staged"
     assert out.json()["imagesDropped"] == 4
     assert skopeo_pull(app, site.refs["a"], tmp_path / "a") == site.digests["a1"]
     assert skopeo_pull(app, site.refs["b"], tmp_path / "b") == site.digests["b1"]
     assert skopeo_pull(app, site.refs["d"], tmp_path / "d") == site.digests["d"]  # published at import: stays
-    listed = {r["id"]: r["state"] for r in _api(app, "GET", "/releases").json()["releases"]}
+    listed = {r["id"]: r["state"] for r in release_api(app, "GET", "/releases").json()["releases"]}
     assert listed == {r1["id"]: "promoted", r2["id"]: "discarded"}
     cli_list = cli("release", "list", "--data-dir", str(app.data_dir)).stdout
     assert "discarded" in cli_list
-    shown = _api(app, "GET", f"/releases/{r2['id']}").json()
+    shown = release_api(app, "GET", f"/releases/{r2['id']}").json()
     assert shown["images"] == [] and shown["files"] == [] and shown["clusterDefinitions"] == []
-    again = _api(app, "DELETE", f"/releases/{r2['id']}")
+    again = release_api(app, "DELETE", f"/releases/{r2['id']}")
     assert again.status_code == 409 and "already discarded" in again.json()["errors"][0]["message"]
-    promote = _api(app, "POST", f"/releases/{r2['id']}/promote")
+    promote = release_api(app, "POST", f"/releases/{r2['id']}/promote")
     assert promote.status_code == 409 and "was discarded" in promote.json()["errors"][0]["message"]
 
     # GC with retention 1 now lists exactly v2's content that no tag keeps: A2, B2 and their own blobs, and
@@ -143,18 +120,18 @@ def test_discard_a_staged_release_frees_its_content_and_refuses_the_promoted_and
                                             "superseded by 2.0.1 upstream")
 
     # Importing the same bundle again stages it again; once promoted, v1 is the rollback target: refused.
-    r2b = _import(app, site.v2)
+    r2b = import_release(app, site.v2)
     assert r2b["id"] == r2["id"]
-    assert _api(app, "GET", f"/releases/{r2['id']}").json()["state"] == "staged"
+    assert release_api(app, "GET", f"/releases/{r2['id']}").json()["state"] == "staged"
     cli("release", "promote", str(r2["id"]), "--data-dir", str(app.data_dir))
     assert skopeo_pull(app, site.refs["a"], tmp_path / "a2") == site.digests["a2"]
     snap = _snapshot(app)
     proc = cli("release", "discard", str(r1["id"]), "--data-dir", str(app.data_dir), check=False)
     assert proc.returncode == 1 and f"rollback of release {r2['id']} would restore" in proc.stderr
-    target = _api(app, "DELETE", f"/releases/{r1['id']}")
+    target = release_api(app, "DELETE", f"/releases/{r1['id']}")
     assert target.status_code == 409 and target.json()["errors"][0]["code"] == "ROLLBACK_TARGET"
     assert _snapshot(app) == snap
-    assert _api(app, "POST", "/releases/rollback").status_code == 200  # still possible: v1 was kept
+    assert release_api(app, "POST", "/releases/rollback").status_code == 200  # still possible: v1 was kept
     assert skopeo_pull(app, site.refs["a"], tmp_path / "a3") == site.digests["a1"]
 
 
@@ -164,18 +141,18 @@ def test_a_superseded_release_further_back_can_be_discarded_and_is_then_never_a_
 
     app = appliance_factory()
     trust(app, ec_key, tmp_path)
-    r1 = _import(app, site.v1)
-    assert _api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
-    r2 = _import(app, site.v2)
-    assert _api(app, "POST", f"/releases/{r2['id']}/promote").status_code == 200
+    r1 = import_release(app, site.v1)
+    assert release_api(app, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    r2 = import_release(app, site.v2)
+    assert release_api(app, "POST", f"/releases/{r2['id']}/promote").status_code == 200
     # v3 brings v1's images back under a new version (no definitions): promoting it makes v2 the rollback target.
     v3 = craft.write_bundle(tmp_path / "v3.tar.zst", craft.standard_entries(
         site.v1_layout.root, ec_key, name="edge-site", version="1.0.2"))
-    r3 = _import(app, v3)
-    assert _api(app, "POST", f"/releases/{r3['id']}/promote").status_code == 200
+    r3 = import_release(app, v3)
+    assert release_api(app, "POST", f"/releases/{r3['id']}/promote").status_code == 200
     assert skopeo_pull(app, site.refs["a"], tmp_path / "a3") == site.digests["a1"]
 
-    refused = _api(app, "DELETE", f"/releases/{r2['id']}")
+    refused = release_api(app, "DELETE", f"/releases/{r2['id']}")
     assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "ROLLBACK_TARGET"
     out = cli("release", "discard", str(r1["id"]), "--reason", "too old", "--data-dir", str(app.data_dir))
     assert f"discarded release {r1['id']} (edge-site 1.0.0, was superseded)" in out.stdout
@@ -183,10 +160,10 @@ def test_a_superseded_release_further_back_can_be_discarded_and_is_then_never_a_
                                                      "too old")
 
     # Rolling back once returns to v2; v2 was promoted after v1, which is gone: a second rollback is refused.
-    assert _api(app, "POST", "/releases/rollback").status_code == 200
+    assert release_api(app, "POST", "/releases/rollback").status_code == 200
     assert skopeo_pull(app, site.refs["a"], tmp_path / "a2") == site.digests["a2"]
     snap = _snapshot(app)
-    again = _api(app, "POST", "/releases/rollback")
+    again = release_api(app, "POST", "/releases/rollback")
     assert again.status_code == 409, again.text
     assert again.json()["errors"][0]["code"] == "DISCARDED" and "was discarded" in again.json()["errors"][0]["message"]
     assert _snapshot(app) == snap
