@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestedRangeNotSatisfiable
 
 from registry.access import Access, LoginLimiter, TooManyAttempts
 from registry.auth import Principal, Users
@@ -58,6 +58,9 @@ class DistributionConfig:
     own_hosts: frozenset[str]
     realm: str = "cargohold"
     external_url: str | None = None
+    # Set when a front (web/front.py) serves blob bodies: GET answers with
+    # X-Accel-Redirect to this internal prefix + the blob's path under blobs/.
+    accel_prefix: str | None = None
 
 
 class _Body:
@@ -265,6 +268,20 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         path = registry.blob_path(info.digest)
         if path is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {info.digest} is not in the store")
+        if config.accel_prefix and request.method == "GET":
+            # The front sends the bytes (sendfile, Range, slow clients); this thread is free at once.
+            headers = {"Docker-Content-Digest": str(info.digest), "ETag": f'"{info.digest}"',
+                       "Cache-Control": "public, max-age=31536000, immutable"}
+            if request.if_none_match.contains(str(info.digest)):
+                return Response(status=304, headers=headers)
+            # nginx would answer a bad Range in HTML: refuse it here, in the spec's shape, as send_file does.
+            wanted = request.range
+            if "Range" in request.headers and (
+                    wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1
+                    or wanted.range_for_length(info.size) is None):
+                raise RequestedRangeNotSatisfiable(length=info.size)
+            headers["X-Accel-Redirect"] = config.accel_prefix + path.relative_to(registry.paths.blobs).as_posix()
+            return Response(status=200, headers=headers, mimetype="application/octet-stream")
         resp = send_file(path, mimetype="application/octet-stream", conditional=True, etag=str(info.digest),
                          max_age=31536000)
         resp.headers["Docker-Content-Digest"] = str(info.digest)

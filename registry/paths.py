@@ -14,6 +14,8 @@
       keys/                   trusted keys and the token-signing key
       tls/                    CA and server certificate and key
       imports/                bundles uploaded for import, and import scratch space
+      front/                  request bodies the nginx front buffers (small ones only) and
+                              its scratch for responses (web/front.py); disposable
 
 Nothing else in the code joins path segments under the data directory.
 """
@@ -78,6 +80,10 @@ class DataPaths:
     @property
     def imports(self) -> Path:
         return self.root / "imports"
+
+    @property
+    def front_scratch(self) -> Path:
+        return self.root / "front"
 
     def ensure(self) -> None:
         """Create the directories (idempotent).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,13 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 ADMIN_PASSWORD = "test-admin-Secret-1"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def free_port() -> int:
@@ -54,6 +62,32 @@ class Appliance:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def children(self) -> list[int]:
+        """Pids of the serve process's children: the gunicorn workers and the nginx front's master."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(c) for c in path.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def worker_pids(self, expected: int = 2, timeout: float = 20) -> list[int]:
+        """The gunicorn worker pids, once `expected` have booted (start_appliance returns when the first answers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = [pid for pid in self.children() if _comm(pid) != "nginx"]
+            if len(workers) >= expected or time.monotonic() > deadline:
+                return workers
+            time.sleep(0.1)
+
+    def front_pids(self) -> list[int]:
+        """The nginx front's master and worker pids (empty under ``--front none``)."""
+        masters = [pid for pid in self.children() if _comm(pid) == "nginx"]
+        found = list(masters)
+        for master in masters:
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(c) for c in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        return found
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -62,6 +96,53 @@ class Appliance:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def still_alive(pids: list[int], timeout: float) -> list[int]:
+    """The pids still running (zombies count as gone) after waiting up to `timeout` seconds for them to exit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def restart_on(old: Appliance, data_dir: Path | None = None, timeout: float = 10) -> Appliance:
+    """Start the appliance again on `old`'s port (and data directory), as an operator restarting it would.
+
+    start_appliance picks a free port; this binds the old one explicitly, so it
+    fails if anything of the old process tree still holds the port. Raises
+    AssertionError if the new process exits or does not answer /v2/ within
+    `timeout` seconds.
+    """
+    data_dir = data_dir or old.data_dir
+    log_path = data_dir.parent / f"{data_dir.name}-restart-{old.port}-{time.monotonic_ns()}.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "web.cli", "serve", "--data-dir", str(data_dir),
+                                 "--bind", old.host], stdout=log, stderr=subprocess.STDOUT, env=old.env,
+                                cwd=Path(__file__).resolve().parent.parent)
+    again = Appliance(data_dir, old.port, proc, log_path, old.scheme, old.admin, env=old.env)
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"restart on the same port failed (exit {proc.returncode}):\n{again.log()}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InsecureRequestWarning)
+                requests.get(f"{again.url}/v2/", timeout=1, verify=False)
+            return again
+        except requests.RequestException:
+            time.sleep(0.05)
+    again.stop()
+    raise AssertionError(f"restart did not answer within {timeout:.0f} s:\n{again.log()}")
 
 
 def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None = None,

@@ -79,8 +79,11 @@ class _JSONProvider(DefaultJSONProvider):
             raise ValueError("JSON is nested too deeply") from None
 
 
-def create_app(config: Config | None = None) -> Flask:
-    """A Flask app serving the appliance for `config` (defaults from the environment)."""
+def create_app(config: Config | None = None, accel_prefix: str | None = None) -> Flask:
+    """A Flask app serving the appliance for `config` (defaults from the environment).
+
+    `accel_prefix`: set when the nginx front serves blob bodies (web/front.py).
+    """
     config = config or Config.from_env()
     services = build_services(config)
     app = Flask(__name__)
@@ -92,7 +95,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(create_blueprint(
         services.registry, services.uploads, services.users,
         DistributionConfig(project=config.project, own_hosts=config.own_hosts, realm=realm,
-                           external_url=config.external_url),
+                           external_url=config.external_url, accel_prefix=accel_prefix),
         services.access, signer))
     app.register_blueprint(token_api.create_blueprint(services.access, signer, config.external_url))
     app.register_blueprint(harbor.create_blueprint(

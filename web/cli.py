@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from web.config import Config
+from web.config import FRONTS, Config
 
 
 def _config(**overrides: Any) -> Config:
@@ -40,15 +43,31 @@ data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), de
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls.")
 @click.option("--tls-san", default=None,
               help="Extra comma-separated DNS names/IPs for the generated certificate (e.g. the cluster VIP).")
+@click.option("--front", type=click.Choice(FRONTS), default=None,
+              help="nginx: Debian's nginx in front of gunicorn [default]; none: gunicorn alone (development only).")
 def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_class: str | None,
           threads: int | None, project: str | None, tls: bool | None, tls_cert: Path | None,
-          tls_key: Path | None, tls_san: str | None) -> None:
-    """Run the appliance under gunicorn."""
-    from web.app import build_services
+          tls_key: Path | None, tls_san: str | None, front: str | None) -> None:
+    """Run the appliance: the nginx front and the app under gunicorn."""
+    from web.front import FrontError
     from web.server import ApplianceServer
 
     config = _config(data_dir=data_dir, bind=bind, workers=workers, worker_class=worker_class, threads=threads,
-                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san)
+                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san, front=front)
+    config = _in_child(_prepare, config)
+    click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
+               err=True)
+    try:
+        server = ApplianceServer(config)
+    except FrontError as exc:
+        raise click.ClickException(str(exc)) from None
+    server.run()
+
+
+def _prepare(config: Config) -> Config:
+    """Set-up before serving: migrate, create the admin, ensure TLS material; the config to serve with."""
+    from web.app import build_services
+
     services = build_services(config)
     generated = services.users.bootstrap_admin(config.admin_password)
     if generated:
@@ -62,9 +81,43 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         config = _config(**{**config.__dict__, "tls_cert": cert, "tls_key": key})
-    click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
-               err=True)
-    ApplianceServer(config).run()
+    return config
+
+
+def _in_child(work: Callable[[Config], Config], config: Config) -> Config:
+    """Run `work` in a forked child and return its result, so this process never holds SQLite or data files.
+
+    SQLite forbids carrying a connection (or its POSIX locks) across fork(), and
+    the gunicorn master forks every worker: its set-up runs in a child that
+    exits, and only the resulting settings come back (as JSON over a pipe).
+    Raises ClickException with the child's message if the work failed.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: do the work, report, and exit without running the parent's cleanup
+        os.close(read_end)
+        status, message = 0, ""
+        try:
+            result = work(config)
+            message = json.dumps({"tls_cert": str(result.tls_cert or ""), "tls_key": str(result.tls_key or "")})
+        except click.ClickException as exc:
+            status, message = 2, exc.format_message()
+        except BaseException as exc:  # anything else: the parent reports it
+            status, message = 1, f"set-up failed: {exc!r}"
+        with os.fdopen(write_end, "w") as out:
+            out.write(message)
+        sys.stderr.flush()
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        message = pipe.read()
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code != 0:
+        raise click.ClickException(message or f"set-up exited with status {code}")
+    paths = json.loads(message)
+    return _config(**{**config.__dict__, "tls_cert": Path(paths["tls_cert"]) if paths["tls_cert"] else None,
+                      "tls_key": Path(paths["tls_key"]) if paths["tls_key"] else None})
 
 
 @main.group()

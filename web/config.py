@@ -18,6 +18,7 @@ from registry.paths import DataPaths
 
 DEFAULT_PROJECT = "spectro-images"
 REGISTRY_HOSTNAME = "spectro.registry.local"
+FRONTS = ("nginx", "none")
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,37 @@ class Config:
 
     data_dir: Path = Path("cargohold-data")
     bind: str = "127.0.0.1:5000"
-    # Chosen by measurement (scripts/bench_registry.py, docs/performance.md).
-    # gthread: a blob download or a slow upload holds a thread, not a whole
-    # process; sync workers stopped answering manifests once as many slow
-    # downloads as workers were in flight, and cannot keep connections alive. Two
-    # workers suit 2 cores (4 were no faster). 32 threads each because every
-    # download in flight holds one: with 16, thirty slow layer downloads (ten
-    # hosts pulling 3 layers at a time) could fill a worker and stall its
-    # manifest requests; 32 kept serving, at ~3 MB more RSS per worker and
-    # the same request rates.
+    # The serving architecture (web/front.py, docs/performance.md): "nginx" puts
+    # Debian's nginx in front of gunicorn (slow and idle clients, blob bodies,
+    # TLS); "none" runs gunicorn alone on `bind`, for development only: slow
+    # or idle clients can hold every one of its threads.
+    front: str = "nginx"
+    # The nginx binary (default: found on PATH or in /usr/sbin).
+    nginx: str = ""
+    # nginx worker processes (0: one per core).
+    front_workers: int = 0
+    # Where the front's nginx.conf, pid file and the app's unix socket live
+    # (a fresh private directory below this one; default: $RUNTIME_DIRECTORY or /tmp).
+    runtime_dir: Path | None = None
+    # Timeouts in seconds for clients of the front: the whole request header,
+    # between two reads of a request body, between two writes of a response,
+    # and an idle keep-alive connection. An upload or download that keeps
+    # moving is never cut, however long it runs.
+    client_header_timeout: int = 10
+    client_body_timeout: int = 60
+    send_timeout: int = 60
+    keepalive_timeout: int = 15
+    # How long the front waits for the app to answer one request.
+    app_timeout: int = 300
+    # Requests in flight from one client address (0: no limit); more get 429.
+    max_requests_per_address: int = 128
+    # SIGTERM: requests in flight get this long to finish.
+    graceful_timeout: int = 30
+    # gunicorn behind the front. gthread: a request holds a thread only while
+    # the app works on it (the front buffers slow clients and sends blob
+    # bodies itself); an upload body streams through a thread, and the front
+    # lets at most three quarters of the threads take uploads. Two workers
+    # suit 2 cores (docs/performance.md).
     worker_class: str = "gthread"
     workers: int = 2
     threads: int = 32
@@ -98,6 +121,8 @@ class Config:
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
+    if name == "front" and raw not in FRONTS:
+        raise ValueError(f"CARGOHOLD_FRONT={raw!r} is not one of {', '.join(FRONTS)}")
     text = str(type_name)
     try:
         if text.startswith("int"):

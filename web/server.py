@@ -1,8 +1,17 @@
-"""Running the app under gunicorn: `cargohold serve` builds this.
+"""Running the app under gunicorn, behind the nginx front: `cargohold serve` builds this.
 
-Each worker builds its own app after the fork (no preload), so no SQLite
-connection or file handle crosses a fork. Blob downloads go out through
-gunicorn's file wrapper, which uses sendfile(2) on plain HTTP.
+Process tree: the gunicorn master (`cargohold serve` itself) binds the app's
+unix socket, starts the nginx front (web/front.py) on the public address,
+and forks the workers. The master never opens the database or a data file:
+`serve` does its set-up in a short-lived child first, and each worker builds
+its own app after the fork (no preload), so no SQLite connection or lock
+crosses a fork. Workers and nginx get a parent-death signal, so when the
+master is killed they go at once and a restart finds the port and socket
+free. SIGTERM drains: nginx stops accepting and finishes what is in flight
+(the app keeps answering it), then the workers stop.
+
+With ``front = "none"`` gunicorn listens on the public address itself and
+blob downloads go out through its file wrapper (sendfile on plain HTTP).
 """
 
 from __future__ import annotations
@@ -10,12 +19,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web.config import Config
+from web.front import ACCEL_PREFIX, Front, FrontLayout, find_nginx, set_parent_death_signal
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -38,39 +52,52 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 class ApplianceServer(BaseApplication):  # type: ignore[misc]
-    """gunicorn, configured from a `Config` instead of its own command line."""
+    """gunicorn, configured from a `Config` instead of its own command line, with the nginx front."""
 
     def __init__(self, config: Config, extra: dict[str, Any] | None = None) -> None:
         self.config = config
         self.extra = extra or {}
+        self.front: Front | None = None
+        if config.front == "nginx":
+            layout = FrontLayout.create(config)
+            self.front = Front(config, layout, find_nginx(config.nginx))
+            self.front.write_config()
         super().__init__()
 
     def load_config(self) -> None:
         _limit_malloc_arenas()
         c = self.config
         options: dict[str, Any] = {
-            "bind": [c.bind],
+            "bind": [f"unix:{self.front.layout.app_socket}" if self.front else c.bind],
             "workers": c.workers,
             "worker_class": c.worker_class,
             "threads": c.threads,
-            # Large uploads and downloads run long; the timeout is for a hung
-            # worker's heartbeat, not a request's duration, under gthread.
+            # Large uploads run long; the timeout is for a hung worker's
+            # heartbeat, not a request's duration, under gthread.
             "timeout": 120,
-            "graceful_timeout": 30,
-            "keepalive": 15,
-            "accesslog": "-",
-            # No header in the access log format: Authorization never lands in a log.
-            "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(M)sms',
+            "graceful_timeout": c.graceful_timeout,
+            # Behind the front, connections come from nginx's keep-alive pool,
+            # which drops them after 30 s idle: gunicorn must keep them longer,
+            # or nginx could send a request on a connection being closed.
+            "keepalive": 60 if self.front else c.keepalive_timeout,
             "errorlog": "-",
             "proc_name": "cargohold",
             "limit_request_line": 8190,
             # gunicorn's control socket lives in $HOME by default; several
             # appliances (tests, benchmarks) on one host would fight over it.
             "control_socket_disable": True,
+            "post_fork": _post_fork,
         }
-        if c.tls:
-            options["certfile"] = str(c.tls_cert)
-            options["keyfile"] = str(c.tls_key)
+        if self.front:
+            # nginx logs every request (with the bytes of blob bodies it sends itself).
+            options["accesslog"] = None
+        else:
+            options["accesslog"] = "-"
+            # No header in the access log format: Authorization never lands in a log.
+            options["access_log_format"] = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+            if c.tls:
+                options["certfile"] = str(c.tls_cert)
+                options["keyfile"] = str(c.tls_key)
         options.update(self.extra)
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -78,7 +105,57 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from web.app import create_app
 
-        return CloseOnUnreadBody(create_app(self.config))
+        app = create_app(self.config, accel_prefix=ACCEL_PREFIX if self.front else None)
+        wrapped: Any = CloseOnUnreadBody(app, drain_limit=FRONT_DRAIN_LIMIT if self.front else 0)
+        if self.front:
+            # Only nginx can reach the app's socket (a 0700 directory), and it sets
+            # X-Forwarded-For to the client's address and -Proto to its scheme.
+            wrapped = ProxyFix(wrapped, x_for=1, x_proto=1)
+        return wrapped
+
+    def run(self) -> None:
+        try:
+            _FrontedArbiter(self).run()
+        finally:
+            if self.front:
+                self.front.layout.remove()
+
+
+def _post_fork(server: Arbiter, worker: Any) -> None:
+    # A worker outliving a killed master would keep serving on a database
+    # nobody supervises and hold the socket: go with the master, at once.
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != server.pid:
+        os._exit(1)
+
+
+class _FrontedArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, which also starts, watches and stops the nginx front."""
+
+    def __init__(self, app: ApplianceServer) -> None:
+        super().__init__(app)
+        self.front = app.front
+
+    def start(self) -> None:
+        super().start()
+        if self.front:
+            try:
+                self.front.start()
+            except Exception as exc:
+                raise HaltServer(str(exc), 1) from None
+            self.log.info("front: nginx (pid %s) on %s", self.front.process.pid if self.front.process else "-",
+                          self.cfg.bind)
+
+    def manage_workers(self) -> None:
+        if self.front and not self.front.running():
+            raise HaltServer("the nginx front exited; stopping (see its messages above)", 1)
+        super().manage_workers()
+
+    def stop(self, graceful: bool = True) -> None:
+        if self.front:
+            # First the front: it stops accepting and drains its requests while the workers still answer them.
+            self.front.stop(graceful)
+        super().stop(graceful)
 
 
 class _CountingInput:
@@ -121,10 +198,18 @@ class CloseOnUnreadBody:
     oras library, retrying with credentials) gets "connection closed without
     response". Telling gunicorn to close up front makes the response say so,
     and every client reconnects instead.
+
+    Behind the nginx front the app's peer is nginx, which may still be
+    writing the body when the answer comes: closing then resets the
+    connection and nginx answers 502 instead of the app's 401 or 413. So with
+    `drain_limit` set, up to that many unread bytes are read and dropped
+    before answering (at local speed for bodies nginx buffered, at the
+    client's for streamed uploads); only a larger rest closes the connection.
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], drain_limit: int = 0) -> None:
         self.app = app
+        self.drain_limit = drain_limit
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length_text = environ.get("CONTENT_LENGTH") or ""
@@ -137,9 +222,32 @@ class CloseOnUnreadBody:
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             unread = not body.eof if chunked else body.consumed < length
+            if unread and self.drain_limit:
+                unread = not _drain(body, length if not chunked else None, self.drain_limit)
             force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
             if unread and force_close is not None:
                 force_close()  # gunicorn's Response: sends Connection: close and closes after this response
             return start_response(status, headers, exc_info)
 
         return self.app(environ, start)
+
+
+def _drain(body: _CountingInput, length: int | None, limit: int) -> bool:
+    """Read and drop the rest of a body if at most `limit` bytes remain; whether it reached the end."""
+    if length is not None and length - body.consumed > limit:
+        return False
+    budget = limit
+    try:
+        while budget > 0 and not body.eof:
+            budget -= len(body.read(min(_DRAIN_BLOCK, budget)))
+            if length is not None and body.consumed >= length:
+                return True
+    except OSError:  # the client went away: nothing left to keep the connection for
+        return False
+    return body.eof
+
+
+_DRAIN_BLOCK = 1 << 20
+# Behind the front: the largest unread rest of a body drained rather than closed on. The CLI sends
+# 64 MiB chunks; a refused one (a 401 before the client authenticates) is drained, not reset.
+FRONT_DRAIN_LIMIT = 65 << 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -335,16 +336,26 @@ def test_manifest_json_round_trips_byte_for_byte(v2: V2, repo: str) -> None:
     assert r.content == body and r.headers["Docker-Content-Digest"] == sha256(body)
 
 
-def test_truncated_manifest_body_is_refused(appliance: Appliance, v2: V2, repo: str) -> None:
+@pytest.mark.parametrize("front", ["nginx", "none"])
+def test_truncated_manifest_body_is_refused(appliance: Appliance, appliance_factory: Callable[..., Appliance],
+                                            repo: str, front: str) -> None:
     from tests.registry.test_api_push import basic, raw_http
 
+    if front == "none":
+        appliance = appliance_factory("--front", "none")
+    v2 = V2(appliance)
     body = canonical(image_doc(v2, repo))
     status, response = raw_http(
         appliance,
         f"PUT /v2/{repo}/manifests/cut HTTP/1.1\nHost: {appliance.host}\nAuthorization: {basic(appliance)}\n"
         f"Content-Type: {OCI_MANIFEST}\nContent-Length: {len(body)}\nConnection: close\n", body[:len(body) // 2])
-    assert status == 400, response
-    assert b'"MANIFEST_INVALID"' in response
+    if front == "none":
+        assert status == 400, response
+        assert b'"MANIFEST_INVALID"' in response
+    else:
+        # nginx buffers a manifest body: one that ends early never reaches the app, and the client,
+        # taken as gone, gets a 400 or no answer.
+        assert status in (0, 400), response
     assert v2.request("GET", f"/v2/{repo}/manifests/cut").status_code == 404
 
 

@@ -1,0 +1,386 @@
+"""The event-driven front: nginx before the gunicorn app, run and configured by `cargohold serve`.
+
+Why a front at all (measured, docs/performance.md "Serving architecture"):
+a site is many slow clients at once, and a gunicorn thread held by each
+connection runs out long before a site's edge hosts do. nginx holds every
+connection in an event loop, so the app only sees a request once its
+headers (and, for small bodies, its body) have fully arrived, and is freed
+as soon as it has answered:
+
+* **Blob bodies** never pass through Python. The app authorizes the pull,
+  finds the blob and answers with ``X-Accel-Redirect`` to an internal
+  location; nginx sends the file with sendfile(2) (or kernel TLS), honours
+  ``Range``, and copes with a client reading at 500 KB/s for an hour.
+* **Small request bodies** (manifests, JSON, forms) are buffered by nginx,
+  capped at the largest body those endpoints accept.
+* **Upload bodies** (``/v2/…/blobs/uploads/``, tus, bundle and cluster
+  definition uploads) stream straight through unbuffered, so the app checks
+  credentials before a byte is stored, a dropped connection keeps what
+  arrived, and nothing is written twice; a global cap on concurrent uploads
+  keeps gunicorn threads free for everything else.
+* **Idle, half-open and trickling connections** cost nginx a few hundred
+  bytes each and reach the app never; timeouts end them.
+* **TLS** terminates here (OpenSSL, kernel TLS where the kernel offers it).
+
+The front runs as a child of the gunicorn master with a parent-death signal,
+so killing the master takes it down at once and the port is free for a
+restart. Its files live in a private runtime directory (``nginx.conf``, the
+app's unix socket, the pid file); request bodies it buffers go to
+``<data>/tmp/front`` on the data volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from web.config import Config
+
+# Where nginx serves blob bodies from after the app's X-Accel-Redirect; `internal`,
+# so no client can request it.
+ACCEL_PREFIX = "/_cargohold/blobs/"
+# Bodies of these requests stream to the app unbuffered (see the module docstring).
+UPLOAD_LOCATIONS = (
+    "~ ^/v2/.+/blobs/uploads/",
+    "^~ /api/v1/uploads",
+    "= /api/v1/bundles",
+    "= /api/cargohold/v1/cluster-definitions",
+)
+_PR_SET_PDEATHSIG = 1
+_UNSAFE_PATH = re.compile(r'["\\$;{}\n\r]')
+
+
+class FrontError(RuntimeError):
+    """The front cannot start: nginx is missing, its configuration is refused, or it cannot listen."""
+
+
+def find_nginx(configured: str = "") -> str:
+    """The nginx binary to run: `configured` if set, else from PATH or /usr/sbin. Raises FrontError."""
+    if configured:
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
+            raise FrontError(f"CARGOHOLD_NGINX={configured!r} is not an executable file")
+        return configured
+    found = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if found is None:
+        raise FrontError("nginx is not installed: cargohold serves through Debian's nginx "
+                         "(`apt-get install nginx`, see README.md); `--front none` runs gunicorn alone, "
+                         "which slow or idle clients can starve (docs/operations.md)")
+    return found
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class FrontLayout:
+    """The front's files: a private runtime directory, and body scratch space on the data volume."""
+
+    runtime: Path
+    scratch: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.runtime / "nginx.conf"
+
+    @property
+    def app_socket(self) -> Path:
+        return self.runtime / "app.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime / "nginx.pid"
+
+    @classmethod
+    def create(cls, config: Config) -> FrontLayout:
+        """A fresh 0700 runtime directory (short: a unix socket path is at most 107 bytes) and the scratch dir.
+
+        Runtime directories left by a killed appliance (their nginx pid dead) are removed first.
+        """
+        parent = config.runtime_dir or Path(os.environ.get("RUNTIME_DIRECTORY") or tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(parent)
+        runtime = Path(tempfile.mkdtemp(prefix="cargohold-", dir=parent))
+        scratch = config.paths.front_scratch
+        for sub in ("body", "proxy"):
+            (scratch / sub).mkdir(parents=True, exist_ok=True)
+        layout = cls(runtime, scratch)
+        for path in (config.paths.blobs, scratch, runtime):
+            if _UNSAFE_PATH.search(str(path.resolve())):
+                raise FrontError(f"the path {path} has a character nginx configuration cannot hold (\" \\ $ ; {{ }})")
+        return layout
+
+    def remove(self) -> None:
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def _remove_stale(parent: Path) -> None:
+    for candidate in parent.glob("cargohold-*"):
+        pid_file = candidate / "owner.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` bind address (IPv6 in brackets). Raises FrontError."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit():
+        raise FrontError(f"--bind {bind!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _listen_directive(bind: str, tls: bool) -> str:
+    host, port = split_bind(bind)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"listen {address}{' ssl' if tls else ''} backlog=4096;"
+
+
+def upload_slots(config: Config) -> int:
+    """How many upload bodies may stream to the app at once: three quarters of its threads (at least 1)."""
+    threads = config.workers * (config.threads if config.worker_class == "gthread" else 1)
+    return max(1, threads * 3 // 4)
+
+
+def buffered_body_limit(config: Config) -> int:
+    """The largest body nginx buffers for the app: a manifest, with room for headers of multipart forms."""
+    return max(config.max_manifest_bytes, 1 << 20) + (64 << 10)
+
+
+def _open_files_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 16
+    return max(soft, min(hard, 1 << 16))
+
+
+def render_config(config: Config, layout: FrontLayout, app_socket: Path | None = None) -> str:
+    """nginx.conf for `config` (the listening address, TLS pair, timeouts and limits)."""
+    c = config
+    files = _open_files_limit()
+    # Every proxied request takes two connections (client and app); leave room for files.
+    connections = max(512, min(16384, (files - 64) // 2))
+    user = ""
+    if os.geteuid() == 0:
+        # As root nginx would hand its workers to an unprivileged user that cannot read the data
+        # directory (0700); they run as the appliance does, like the gunicorn workers.
+        entry = pwd.getpwuid(os.geteuid())
+        user = f"user {entry.pw_name};"
+    blobs = f"{c.paths.blobs.resolve()}/"
+    sock = app_socket or layout.app_socket
+    tls = ""
+    if c.tls:
+        tls = f"""
+        ssl_certificate "{Path(str(c.tls_cert)).resolve()}";
+        ssl_certificate_key "{Path(str(c.tls_key)).resolve()}";
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:cargohold_tls:4m;
+        ssl_session_timeout 1h;
+        # Kernel TLS where the kernel and OpenSSL offer it: blob bodies keep sendfile over HTTPS.
+        ssl_conf_command Options KTLS;"""
+    proxy = """
+            proxy_pass http://cargohold_app;"""
+    per_address = f"limit_conn cargohold_per_address {c.max_requests_per_address};" \
+        if c.max_requests_per_address > 0 else ""
+    uploads = "\n".join(f"""
+        location {where} {{
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            limit_conn cargohold_uploads {upload_slots(c)};
+            {per_address}{proxy}
+        }}""" for where in UPLOAD_LOCATIONS)
+    errors = "\n".join(f"""
+        location = /_cargohold/error/{status} {{
+            internal;
+            default_type application/json;
+            return {status} '{{"errors":[{{"code":"{code}","message":"{message}","detail":{{}}}}]}}';
+        }}""" for status, code, message in _ERRORS)
+    error_pages = "\n".join(f"        error_page {status} /_cargohold/error/{status};" for status, _, _ in _ERRORS)
+    return f"""# Written by `cargohold serve` at each start (web/front.py); edits are lost.
+{user}
+worker_processes {c.front_workers or 'auto'};
+worker_rlimit_nofile {files};
+pid "{layout.pid_file}";
+daemon off;
+error_log stderr warn;
+# Blob sends and TLS run in the workers; on shutdown, requests in flight get the grace period.
+worker_shutdown_timeout {c.graceful_timeout}s;
+
+events {{
+    worker_connections {connections};
+    multi_accept on;
+}}
+
+http {{
+    log_format cargohold '$remote_addr - $remote_user [$time_iso8601] "$request" $status '
+                         '$body_bytes_sent $request_time $request_id';
+    access_log /dev/stdout cargohold;
+    server_tokens off;
+    types {{ }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    client_body_temp_path "{layout.scratch / 'body'}";
+    proxy_temp_path "{layout.scratch / 'proxy'}";
+    fastcgi_temp_path "{layout.runtime / 'fastcgi'}";
+    uwsgi_temp_path "{layout.runtime / 'uwsgi'}";
+    scgi_temp_path "{layout.runtime / 'scgi'}";
+
+    # Slow and idle clients (docs/operations.md, "Slow and hostile clients").
+    client_header_timeout {c.client_header_timeout}s;
+    client_body_timeout {c.client_body_timeout}s;
+    send_timeout {c.send_timeout}s;
+    keepalive_timeout {c.keepalive_timeout}s;
+    keepalive_requests 10000;
+    reset_timedout_connection on;
+    large_client_header_buffers 4 16k;
+    client_max_body_size {buffered_body_limit(c)};
+    client_body_buffer_size 128k;
+
+    limit_conn_zone $binary_remote_addr zone=cargohold_per_address:4m;
+    limit_conn_zone $server_name zone=cargohold_uploads:64k;
+    limit_conn_status 429;
+
+    upstream cargohold_app {{
+        server unix:{sock} max_fails=0;
+        keepalive 64;
+        keepalive_timeout 30s;
+    }}
+
+    server {{
+        {_listen_directive(c.bind, c.tls)}
+        server_name cargohold;{tls}
+        {per_address}
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;
+        proxy_buffering on;
+        proxy_buffers 16 64k;
+        proxy_busy_buffers_size 128k;
+        proxy_read_timeout {c.app_timeout}s;
+        proxy_send_timeout {c.app_timeout}s;
+        proxy_connect_timeout 10s;
+        # A request the app never answered is not retried elsewhere: there is no elsewhere.
+        proxy_next_upstream off;
+        # A client that half-closes after its request (shutdown(SHUT_WR)) still gets the answer, and
+        # the app finishes what it started rather than being cut mid-write.
+        proxy_ignore_client_abort on;
+        proxy_intercept_errors off;
+{error_pages}
+
+        location / {{{proxy}
+        }}
+{uploads}
+
+        location ^~ {ACCEL_PREFIX} {{
+            internal;
+            alias "{blobs}";
+            etag off;
+            # The app's headers for the blob (digest, ETag, caching) go out with the file's bytes.
+            add_header Docker-Content-Digest $upstream_http_docker_content_digest always;
+            add_header Docker-Distribution-API-Version registry/2.0 always;
+            add_header ETag $upstream_http_etag always;
+            add_header Cache-Control $upstream_http_cache_control always;
+        }}
+{errors}
+    }}
+}}
+"""
+
+
+# nginx's own refusals, in the registry's error shape (it answers before the app sees the request).
+_ERRORS = (
+    (400, "UNSUPPORTED", "malformed request"),
+    (405, "UNSUPPORTED", "method not allowed"),
+    (413, "SIZE_INVALID", "request body too large for this endpoint"),
+    (429, "TOOMANYREQUESTS", "too many requests in flight from this address, or uploads at once; retry later"),
+    (414, "UNSUPPORTED", "request line too long"),
+    (502, "UNAVAILABLE", "the appliance is starting or restarting; retry"),
+    (504, "UNAVAILABLE", "the appliance did not answer in time; retry"),
+)
+
+
+class Front:
+    """One nginx master process in front of the app; started and stopped by the gunicorn master."""
+
+    def __init__(self, config: Config, layout: FrontLayout, nginx: str) -> None:
+        self.config = config
+        self.layout = layout
+        self.nginx = nginx
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        """Write nginx.conf and check it with `nginx -t`. Raises FrontError with nginx's words."""
+        self.layout.conf.write_text(render_config(self.config, self.layout))
+        (self.layout.runtime / "owner.pid").write_text(str(os.getpid()))
+        check = subprocess.run([self.nginx, "-t", "-q", "-e", "stderr", "-p", str(self.layout.runtime),
+                                "-c", str(self.layout.conf)], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise FrontError(f"nginx refused its configuration: {check.stderr.strip()}")
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start nginx and wait until it accepts connections. Raises FrontError if it exits first."""
+        self.process = subprocess.Popen(
+            [self.nginx, "-e", "stderr", "-p", str(self.layout.runtime), "-c", str(self.layout.conf)],
+            stdin=subprocess.DEVNULL, preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+        host, port = split_bind(self.config.bind)
+        probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FrontError(f"nginx exited with status {self.process.returncode} at start "
+                                 f"(is {self.config.bind} in use? see the messages above)")
+            try:
+                with socket.create_connection((probe, port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise FrontError(f"nginx did not listen on {self.config.bind} within {timeout:.0f} s")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, graceful: bool) -> None:
+        """Graceful: stop accepting and let requests in flight finish (up to the grace period); else at once."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT if graceful else signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.config.graceful_timeout + 5 if graceful else 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
