@@ -74,15 +74,15 @@ class Appliance:
         """The gunicorn worker pids, once `expected` have booted (start_appliance returns when the first answers)."""
         deadline = time.monotonic() + timeout
         while True:
-            workers = [pid for pid in self.children() if _comm(pid) != "nginx"]
+            workers = [pid for pid in self.children() if _comm(pid) not in ("nginx", "cat")]
             if len(workers) >= expected or time.monotonic() > deadline:
                 return workers
             time.sleep(0.1)
 
     def front_pids(self) -> list[int]:
-        """The nginx front's master and worker pids (empty under ``--front none``)."""
+        """The nginx front's master and worker pids, and its access-log relay (empty under ``--front none``)."""
         masters = [pid for pid in self.children() if _comm(pid) == "nginx"]
-        found = list(masters)
+        found = masters + [pid for pid in self.children() if _comm(pid) == "cat"]
         for master in masters:
             with contextlib.suppress(FileNotFoundError):
                 found += [int(c) for c in Path(f"/proc/{master}/task/{master}/children").read_text().split()]

@@ -181,7 +181,7 @@ def _open_files_limit() -> int:
     return max(soft, min(hard, 1 << 16))
 
 
-def render_config(config: Config, layout: FrontLayout, app_socket: Path | None = None) -> str:
+def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/stdout") -> str:
     """nginx.conf for `config` (the listening address, TLS pair, timeouts and limits)."""
     c = config
     files = _open_files_limit()
@@ -194,7 +194,7 @@ def render_config(config: Config, layout: FrontLayout, app_socket: Path | None =
         entry = pwd.getpwuid(os.geteuid())
         user = f"user {entry.pw_name};"
     blobs = f"{c.paths.blobs.resolve()}/"
-    sock = app_socket or layout.app_socket
+    sock = layout.app_socket
     tls = ""
     if c.tls:
         tls = f"""
@@ -242,7 +242,7 @@ events {{
 http {{
     log_format cargohold '$remote_addr - $remote_user [$time_iso8601] "$request" $status '
                          '$body_bytes_sent $request_time $request_id';
-    access_log /dev/stdout cargohold;
+    access_log {access_log} cargohold;
     server_tokens off;
     types {{ }}
     default_type application/octet-stream;
@@ -309,11 +309,11 @@ http {{
             internal;
             alias "{blobs}";
             etag off;
-            # The app's headers for the blob (digest, ETag, caching) go out with the file's bytes.
+            # The app's headers for the blob go out with the file's bytes (nginx itself carries over
+            # only a few, Cache-Control among them).
             add_header Docker-Content-Digest $upstream_http_docker_content_digest always;
             add_header Docker-Distribution-API-Version registry/2.0 always;
             add_header ETag $upstream_http_etag always;
-            add_header Cache-Control $upstream_http_cache_control always;
         }}
 {errors}
     }}
@@ -334,28 +334,42 @@ _ERRORS = (
 
 
 class Front:
-    """One nginx master process in front of the app; started and stopped by the gunicorn master."""
+    """One nginx master process in front of the app; started and stopped by the gunicorn master.
+
+    nginx opens its access log by path, and /dev/stdout cannot be opened when
+    standard output is a socket (journald under systemd): the log goes into a
+    pipe that a `cat` child copies to this process's standard output.
+    """
 
     def __init__(self, config: Config, layout: FrontLayout, nginx: str) -> None:
         self.config = config
         self.layout = layout
         self.nginx = nginx
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_relay: subprocess.Popen[bytes] | None = None
+        self._log_read, self._log_write = os.pipe()
+
+    def _command(self, *extra: str) -> list[str]:
+        return [self.nginx, *extra, "-e", "stderr", "-p", str(self.layout.runtime), "-c", str(self.layout.conf)]
 
     def write_config(self) -> None:
         """Write nginx.conf and check it with `nginx -t`. Raises FrontError with nginx's words."""
-        self.layout.conf.write_text(render_config(self.config, self.layout))
+        self.layout.conf.write_text(render_config(self.config, self.layout, f"/dev/fd/{self._log_write}"))
         (self.layout.runtime / "owner.pid").write_text(str(os.getpid()))
-        check = subprocess.run([self.nginx, "-t", "-q", "-e", "stderr", "-p", str(self.layout.runtime),
-                                "-c", str(self.layout.conf)], capture_output=True, text=True, check=False)
+        check = subprocess.run(self._command("-t", "-q"), capture_output=True, text=True, check=False,
+                               pass_fds=(self._log_write,))
         if check.returncode != 0:
             raise FrontError(f"nginx refused its configuration: {check.stderr.strip()}")
 
     def start(self, timeout: float = 15.0) -> None:
         """Start nginx and wait until it accepts connections. Raises FrontError if it exits first."""
+        self._log_relay = subprocess.Popen(["cat"], stdin=self._log_read, stdout=None)
+        os.close(self._log_read)
         self.process = subprocess.Popen(
-            [self.nginx, "-e", "stderr", "-p", str(self.layout.runtime), "-c", str(self.layout.conf)],
-            stdin=subprocess.DEVNULL, preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+            self._command(), stdin=subprocess.DEVNULL, pass_fds=(self._log_write,),
+            preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+        # Only nginx writes the pipe now: when it exits, the relay reads EOF and exits too.
+        os.close(self._log_write)
         host, port = split_bind(self.config.bind)
         probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         deadline = time.monotonic() + timeout
@@ -376,11 +390,13 @@ class Front:
     def stop(self, graceful: bool) -> None:
         """Graceful: stop accepting and let requests in flight finish (up to the grace period); else at once."""
         proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGQUIT if graceful else signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.config.graceful_timeout + 5 if graceful else 5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT if graceful else signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.config.graceful_timeout + 5 if graceful else 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log_relay is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._log_relay.wait(timeout=5)
