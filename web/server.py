@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -153,8 +154,12 @@ class _FrontedArbiter(Arbiter):  # type: ignore[misc]
 
     def stop(self, graceful: bool = True) -> None:
         if self.front:
-            # First the front: it stops accepting and drains its requests while the workers still answer them.
+            # First the front: it stops accepting and drains its requests while the workers still answer
+            # them. The workers then get what is left of the one grace period, not a second one.
+            started = time.monotonic()
             self.front.stop(graceful)
+            left = self.cfg.graceful_timeout - (time.monotonic() - started)
+            self.cfg.set("graceful_timeout", max(1, int(left)))
         super().stop(graceful)
 
 
