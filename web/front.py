@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import pwd
 import re
@@ -115,6 +116,9 @@ class FrontLayout:
         parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(parent)
         runtime = Path(tempfile.mkdtemp(prefix="cargohold-", dir=parent))
+        # Held for this process's life (and its workers'): while it is, no other start takes the directory as stale.
+        lock = os.open(runtime / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         scratch = config.paths.front_scratch
         for sub in ("body", "proxy"):
             (scratch / sub).mkdir(parents=True, exist_ok=True)
@@ -129,24 +133,23 @@ class FrontLayout:
 
 
 def _remove_stale(parent: Path) -> None:
+    # A directory is stale once nobody holds its lock: its appliance is gone, whatever its pid now names
+    # (pids are reused, and appliances in other pid namespaces may share this parent).
     for candidate in parent.glob("cargohold-*"):
-        pid_file = candidate / "owner.pid"
         try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
+            fd = os.open(candidate / _LOCK, os.O_RDWR)
+        except OSError:  # not ours, or a directory being made this instant: leave it
             continue
-        if not _alive(pid):
-            shutil.rmtree(candidate, ignore_errors=True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: a live appliance
+        finally:
+            os.close(fd)
+        shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_LOCK = "owner.lock"
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -164,9 +167,19 @@ def _listen_directive(bind: str, tls: bool) -> str:
 
 
 def upload_slots(config: Config) -> int:
-    """How many upload bodies may stream to the app at once: three quarters of its threads (at least 1)."""
-    threads = config.workers * (config.threads if config.worker_class == "gthread" else 1)
+    """How many upload bodies may stream to the app at once: three quarters of one worker's threads (at least 1).
+
+    nginx cannot choose the gunicorn worker a connection lands on, so every
+    upload may go to one (seen: 36 of 48 on one 32-thread worker, whose
+    manifest requests then waited): the cap is per worker, not per app.
+    """
+    threads = config.threads if config.worker_class == "gthread" else 1
     return max(1, threads * 3 // 4)
+
+
+def uploads_per_address(config: Config) -> int:
+    """Upload bodies one client address may stream at once: a third of the slots, so one client cannot take all."""
+    return max(1, upload_slots(config) // 3)
 
 
 def buffered_body_limit(config: Config) -> int:
@@ -215,6 +228,10 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             client_max_body_size 0;
             proxy_request_buffering off;
             limit_conn cargohold_uploads {upload_slots(c)};
+            limit_conn cargohold_uploads_per_address {uploads_per_address(c)};
+            # A refused client's body is read and dropped for a few seconds at most, then the connection closes.
+            lingering_time 3s;
+            lingering_timeout 1s;
             {per_address}{proxy}
         }}""" for where in UPLOAD_LOCATIONS)
     errors = "\n".join(f"""
@@ -224,6 +241,8 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             return {status} '{{"errors":[{{"code":"{code}","message":"{message}","detail":{{}}}}]}}';
         }}""" for status, code, message in _ERRORS)
     error_pages = "\n".join(f"        error_page {status} /_cargohold/error/{status};" for status, _, _ in _ERRORS)
+    # A header line over the buffers' size is nginx's 494, answered as a plain 400 (in the JSON shape).
+    error_pages += "\n        error_page 494 =400 /_cargohold/error/400;"
     return f"""# Written by `cargohold serve` at each start (web/front.py); edits are lost.
 {user}
 worker_processes {c.front_workers or 'auto'};
@@ -268,6 +287,7 @@ http {{
 
     limit_conn_zone $binary_remote_addr zone=cargohold_per_address:4m;
     limit_conn_zone $server_name zone=cargohold_uploads:64k;
+    limit_conn_zone $binary_remote_addr zone=cargohold_uploads_per_address:4m;
     limit_conn_status 429;
 
     upstream cargohold_app {{
@@ -355,7 +375,6 @@ class Front:
     def write_config(self) -> None:
         """Write nginx.conf and check it with `nginx -t`. Raises FrontError with nginx's words."""
         self.layout.conf.write_text(render_config(self.config, self.layout, f"/dev/fd/{self._log_write}"))
-        (self.layout.runtime / "owner.pid").write_text(str(os.getpid()))
         check = subprocess.run(self._command("-t", "-q"), capture_output=True, text=True, check=False,
                                pass_fds=(self._log_write,))
         if check.returncode != 0:

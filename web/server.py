@@ -205,11 +205,14 @@ class CloseOnUnreadBody:
     and every client reconnects instead.
 
     Behind the nginx front the app's peer is nginx, which may still be
-    writing the body when the answer comes: closing then resets the
-    connection and nginx answers 502 instead of the app's 401 or 413. So with
-    `drain_limit` set, up to that many unread bytes are read and dropped
-    before answering (at local speed for bodies nginx buffered, at the
-    client's for streamed uploads); only a larger rest closes the connection.
+    writing the body when the answer comes: closing with unread bytes resets
+    the connection, and nginx could answer 502 instead of the app's 401 or
+    413. So with `drain_limit` set, once the answer has gone out, up to that
+    many unread bytes are read and dropped for at most `DRAIN_SECONDS` before
+    the connection closes: at local speed a body nginx buffered is drained
+    whole; a streamed upload from a client without credentials holds the
+    thread no longer than that (measured: 48 anonymous trickling uploads had
+    held every upload slot when the drain came before the answer).
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]], drain_limit: int = 0) -> None:
@@ -224,35 +227,64 @@ class CloseOnUnreadBody:
             return self.app(environ, start_response)
         body = _CountingInput(environ["wsgi.input"])
         environ["wsgi.input"] = body
+        unread_at_answer = False
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            unread = not body.eof if chunked else body.consumed < length
-            if unread and self.drain_limit:
-                unread = not _drain(body, length if not chunked else None, self.drain_limit)
+            nonlocal unread_at_answer
+            unread_at_answer = not body.eof if chunked else body.consumed < length
             force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-            if unread and force_close is not None:
+            if unread_at_answer and force_close is not None:
                 force_close()  # gunicorn's Response: sends Connection: close and closes after this response
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start)
+        result = self.app(environ, start)
+        if not self.drain_limit:
+            return result
+
+        def drain() -> None:
+            if unread_at_answer:
+                _drain(body, None if chunked else length, self.drain_limit, environ.get("gunicorn.socket"))
+
+        return _ThenDrain(result, drain)
 
 
-def _drain(body: _CountingInput, length: int | None, limit: int) -> bool:
-    """Read and drop the rest of a body if at most `limit` bytes remain; whether it reached the end."""
-    if length is not None and length - body.consumed > limit:
-        return False
+class _ThenDrain:
+    """The app's answer, and after it has gone out (WSGI `close`), the drain of the unread body."""
+
+    def __init__(self, result: Iterable[bytes], drain: Callable[[], None]) -> None:
+        self.result = result
+        self.drain = drain
+
+    def __iter__(self) -> Any:
+        return iter(self.result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.drain()
+
+
+def _drain(body: _CountingInput, length: int | None, limit: int, sock: Any) -> None:
+    """Read and drop up to `limit` unread bytes of a body for at most DRAIN_SECONDS (the connection closes next)."""
+    deadline = time.monotonic() + DRAIN_SECONDS
     budget = limit
     try:
-        while budget > 0 and not body.eof:
+        while budget > 0 and not body.eof and (length is None or body.consumed < length):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if sock is not None:
+                sock.settimeout(left)  # this connection closes after the drain: its timeout matters no more
             budget -= len(body.read(min(_DRAIN_BLOCK, budget)))
-            if length is not None and body.consumed >= length:
-                return True
-    except OSError:  # the client went away: nothing left to keep the connection for
-        return False
-    return body.eof
+    except OSError:  # timed out, or the client went away
+        return
 
 
 _DRAIN_BLOCK = 1 << 20
-# Behind the front: the largest unread rest of a body drained rather than closed on. The CLI sends
+DRAIN_SECONDS = 2.0
+# Behind the front: the largest unread rest of a body drained after an early answer. The CLI sends
 # 64 MiB chunks; a refused one (a 401 before the client authenticates) is drained, not reset.
 FRONT_DRAIN_LIMIT = 65 << 20
