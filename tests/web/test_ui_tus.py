@@ -3,15 +3,22 @@
 A real bundle goes up through /api/v1/uploads in two sessions (part of it,
 then a new client continuing from the stored URL), with a per-chunk SHA-256;
 the import it starts completes, and the server's file has the bundle's digest.
+Concatenation: partial uploads from tuspy joined by a final upload import the
+same way; bad final requests get the tus statuses and lose nothing; a large
+assembly keeps memory flat.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import itertools
 import os
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from tusclient import client as tus_client
@@ -21,6 +28,7 @@ from tusclient.uploader.uploader import Uploader
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
 from tests.layouts import sha256_file
+from tests.registry.harborapi import Harbor
 from tests.web.uiutil import build_bundle, detached_signature
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -188,3 +196,172 @@ def test_a_large_chunk_streams_to_disk_with_flat_memory(ui_app: Appliance, tmp_p
     assert grown < 48 * 1024, f"a worker's peak memory grew by {grown // 1024} MiB for a {size >> 20} MiB chunk"
     assert r.headers["Cargohold-Upload-Sha256"] == sha256_file(source)
     requests.delete(url, headers=auth, timeout=10)
+
+
+def _partials_with_tuspy(app: Appliance, data: bytes, cuts: list[int],
+                         auth: tuple[str, str] | None = None) -> list[str]:
+    """Upload data[a:b] for each pair of `cuts` as a tus partial upload with tuspy (chunked, with checksums);
+    returns their absolute URLs."""
+    who = auth or app.admin
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{who[0]}:{who[1]}".encode()).decode(),
+               "Upload-Concat": "partial"}
+    client = tus_client.TusClient(f"{app.url}/api/v1/uploads", headers=headers)
+    urls: list[str] = []
+    for a, b in itertools.pairwise(cuts):
+        part = Sha256Uploader(file_stream=io.BytesIO(data[a:b]), client=client, chunk_size=256 << 10,
+                              upload_checksum=True)
+        part.upload()
+        assert part.url is not None and part.offset == b - a
+        urls.append(part.url)
+    return urls
+
+
+def _final(app: Appliance, urls: list[str], metadata: dict[str, str] | None = None,
+           headers: dict[str, str] | None = None) -> requests.Response:
+    meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in (metadata or {}).items())
+    return requests.post(f"{app.url}/api/v1/uploads", timeout=120,
+                         headers={**TUS, **_basic(app), "Upload-Concat": "final;" + " ".join(urls),
+                                  **({"Upload-Metadata": meta} if meta else {}), **(headers or {})})
+
+
+def test_partial_uploads_from_tuspy_concatenate_into_a_bundle_that_imports(
+        ui_app: Appliance, tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    bundle, digests = build_bundle(tmp_path, private, "concat", "1", {"docker.io/cargotest/concat:1": 1_500_000},
+                                   seed=111)
+    signature = detached_signature(bundle, private)
+    sig = Sha256Uploader(str(signature), client=tus_client.TusClient(f"{ui_app.url}/api/v1/uploads",
+                                                                     headers=_basic(ui_app)),
+                         metadata={"filename": signature.name, "kind": "signature"}, upload_checksum=True)
+    sig.upload()
+    assert sig.url is not None
+    data = bundle.read_bytes()
+    cuts = [0, len(data) // 3, len(data) // 3 + 1, len(data)]  # one part of a single byte
+    urls = _partials_with_tuspy(ui_app, data, cuts)
+    for url in urls:
+        head = requests.head(url, headers={**TUS, **_basic(ui_app)}, timeout=10)
+        assert head.headers["Upload-Concat"] == "partial" and "Cargohold-Import-Job" not in head.headers
+
+    # tus-js-client names the parts by absolute URL; the spec's examples use paths: both are accepted.
+    named = [urls[0], urlsplit(urls[1]).path, urls[2]]
+    final = _final(ui_app, named, {"filename": bundle.name, "kind": "bundle",
+                                   "signature": sig.url.rsplit("/", 1)[1]})
+    assert final.status_code == 201, final.text
+    ids = [u.rsplit("/", 1)[1] for u in urls]
+    assert final.headers["Upload-Concat"] == "final;" + " ".join(f"/api/v1/uploads/{i}" for i in ids)
+    assert int(final.headers["Upload-Offset"]) == int(final.headers["Upload-Length"]) == len(data)
+    assert final.headers["Cargohold-Upload-Sha256"] == sha256_file(bundle)  # the whole file's digest
+    job = _wait_job(ui_app, final.headers["Cargohold-Import-Job"])
+    assert job["state"] == "done", job
+    report = job["report"]
+    assert isinstance(report, dict) and job["source"] == bundle.name
+    assert {s["kind"] for s in report["signatures"]} == {"embedded", "detached"}
+    assert [i["digest"] for i in report["images"]] == list(digests.values())
+
+    final_url = ui_app.url + final.headers["Location"]
+    head = requests.head(final_url, headers={**TUS, **_basic(ui_app)}, timeout=10)
+    assert head.headers["Upload-Concat"] == final.headers["Upload-Concat"]
+    assert head.headers["Cargohold-Import-Job"] == final.headers["Cargohold-Import-Job"]
+    # A client that lost the answer asks again and gets the same upload and job; nothing is imported twice.
+    again = _final(ui_app, urls, {"filename": bundle.name, "kind": "bundle"})
+    assert again.status_code == 201 and again.headers["Location"] == final.headers["Location"]
+    assert again.headers["Cargohold-Import-Job"] == final.headers["Cargohold-Import-Job"]
+    for url, upload_id in zip(urls, ids, strict=True):  # the parts' bytes moved into the final upload
+        head = requests.head(url, headers={**TUS, **_basic(ui_app)}, timeout=10)
+        assert head.status_code == 200 and head.headers["Upload-Offset"] == head.headers["Upload-Length"]
+        assert not (ui_app.data_dir / "imports" / "tus" / upload_id).exists()
+    assert not (ui_app.data_dir / "imports" / "tus" / final.headers["Location"].rsplit("/", 1)[1] /
+                bundle.name).exists()  # removed after the import, as for a single upload
+
+
+def test_final_uploads_are_refused_with_the_tus_statuses_and_refusals_lose_nothing(ui_app: Appliance) -> None:
+    base = f"{ui_app.url}/api/v1/uploads"
+    auth = {**TUS, **_basic(ui_app)}
+    assert "concatenation" in requests.options(base, timeout=10).headers["Tus-Extension"].split(",")
+    data = os.urandom(300_000)
+    a, b = _partials_with_tuspy(ui_app, data, [0, 100_000, 300_000])
+
+    def final(value: str, **headers: str) -> requests.Response:
+        return requests.post(base, headers={**auth, "Upload-Concat": value, **headers}, timeout=30)
+
+    assert requests.post(base, headers={**_basic(ui_app), "Upload-Concat": f"final;{a} {b}"},
+                         timeout=10).status_code == 412
+    assert requests.post(base, headers={**TUS, "Upload-Concat": f"final;{a} {b}"}, timeout=10).status_code == 401
+    r = final(f"final;{a} {b}", **{"Upload-Length": "300000"})
+    assert r.status_code == 400 and "Upload-Length" in r.text
+    assert final("bogus").status_code == 400
+    assert final("final;").status_code == 400
+    r = final(f"final;{a} {ui_app.url}/v2/spectro-images/x/blobs/uploads/{'0' * 32}")
+    assert r.status_code == 400 and "not an upload of this endpoint" in r.text
+    assert final(f"final;{a} {base}/{'0' * 32}").status_code == 404
+    assert final(f"final;{a} {a}").status_code == 400
+
+    plain = requests.post(base, headers={**auth, "Upload-Length": "1"}, timeout=10)
+    plain_url = ui_app.url + plain.headers["Location"]
+    requests.patch(plain_url, data=b"x", timeout=10,
+                   headers={**auth, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"})
+    r = final(f"final;{a} {plain_url}")
+    assert r.status_code == 400 and "not a partial upload" in r.text
+    unfinished = requests.post(base, headers={**auth, "Upload-Length": "10", "Upload-Concat": "partial"}, timeout=10)
+    r = final(f"final;{a} {ui_app.url}{unfinished.headers['Location']}")
+    assert r.status_code == 400 and "not complete" in r.text
+
+    # Another administrator (a system robot) has uploads of its own: nobody concatenates them but it.
+    robot = Harbor(ui_app, ui_app.admin).create_robot(
+        f"up{uuid.uuid4().hex[:8]}", "system",
+        [{"kind": "system", "namespace": "/", "access": [{"resource": "*", "action": "*"}]}])
+    (theirs,) = _partials_with_tuspy(ui_app, b"theirs", [0, 6], auth=robot.auth)
+    r = final(f"final;{a} {theirs}")
+    assert r.status_code == 403 and "another user" in r.text
+
+    # Nothing above changed a partial: both are whole, and together they make the file.
+    for url, size in ((a, 100_000), (b, 200_000)):
+        head = requests.head(url, headers=auth, timeout=10)
+        assert int(head.headers["Upload-Offset"]) == int(head.headers["Upload-Length"]) == size
+    made = final(f"final;{a} {b}", **{"Upload-Metadata": "filename " + base64.b64encode(b"x.bin").decode()})
+    assert made.status_code == 201
+    assert made.headers["Cargohold-Upload-Sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    made_url = ui_app.url + made.headers["Location"]
+    r = final(f"final;{b}")  # a part goes into one final upload only
+    assert r.status_code == 409 and made.headers["Location"].rsplit("/", 1)[1] in r.text
+    r = requests.patch(made_url, data=b"x", timeout=10,
+                       headers={**auth, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "300000"})
+    assert r.status_code == 403  # a final upload takes no PATCH
+    assert requests.head(made_url, headers=auth, timeout=10).headers["Upload-Offset"] == "300000"
+    assert requests.delete(made_url, headers=auth, timeout=10).status_code == 204
+    assert requests.head(a, headers=auth, timeout=10).status_code == 404  # its partials went with it
+
+
+def test_a_final_upload_of_large_parts_is_assembled_with_flat_memory(ui_app: Appliance, tmp_path: Path) -> None:
+    part = 96 << 20
+    sources = []
+    h = hashlib.sha256()
+    for i in range(2):
+        source = tmp_path / f"part{i}.bin"
+        with source.open("wb") as f:
+            for _ in range(part >> 20):
+                block = os.urandom(1 << 20)
+                f.write(block)
+                h.update(block)
+        sources.append(source)
+    auth = {**TUS, **_basic(ui_app)}
+    urls = []
+    for source in sources:
+        created = requests.post(f"{ui_app.url}/api/v1/uploads", timeout=10,
+                                headers={**auth, "Upload-Length": str(part), "Upload-Concat": "partial"})
+        url = ui_app.url + created.headers["Location"]
+        with source.open("rb") as body:
+            r = requests.patch(url, data=body, timeout=120, headers={
+                **auth, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"})
+        assert r.status_code == 204
+        urls.append(url)
+    before = _worker_peaks(ui_app)
+    final = _final(ui_app, urls, {"filename": "big.bin"})
+    assert final.status_code == 201, final.text
+    after = _worker_peaks(ui_app)
+    grown = max(after[pid] - before.get(pid, after[pid]) for pid in after)
+    assert grown < 48 * 1024, f"a worker's peak memory grew by {grown // 1024} MiB assembling {2 * part >> 20} MiB"
+    assert final.headers["Cargohold-Upload-Sha256"] == f"sha256:{h.hexdigest()}"
+    assert int(final.headers["Upload-Length"]) == 2 * part
+    requests.delete(ui_app.url + final.headers["Location"], headers=auth, timeout=10)

@@ -1,12 +1,12 @@
-"""The UI end to end in Debian's chromium: sign in, trust a key, upload a real bundle through the form (tus),
-watch the progress and the import report, pull an image with skopeo; resume an interrupted upload; refuse a
+"""The UI end to end in Debian's chromium: sign in, trust a key, upload a real bundle through the form (tus-js-client,
+parallel partial uploads joined by tus concatenation), watch the progress and the import report, pull an image with
+skopeo; resume an interrupted upload (one part, and several in parallel) in a new page; cancel one; refuse a
 tampered bundle without importing anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import time
@@ -21,6 +21,7 @@ from tests.layouts import sha256_file
 from tests.web.uiutil import build_bundle, catalog, detached_signature, login, screenshot
 
 CHUNK = 256 << 10
+PARALLEL = 4  # upload.js's default number of parts
 
 STATUS_RECORDER = """
 window.__statuses = [];
@@ -35,6 +36,16 @@ def _trust_key(page: Any, app: Appliance, public_pem: Path) -> None:
     page.get_by_label("Description").fill("build team")
     page.get_by_role("button", name="Trust this key").click()
     page.get_by_text("Now trusting key sha256:").wait_for()
+
+
+def _stored_upload(page: Any) -> dict[str, Any]:
+    """tus-js-client's localStorage entry for the bundle being uploaded (upload.js's fingerprint)."""
+    entry = page.evaluate("""() => {
+        const key = Object.keys(localStorage).find(k => k.startsWith('tus::cargohold-tus:bundle:'));
+        return key ? JSON.parse(localStorage.getItem(key)) : null;
+    }""")
+    assert entry, "no unfinished upload is kept in localStorage"
+    return entry  # type: ignore[no-any-return]
 
 
 def _wait_job(page: Any, timeout: float = 60) -> str:
@@ -67,9 +78,17 @@ def test_sign_in_upload_bundle_see_progress_and_report_then_skopeo_pulls(
     page.get_by_label("Bundle file").set_input_files(str(bundle))
     page.get_by_label("Detached signature (optional)").set_input_files(str(signature))
     screenshot(page, "03-upload-form")
+    concat: list[str] = []
+    page.on("request", lambda r: concat.append(r.headers["upload-concat"])
+            if r.method == "POST" and "upload-concat" in r.headers else None)
     page.get_by_role("button", name="Upload and import").click()
     assert _wait_job(page) == "done"
     report_page = page.url
+    # The bundle went up as parallel partial uploads, joined by one final upload naming them in order.
+    parts = min(PARALLEL, bundle.stat().st_size // CHUNK)
+    assert parts >= 2 and concat.count("partial") == parts
+    (final,) = [c for c in concat if c.startswith("final;")]
+    assert len(final.removeprefix("final;").split()) == parts
     screenshot(page, "04-import-report")
 
     # The report is on the page: both images, both signatures (embedded by the builder, detached by openssl).
@@ -111,12 +130,12 @@ def test_sign_in_upload_bundle_see_progress_and_report_then_skopeo_pulls(
     assert "trusted_key" in audit and f"{job_id}:{bundle.name}" in audit  # who trusted, who imported
 
 
-def test_interrupted_upload_resumes_in_a_new_page_and_completes_with_the_right_digest(
+def test_interrupted_one_part_upload_resumes_in_a_new_page_and_completes_with_the_right_digest(
         ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
     private, public = key_pair
     bundle, _ = build_bundle(tmp_path, private, "resume", "1", {"docker.io/cargotest/big:1": 3_000_000}, seed=81)
     assert bundle.stat().st_size > 10 * CHUNK
-    context.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK};")
+    context.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK}; window.CARGOHOLD_PARALLEL_UPLOADS = 1;")
     page = context.new_page()
     login(page, ui_app)
     page.wait_for_url(f"{ui_app.url}/ui/")
@@ -150,8 +169,7 @@ def test_interrupted_upload_resumes_in_a_new_page_and_completes_with_the_right_d
     assert page.locator("#upload-bar").evaluate("b => b.value") > 0
     page.get_by_text("The connection dropped; retrying").wait_for()  # the client says what happens
     screenshot(page, "11-upload-interrupted")
-    key = page.evaluate("() => Object.keys(localStorage).find(k => k.startsWith('cargohold-tus:bundle:'))")
-    upload_url = page.evaluate(f"() => localStorage.getItem({json.dumps(key)})")
+    upload_url = _stored_upload(page)["uploadUrl"]
     page.close()
 
     head = requests.head(upload_url, auth=ui_app.admin, timeout=10)
@@ -163,6 +181,9 @@ def test_interrupted_upload_resumes_in_a_new_page_and_completes_with_the_right_d
     resumed: list[int] = []
     page.on("request", lambda r: resumed.append(int(r.headers["upload-offset"])) if r.method == "PATCH" else None)
     page.goto(f"{ui_app.url}/ui/upload")
+    hint = page.locator("#resume-hint")
+    hint.wait_for()
+    assert f"Unfinished upload: {bundle.name}" in hint.inner_text()  # before any file is chosen
     page.get_by_label("Bundle file").set_input_files(str(bundle))
     page.get_by_role("button", name="Upload and import").click()
     assert _wait_job(page) == "done"
@@ -171,6 +192,132 @@ def test_interrupted_upload_resumes_in_a_new_page_and_completes_with_the_right_d
     assert upload["sha256"] == sha256_file(bundle)  # the server's file is the operator's file, byte for byte
     assert upload["offset"] == upload["length"] == bundle.stat().st_size
     assert page.url.endswith(upload["jobId"])
+
+
+def test_interrupted_parallel_upload_resumes_every_part_in_a_new_page_with_the_right_digest(
+        ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, public = key_pair
+    bundle, _ = build_bundle(tmp_path, private, "presume", "1", {"docker.io/cargotest/parallel:1": 3_000_000}, seed=83)
+    size = bundle.stat().st_size
+    assert size // PARALLEL > 2 * CHUNK  # every part takes three chunks or more
+    context.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK};")
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    if "sha256:" not in page.goto(f"{ui_app.url}/ui/keys").text():
+        _trust_key(page, ui_app, public)
+
+    # First page: three chunks (of whichever parts) get through, then the network drops for good.
+    allowed: list[tuple[str, int]] = []
+    refused: list[tuple[str, int]] = []
+    finished: list[str] = []
+
+    def throttle(route: Any) -> None:
+        request = route.request
+        if request.method != "PATCH":
+            route.continue_()
+            return
+        sent = (request.url, int(request.headers["upload-offset"]))
+        if len(allowed) < 3:
+            allowed.append(sent)
+            route.continue_()
+        else:
+            refused.append(sent)
+            route.abort("connectionreset")
+
+    page.route("**/api/v1/uploads/*", throttle)
+    page.on("requestfinished", lambda r: finished.append(r.url) if r.method == "PATCH" else None)
+    page.goto(f"{ui_app.url}/ui/upload")
+    page.get_by_label("Bundle file").set_input_files(str(bundle))
+    page.get_by_role("button", name="Upload and import").click()
+    page.get_by_text("The connection dropped; retrying").wait_for()
+    deadline = time.monotonic() + 30
+    while len(finished) < 3 and time.monotonic() < deadline:  # the chunks let through have landed
+        page.wait_for_timeout(50)
+    assert len(finished) == 3 and refused
+    urls = _stored_upload(page)["parallelUploadUrls"]
+    assert len(urls) == PARALLEL
+    page.close()
+
+    # The appliance kept exactly the chunks that got through, part by part.
+    auth = {"Tus-Resumable": "1.0.0"}
+    had: dict[str, tuple[int, int]] = {}
+    for url in urls:
+        head = requests.head(url, headers=auth, auth=ui_app.admin, timeout=10)
+        assert head.status_code == 200 and head.headers["Upload-Concat"] == "partial"
+        offset, length = int(head.headers["Upload-Offset"]), int(head.headers["Upload-Length"])
+        expected = max((o + min(CHUNK, length - o) for u, o in allowed if u == url), default=0)
+        assert offset == expected
+        had[url] = (offset, length)
+    assert sum(length for _, length in had.values()) == size
+    assert 0 < sum(offset for offset, _ in had.values()) < size
+
+    # A new page, same browser profile: choosing the same file continues every part from the appliance's offset.
+    page = context.new_page()
+    resumed: list[tuple[str, int]] = []
+    finals: list[Any] = []
+    page.on("request", lambda r: resumed.append((r.url, int(r.headers["upload-offset"]))) if r.method == "PATCH"
+            else None)
+    page.on("requestfinished", lambda r: finals.append(r) if r.method == "POST"
+            and (r.headers.get("upload-concat") or "").startswith("final;") else None)
+    page.goto(f"{ui_app.url}/ui/upload")
+    hint = page.locator("#resume-hint")
+    hint.wait_for()
+    assert f"Unfinished upload: {bundle.name}" in hint.inner_text()
+    screenshot(page, "12-upload-unfinished")
+    page.get_by_label("Bundle file").set_input_files(str(bundle))
+    page.get_by_role("button", name="Upload and import").click()
+    assert _wait_job(page) == "done"
+    for url, (offset, length) in had.items():  # nothing sent twice, nothing skipped
+        assert [o for u, o in resumed if u == url] == list(range(offset, length, CHUNK))
+    (final,) = finals
+    assert final.headers["upload-concat"] == "final;" + " ".join(urls)
+    final_url = ui_app.url + final.response().headers["location"]
+    upload = requests.get(final_url, auth=ui_app.admin, timeout=10).json()
+    assert upload["sha256"] == sha256_file(bundle)  # the assembled file is the operator's file, byte for byte
+    assert upload["offset"] == upload["length"] == size
+    assert upload["parts"] == [u.rsplit("/", 1)[1] for u in urls]
+    assert page.url.endswith(upload["jobId"])
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('tus::'))") == []
+
+
+def test_cancel_stops_a_parallel_upload_and_removes_its_parts(
+        ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, _ = key_pair
+    bundle, _ = build_bundle(tmp_path, private, "cancel", "1", {"docker.io/cargotest/cancel:1": 2_000_000}, seed=85)
+    context.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK};")
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    patches: list[str] = []
+
+    def stall(route: Any) -> None:  # two chunks get through, then every PATCH fails: the upload is mid-way
+        if route.request.method == "PATCH":
+            patches.append(route.request.url)
+            if len(patches) > 2:
+                route.abort("connectionreset")
+                return
+        route.continue_()
+
+    page.route("**/api/v1/uploads/*", stall)
+    page.goto(f"{ui_app.url}/ui/upload")
+    page.get_by_label("Bundle file").set_input_files(str(bundle))
+    page.get_by_role("button", name="Upload and import").click()
+    page.get_by_text("The connection dropped; retrying").wait_for()
+    urls = _stored_upload(page)["parallelUploadUrls"]
+    assert requests.head(urls[0], headers={"Tus-Resumable": "1.0.0"}, auth=ui_app.admin, timeout=10).status_code == 200
+    page.get_by_role("button", name="Cancel upload").click()
+    page.locator("#confirm-ok").click()
+    page.get_by_text("Upload cancelled.").wait_for()
+    for url in urls:
+        assert requests.head(url, headers={"Tus-Resumable": "1.0.0"}, auth=ui_app.admin, timeout=10).status_code == 404
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('tus::'))") == []
+    assert page.get_by_role("button", name="Upload and import").is_enabled()
+    assert not page.get_by_role("button", name="Cancel upload").is_visible()
+    assert not page.locator("#upload-error").is_visible()
+    page.goto(f"{ui_app.url}/ui/upload")  # nothing is left to resume
+    page.wait_for_load_state("networkidle")
+    assert not page.locator("#resume-hint").is_visible()
 
 
 def test_tampered_bundle_shows_the_verification_error_and_imports_nothing(

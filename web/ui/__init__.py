@@ -10,7 +10,8 @@ once under ``keys/``, 0600), the session cookie's flags, and the blueprints:
 - `web.ui.releases` the release pages: status, diff, promote, roll back
 
 Templates live in ``web/templates/ui``, the CSS and JavaScript in
-``web/static`` (hand-written, served by the appliance; nothing from a CDN).
+``web/static`` (hand-written, but for tus-js-client vendored under
+``web/static/vendor``; all served by the appliance, nothing from a CDN).
 """
 
 from __future__ import annotations

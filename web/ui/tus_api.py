@@ -1,12 +1,16 @@
 """The tus 1.0 upload endpoint, and the import status the UI polls.
 
-Route table (tus 1.0 core + creation, checksum, termination, expiration):
+Route table (tus 1.0 core + creation, checksum, termination, expiration, concatenation):
 
     OPTIONS /api/v1/uploads           Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm (no auth)
-    POST    /api/v1/uploads           Upload-Length, Upload-Metadata -> 201 Location, Upload-Expires
-    HEAD    /api/v1/uploads/<id>      Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires
+    POST    /api/v1/uploads           Upload-Length, Upload-Metadata -> 201 Location, Upload-Expires;
+                                      with Upload-Concat: partial, a part of a parallel upload;
+                                      with Upload-Concat: final;<url> <url>... (no Upload-Length), the upload
+                                      assembled from those complete partials, in order -> 201, complete
+    HEAD    /api/v1/uploads/<id>      Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Upload-Concat
     PATCH   /api/v1/uploads/<id>      application/offset+octet-stream at Upload-Offset (409 on a mismatch),
-                                      optional Upload-Checksum "sha256 <base64>" (460 on a mismatch)
+                                      optional Upload-Checksum "sha256 <base64>" (460 on a mismatch);
+                                      403 for a final upload
     DELETE  /api/v1/uploads/<id>      terminate: 204, the bytes are removed
     GET     /api/v1/uploads/<id>      the upload record as JSON (not part of tus): offset, sha256, jobId
     GET     /ui/api/imports/<id>      an import job as JSON, for the UI's live progress
@@ -22,15 +26,24 @@ completed signature upload. When a bundle upload's last byte lands, the
 import starts (`bundles.jobs.start_in_background`), and the final PATCH
 answers with ``Cargohold-Import-Job`` (also on HEAD afterwards). Each
 completed upload reports its file's digest in ``Cargohold-Upload-Sha256``.
+
+Concatenation: partial uploads never start anything; a final upload takes
+its metadata (``filename``, ``kind``, ``signature``) from its own POST, and
+its import starts when the POST has assembled it, exactly as when a single
+upload's last byte lands. Its digest is the SHA-256 of the whole assembled
+file. The partials must be the requester's own, complete, and each used in
+one final upload (see `web.tus.TusUploads.concatenate` for the statuses).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import time
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -40,12 +53,13 @@ from registry.access import TooManyAttempts
 from registry.auth import Principal
 from registry.errors import RegistryError
 from registry.token_api import request_principal
-from web.tus import TusError, TusUpload, parse_checksum, parse_metadata
+from web.tus import FINAL, PARTIAL, TusError, TusUpload, parse_checksum, parse_metadata
 from web.ui import UiServices
 
 TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
+EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration,concatenation"
 PREFIX = "/api/v1/uploads"
+_UPLOAD_PATH = re.compile(rf"^{re.escape(PREFIX)}/([0-9a-f]{{32}})$")
 MAX_SIGNATURE_BYTES = 64 << 10
 KINDS = ("bundle", "signature")
 
@@ -81,7 +95,32 @@ def _upload_headers(resp: Response, upload: TusUpload) -> Response:
     if upload.job_id:
         resp.headers["Cargohold-Import-Job"] = upload.job_id
         resp.headers["Cargohold-Import-Url"] = f"/ui/imports/{upload.job_id}"
+    if upload.concat == PARTIAL:
+        resp.headers["Upload-Concat"] = PARTIAL
+    elif upload.concat == FINAL:
+        resp.headers["Upload-Concat"] = f"{FINAL};" + " ".join(f"{PREFIX}/{part}" for part in upload.parts)
     return resp
+
+
+def _parse_final(header: str) -> list[str]:
+    """The upload ids an ``Upload-Concat: final;<url> <url>...`` names (absolute URLs or paths); raises TusError 400."""
+    ids: list[str] = []
+    for url in header[len(FINAL) + 1:].split():
+        match = _UPLOAD_PATH.match(urlsplit(url).path)
+        if match is None:
+            raise TusError(400, f"Upload-Concat names {url!r}, which is not an upload of this endpoint "
+                           f"({PREFIX}/<id>)")
+        ids.append(match.group(1))
+    return ids
+
+
+def _check_space(needed: int) -> None:
+    """Raise TusError 507 unless `needed` more bytes leave the free-space reserve on the data volume."""
+    config = current_app.extensions["cargohold"].config
+    free = shutil.disk_usage(config.paths.root).free
+    if needed + config.import_reserve_bytes > free:
+        raise TusError(507, f"not enough free disk for {needed} more bytes: {free} bytes free, "
+                       f"{config.import_reserve_bytes} must stay free (import_reserve_bytes)")
 
 
 def _admin() -> Principal | Response:
@@ -161,37 +200,52 @@ def create_blueprint() -> Blueprint:
             return who
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
             return _fail(412, f"Tus-Resumable must be {TUS_VERSION}", {"Tus-Version": TUS_VERSION})
+        concat = (request.headers.get("Upload-Concat") or "").strip()
+        if concat and concat != PARTIAL and not concat.startswith(f"{FINAL};"):
+            return _fail(400, f"Upload-Concat must be {PARTIAL!r} or '{FINAL};<upload URL> <upload URL>...'")
         raw_length = request.headers.get("Upload-Length")
-        if raw_length is None or not raw_length.isdigit():
+        if concat.startswith(FINAL):
+            if raw_length is not None:
+                return _fail(400, "a final upload (Upload-Concat: final) takes no Upload-Length: its length is the "
+                             "sum of its partial uploads")
+            if request.content_length:
+                return _fail(400, "a final upload (Upload-Concat: final) takes no data: its bytes come from its "
+                             "partial uploads")
+        elif raw_length is None or not raw_length.isdigit():
             return _fail(400, "Upload-Length is required and must be a non-negative integer "
                          "(deferred lengths are not supported)")
-        length = int(raw_length)
         uploads = _ui().uploads
-        config = current_app.extensions["cargohold"].config
         try:
             metadata = parse_metadata(request.headers.get("Upload-Metadata"))
             kind = metadata.get("kind", "bundle")
             if kind not in KINDS:
                 raise TusError(400, f"metadata kind {kind!r} is not one of {', '.join(KINDS)}")
-            if kind == "signature" and length > MAX_SIGNATURE_BYTES:
-                raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
             sig_id = metadata.get("signature")
             if sig_id:
                 sig = uploads.get(sig_id)
                 if sig is None or not sig.complete or sig.metadata.get("kind") != "signature":
                     raise TusError(400, f"metadata signature {sig_id!r} does not name a completed signature upload")
-            free = shutil.disk_usage(config.paths.root).free
-            if length + config.import_reserve_bytes > free:
-                raise TusError(507, f"not enough free disk for a {length}-byte upload: {free} bytes free, "
-                               f"{config.import_reserve_bytes} must stay free (import_reserve_bytes)")
-            upload = uploads.create(length, metadata, who.username)
-            if upload.complete:  # an empty upload completes at creation
-                upload = uploads.get(upload.id) or upload
-            elif request.content_length and request.headers.get("Content-Type") == "application/offset+octet-stream":
-                upload = uploads.append(upload.id, 0, request.stream, request.content_length,
-                                        parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
+            if concat.startswith(FINAL):
+                part_ids = _parse_final(concat)
+                if kind == "signature" and sum(p.length for p in map(uploads.get, part_ids) if p) > MAX_SIGNATURE_BYTES:
+                    raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
+                upload = uploads.concatenate(part_ids, metadata, who.username, _start_import, _check_space)
+            else:
+                length = int(str(raw_length))
+                if kind == "signature" and length > MAX_SIGNATURE_BYTES and concat != PARTIAL:
+                    raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
+                _check_space(length)
+                upload = uploads.create(length, metadata, who.username, partial=concat == PARTIAL)
+                if upload.complete:  # an empty upload completes at creation
+                    upload = uploads.get(upload.id) or upload
+                elif (request.content_length
+                      and request.headers.get("Content-Type") == "application/offset+octet-stream"):
+                    upload = uploads.append(upload.id, 0, request.stream, request.content_length,
+                                            parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
         except TusError as exc:
             return _fail(exc.status, exc.message)
+        except BundleRefused as exc:  # the bundle vanished between its assembly and the import's start
+            return _fail(500 if exc.code != "NOT_FOUND" else 410, exc.message)
         resp = Response(status=201)
         resp.headers["Location"] = f"{PREFIX}/{upload.id}"
         return _tus(_upload_headers(resp, upload))
