@@ -6,10 +6,11 @@ and publishing), then ``done`` (with the report) or ``failed`` (with the
 error). Progress is written at most every `PROGRESS_BYTES` or
 `PROGRESS_SECONDS`, so a fast import does not spend its time on SQLite.
 
-A job records the id of the process running it. A job still open whose
-process is gone (killed, crashed, appliance restarted) is shown as failed
-("interrupted"); importing the same bundle again resumes from what was
-staged.
+A job records the id of the process running it, and what tells that
+process from a later one given the same id (the boot and the process's
+start time). A job still open whose process is gone (killed, crashed,
+appliance restarted) is shown as failed ("interrupted"); importing the same
+bundle again resumes from what was staged.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ImportJob:
     pid: int | None
     created_at: float
     updated_at: float
+    pid_start: str | None = None  # `_process_start` of `pid` when the job was created
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "source": self.source, "state": self.state, "bytesDone": self.bytes_done,
@@ -57,10 +59,34 @@ class ImportJob:
                 "createdAt": self.created_at, "updatedAt": self.updated_at}
 
 
-def _alive(pid: int | None) -> bool:
+def _process_start(pid: int) -> str | None:
+    """The boot and start time of the live process `pid` (Linux /proc), or None if it is gone or /proc cannot say.
+
+    A pid alone does not name a process for long: pids are reused (pid_max
+    is 32768 on many systems), and in a container each start of the
+    appliance hands out the same small pids again in the same order, so a
+    job's worker killed with the container had its pid taken by the next
+    start's worker and the job showed "importing" forever instead of
+    "interrupted" (tests/web/test_kill.py). A process started at the same
+    clock tick of the same boot with the same pid is the same process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime field 22
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie has finished: nothing of it runs an import
+        return None
+    return f"{boot}:{fields[19]}"
+
+
+def _alive(pid: int | None, pid_start: str | None) -> bool:
     if not pid:
         return False
-    try:
+    if pid_start is not None:
+        return _process_start(pid) == pid_start  # gone, or another process that got the same pid
+    try:  # a job recorded before start times were, or where /proc could not give one
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -72,7 +98,7 @@ def _alive(pid: int | None) -> bool:
 class ImportJobs:
     """The import_jobs table of one data directory."""
 
-    _COLUMNS = "id, source, state, bytes_done, bytes_total, error, report, pid, created_at, updated_at"
+    _COLUMNS = "id, source, state, bytes_done, bytes_total, error, report, pid, created_at, updated_at, pid_start"
 
     def __init__(self, paths: DataPaths) -> None:
         import bundles.schema  # noqa: F401  (registers the tables)
@@ -90,8 +116,8 @@ class ImportJobs:
         job_id = uuid.uuid4().hex
         with write_transaction(self.db) as db:
             db.execute(f"INSERT INTO import_jobs ({self._COLUMNS}) "
-                       "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?)",
-                       [job_id, source, bytes_total, os.getpid(), now, now])
+                       "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?, ?)",
+                       [job_id, source, bytes_total, os.getpid(), now, now, _process_start(os.getpid())])
         job = self.get(job_id)
         assert job is not None
         return job
@@ -122,7 +148,7 @@ class ImportJobs:
 
     def _reap(self, job: ImportJob) -> ImportJob:
         """A job left open by a process that is gone is failed (interrupted)."""
-        if job.state in OPEN_STATES and not _alive(job.pid):
+        if job.state in OPEN_STATES and not _alive(job.pid, job.pid_start):
             message = ("interrupted: the importing process ended before finishing; import the bundle again "
                        "to complete it (what was verified is reused)")
             with write_transaction(self.db) as db:
@@ -134,7 +160,7 @@ class ImportJobs:
     @staticmethod
     def _job(row: Any) -> ImportJob:
         return ImportJob(row[0], row[1], row[2], int(row[3] or 0), int(row[4] or 0), row[5],
-                         json.loads(row[6]) if row[6] else None, row[7], row[8], row[9])
+                         json.loads(row[6]) if row[6] else None, row[7], row[8], row[9], row[10])
 
 
 class JobProgress:

@@ -7,7 +7,7 @@ cluster_definitions        one row per imported definition name: its parsed docu
                            the archive's sha256, where it came from, when
 cluster_definition_checks  every readiness check run: verdict and the full result (JSON)
 trusted_keys               public keys that may sign bundles (bundles.trust)
-import_jobs                bundle imports: state, progress, final report (bundles.jobs)
+import_jobs                bundle imports: state, progress, final report, the process running it (bundles.jobs)
 releases                   one row per imported bundle: name, version, source, key id, state, promotion
 release_images             the images of a release: local repository, tag, manifest digest, whether the
                            tag move waits for promotion (pending)
@@ -79,3 +79,10 @@ def m003_releases(db: Database) -> None:
         {"release_id": int, "path": str, "digest": str, "size": int},
         pk=("release_id", "path"), foreign_keys=[("release_id", "releases", "id")],
     )
+
+
+@clusterdef_migrations()
+def m004_import_job_process_start(db: Database) -> None:
+    # import_jobs.pid_start: the boot and start time of the process `pid` names (bundles.jobs._process_start),
+    # so a reused pid does not keep an interrupted job looking alive.
+    db.table("import_jobs").add_column("pid_start", str)

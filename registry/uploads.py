@@ -163,7 +163,12 @@ class Uploads:
         Raises RANGE_INVALID (416) when `start` (from Content-Range) is not the
         current offset, and DIGEST_INVALID when the content does not match
         `digest`; the session is then discarded, since no later chunk can fix it.
+        Idempotent across a crash: a finish cut short after the blob was
+        stored is completed by the client's retry (see `_stored_before_crash`).
         """
+        stored = self._stored_before_crash(session, digest)
+        if stored is not None:
+            return stored
         if stream is not None and length != 0:
             self.require_space(length)
         with self._locked(session) as (f, offset, state):
@@ -191,6 +196,36 @@ class Uploads:
                 repo_id = self.registry.ensure_repository(db, session.repository)
                 self.registry.link(db, repo_id, info)
                 db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+        return info
+
+    def _stored_before_crash(self, session: UploadSession, digest: Digest) -> BlobInfo | None:
+        """The blob an interrupted `finish` had already stored, now linked and the session ended; else None.
+
+        `finish` moves the session's file into the store, then links the blob
+        and ends the session in one transaction. A process killed between the
+        two (waiting for the write lock behind other writers makes that window
+        real) left a session without its file: every byte the client had been
+        acknowledged was in the store, yet its retried PUT was refused with
+        BLOB_UPLOAD_UNKNOWN and the upload was lost to it (tests/web/test_kill.py).
+        The session's saved hash state says which digest its bytes had: only
+        that blob, of the session's size, is linked, so no session can claim a
+        blob it did not upload.
+        """
+        if digest.algorithm != "sha256" or self.paths.upload(session.uuid).exists():
+            return None
+        row = self.registry.db.execute("SELECT offset, hash_state FROM uploads WHERE uuid = ?",
+                                       [session.uuid]).fetchone()
+        if row is None or row[1] is None:
+            return None
+        if Digest("sha256", hashstate.ResumableSha256(row[1]).hexdigest()) != digest:
+            return None
+        info = self.registry.store.stat(digest)
+        if info is None or info.size != int(row[0]):
+            return None
+        with write_transaction(self.registry.db) as db:
+            repo_id = self.registry.ensure_repository(db, session.repository)
+            self.registry.link(db, repo_id, info)
+            db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
         return info
 
     @staticmethod
