@@ -7,6 +7,14 @@ minutes under a keyed hash of the secret (never the secret itself) together
 with the stored hash it matched: a changed password or refreshed secret no
 longer matches, in every worker, at once. Deciding what a principal may do
 is `registry.access`.
+
+Each scrypt computation holds 16 MiB, which glibc keeps in the worker after
+it is freed. When many clients present credentials at once (edge hosts
+starting together after a power cut), every gunicorn thread used to run its
+own check of the very same password: a worker's RSS jumped from 65 to 330 MB
+(docs/performance.md). So concurrent checks of the same credentials wait for
+the first one's verdict, and at most `_SCRYPT_SLOTS` computations run at a
+time in a process; scrypt is CPU-bound, so more would not finish sooner.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from registry.model import Registry
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 1 << 14, 8, 1
 _CACHE_SECONDS = 300
+_SCRYPT_SLOTS = threading.BoundedSemaphore(2)  # per process: bounds scrypt's memory, not its throughput
 ADMIN = "admin"
 ROBOT_PREFIX = "robot$"
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")
@@ -52,7 +61,8 @@ class Principal:
 def hash_password(password: str) -> str:
     """A self-describing scrypt hash of `password`."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    with _SCRYPT_SLOTS:
+        digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
     return (f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(salt).decode()}"
             f"${base64.b64encode(digest).decode()}")
 
@@ -64,8 +74,9 @@ def check_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                                dklen=len(expected), maxmem=256 << 20)
+        with _SCRYPT_SLOTS:
+            actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                    dklen=len(expected), maxmem=256 << 20)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -78,22 +89,45 @@ class VerifiedCache:
         self._key = secrets.token_bytes(32)
         self._seen: dict[tuple[str, str, bytes], float] = {}
         self._lock = threading.Lock()
+        # Checks in progress: one lock per credentials, and how many threads want it.
+        self._pending: dict[tuple[str, str, bytes], tuple[threading.Lock, int]] = {}
 
-    def check(self, name: str, secret: str, stored: str) -> bool:
-        """True if `secret` matches `stored` (scrypt once, then from memory)."""
-        key = (name, stored, hmac.new(self._key, secret.encode(), hashlib.sha256).digest())
-        now = time.monotonic()
+    def _fresh(self, key: tuple[str, str, bytes]) -> bool:
         with self._lock:
             expiry = self._seen.get(key)
-        if expiry is not None and expiry > now:
+        return expiry is not None and expiry > time.monotonic()
+
+    def check(self, name: str, secret: str, stored: str) -> bool:
+        """True if `secret` matches `stored` (scrypt once, then from memory).
+
+        Threads checking the same credentials at once wait for the first
+        one: a match is then answered from memory, a mismatch is computed
+        again by each (it is not remembered).
+        """
+        key = (name, stored, hmac.new(self._key, secret.encode(), hashlib.sha256).digest())
+        if self._fresh(key):
             return True
-        if not check_password(secret, stored):
-            return False
         with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen.clear()
-            self._seen[key] = now + _CACHE_SECONDS
-        return True
+            gate, waiting = self._pending.get(key, (threading.Lock(), 0))
+            self._pending[key] = (gate, waiting + 1)
+        try:
+            with gate:
+                if self._fresh(key):
+                    return True
+                if not check_password(secret, stored):
+                    return False
+                with self._lock:
+                    if len(self._seen) > 10_000:
+                        self._seen.clear()
+                    self._seen[key] = time.monotonic() + _CACHE_SECONDS
+                return True
+        finally:
+            with self._lock:
+                gate, waiting = self._pending[key]
+                if waiting <= 1:
+                    del self._pending[key]
+                else:
+                    self._pending[key] = (gate, waiting - 1)
 
     def cached(self, name: str, secret: str, stored: str) -> bool:
         """True if this exact pair was verified recently (no scrypt)."""

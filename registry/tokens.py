@@ -11,6 +11,14 @@ The P-256 key is generated on first start under ``DataPaths.keys`` (0600) and
 shared by every worker through the file. JWT encoding is a few lines over
 `cryptography`, so no JOSE library is needed; only ES256 is accepted when
 verifying (no ``alg`` negotiation, no ``none``).
+
+Clients send the same token on every request for its whole life, and the
+signature check was the largest cost of a token-authenticated manifest GET,
+so each signer remembers the tokens it has verified (`VerifiedTokens`:
+bounded, each entry gone once its token expires). Only the cryptographic
+verdict is remembered, which cannot change for a given token string;
+whether its subject may still act (revocation) is decided on every request
+by `registry.token_api.request_principal`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,12 +96,61 @@ class Claims:
     expires_at: float
 
 
+class VerifiedTokens:
+    """Tokens whose signature and claims checked out, with their claims, until each expires.
+
+    Bounded to `max_entries`: past that the oldest entries go first. An
+    expired entry is never answered; it leaves on lookup, or in the sweep from
+    the oldest end that every insert makes (tokens of one signer share a
+    lifetime and are mostly first seen soon after issue, so that end is
+    roughly the earliest to expire; what the sweep misses, the bound takes).
+    Thread-safe: a gthread worker's threads share it.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        # token -> (claims, not before); a dict keeps insertion order, which the sweeps rely on.
+        self._entries: dict[str, tuple[Claims, float]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: float) -> Claims | None:
+        """The claims of `token` if it was verified and is valid at `now`; None otherwise (verify it then)."""
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            claims, not_before = entry
+            if now >= claims.expires_at:
+                del self._entries[token]
+                return None
+            # Not valid yet (a clock step back): leave it to the full check, which says why.
+            return claims if now >= not_before else None
+
+    def put(self, token: str, claims: Claims, not_before: float, now: float) -> None:
+        """Remember a token that was just verified at `now`."""
+        with self._lock:
+            self._entries.pop(token, None)
+            while self._entries:
+                oldest = next(iter(self._entries))
+                if now < self._entries[oldest][0].expires_at and len(self._entries) < self.max_entries:
+                    break
+                del self._entries[oldest]
+            self._entries[token] = (claims, not_before)
+
+
 class TokenSigner:
     """Issues and verifies tokens with the appliance's signing key."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, lifetime: int = 1800) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, lifetime: int = 1800, cache_size: int = 4096) -> None:
         self._key = key
+        self._public = key.public_key()
         self.lifetime = lifetime
+        self.verified = VerifiedTokens(cache_size)
         public = key.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         # A stable key id like distribution's libtrust fingerprint: lets clients tell keys apart.
@@ -130,7 +188,21 @@ class TokenSigner:
         return f"{signing_input}.{_b64(signature)}", self.lifetime, now
 
     def verify(self, token: str, now: float | None = None) -> Claims:
-        """The claims of a valid token; raises TokenError saying what is wrong."""
+        """The claims of a valid token; raises TokenError saying what is wrong.
+
+        A token verified before is answered from `verified` until it expires;
+        this says nothing about whether its subject may still act.
+        """
+        now = time.time() if now is None else now
+        cached = self.verified.get(token, now)
+        if cached is not None:
+            return cached
+        claims, not_before = self._verify(token, now)
+        self.verified.put(token, claims, not_before, now)
+        return claims
+
+    def _verify(self, token: str, now: float) -> tuple[Claims, float]:
+        """Signature and claims check of `token` at `now`: (claims, not before); raises TokenError."""
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("malformed token")
@@ -144,12 +216,11 @@ class TokenSigner:
             raise TokenError("token is not signed with ES256")
         der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
         try:
-            self._key.public_key().verify(der, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
+            self._public.verify(der, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise TokenError("token signature is invalid") from None
         if not isinstance(claims, dict):
             raise TokenError("malformed token claims")
-        now = time.time() if now is None else now
         exp, nbf = claims.get("exp"), claims.get("nbf", 0)
         if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
             raise TokenError("token lacks a valid expiry")
@@ -164,7 +235,7 @@ class TokenSigner:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("type"), str):
                 actions = tuple(a for a in entry.get("actions") or [] if isinstance(a, str))
                 access.append(Scope(entry["type"], entry["name"], actions))
-        return Claims(str(claims.get("sub") or ""), tuple(access), float(exp))
+        return Claims(str(claims.get("sub") or ""), tuple(access), float(exp)), float(nbf)
 
 
 def load_or_create_secret(paths: DataPaths, name: str, size: int = 32) -> bytes:

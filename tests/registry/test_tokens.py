@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from registry.paths import DataPaths
-from registry.tokens import KEY_FILE, Scope, TokenError, TokenSigner, parse_scopes
+from registry.tokens import KEY_FILE, Claims, Scope, TokenError, TokenSigner, VerifiedTokens, parse_scopes
 from tests.appliance import Appliance
 from tests.registry.harborapi import Harbor, errors, token_claims
 
@@ -77,6 +77,73 @@ def test_scope_parsing() -> None:
         with pytest.raises(ValueError, match="invalid scope"):
             parse_scopes([bad])
 
+
+
+class _NoVerify:
+    """Stands in for the public key: any signature check now fails loudly."""
+
+    def verify(self, *args: object) -> None:
+        raise AssertionError("the signature was checked again")
+
+
+def test_a_verified_token_is_answered_from_memory_until_it_expires(signer: TokenSigner) -> None:
+    token, _, _ = signer.issue("robot$x", [Scope("repository", "p/r", ("pull",))], now=1_000_000.0)
+    first = signer.verify(token, now=1_000_001.0)
+    assert len(signer.verified) == 1
+    real, signer._public = signer._public, _NoVerify()  # type: ignore[assignment]
+    assert signer.verify(token, now=1_000_059.0) == first
+    signer._public = real
+    # Expiry is honoured for a remembered token: it is refused, and forgotten.
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify(token, now=1_000_060.0)
+    assert len(signer.verified) == 0
+    # A remembered token is not valid before its nbf either (a clock stepped back): the full check runs.
+    later, _, _ = signer.issue("u", [], now=2_000_000.0)
+    assert signer.verify(later, now=2_000_001.0).subject == "u"
+    with pytest.raises(TokenError, match="not valid yet"):
+        signer.verify(later, now=1_999_990.0)
+
+
+def test_only_tokens_that_verify_are_remembered(signer: TokenSigner) -> None:
+    token, _, _ = signer.issue("u", [Scope("repository", "p/r", ("pull",))], now=1_000_000.0)
+    header, _, sig = token.split(".")
+    claims = token_claims(token)
+    claims["sub"] = "admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    for _ in range(2):
+        with pytest.raises(TokenError, match="signature"):
+            signer.verify(f"{header}.{forged}.{sig}", now=1_000_001.0)
+    assert len(signer.verified) == 0
+
+
+def _claims(expires_at: float) -> Claims:
+    return Claims("u", (), expires_at)
+
+
+def test_the_verified_token_cache_is_bounded_and_drops_the_oldest_first() -> None:
+    cache = VerifiedTokens(max_entries=3)
+    for n in range(5):
+        cache.put(f"t{n}", _claims(2_000.0), 0.0, now=1_000.0)
+    assert len(cache) == 3
+    assert cache.get("t0", 1_000.0) is None and cache.get("t1", 1_000.0) is None
+    assert all(cache.get(f"t{n}", 1_000.0) is not None for n in (2, 3, 4))
+    # Putting a token again refreshes it rather than taking a second slot.
+    cache.put("t2", _claims(2_000.0), 0.0, now=1_000.0)
+    assert len(cache) == 3
+    with pytest.raises(ValueError):
+        VerifiedTokens(max_entries=0)
+
+
+def test_the_verified_token_cache_drops_expired_entries_on_insert() -> None:
+    cache = VerifiedTokens(max_entries=100)
+    cache.put("old", _claims(1_100.0), 0.0, now=1_000.0)
+    cache.put("newer", _claims(1_200.0), 0.0, now=1_000.0)
+    cache.put("late", _claims(1_300.0), 0.0, now=1_150.0)  # "old" has expired by now: swept out
+    assert len(cache) == 2
+    assert cache.get("old", 1_050.0) is None
+    assert cache.get("newer", 1_150.0) is not None
+    assert cache.get("newer", 1_200.0) is None  # expired at lookup: gone
+    assert len(cache) == 1
 
 # -- the token service --------------------------------------------------------------------
 
