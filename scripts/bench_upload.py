@@ -61,6 +61,9 @@ sys.path.insert(0, str(ROOT))
 from tests.appliance import Appliance, start_appliance  # noqa: E402
 from tests.web.uiutil import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_registry import random_blob  # noqa: E402
+
 MiB = 1 << 20
 LAN_NAME = "cargohold.test"
 TUSPY_CHUNK = 64 * MiB
@@ -88,19 +91,6 @@ class Result:
 
     def mib_s(self, size: int) -> list[float]:
         return [size / MiB / s for s in self.seconds]
-
-
-def random_file(path: Path, size: int) -> str:
-    """`size` random bytes at `path`, written in 8 MiB pieces; returns sha256:<hex>."""
-    h = hashlib.sha256()
-    with path.open("wb") as f:
-        left = size
-        while left:
-            piece = os.urandom(min(left, 8 * MiB))
-            h.update(piece)
-            f.write(piece)
-            left -= len(piece)
-    return f"sha256:{h.hexdigest()}"
 
 
 def basic(app: Appliance) -> dict[str, str]:
@@ -251,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"size_mib": size // MiB, "runs": runs, "machine": machine()}
     try:
         source = work / "bench-upload.tar.zst"
-        digest = random_file(source, size)
+        digest = random_blob(source, size).digest
         with appliances(work) as targets, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                          args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {LAN_NAME} 127.0.0.1"])

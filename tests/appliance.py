@@ -125,24 +125,10 @@ def restart_on(old: Appliance, data_dir: Path | None = None, timeout: float = 10
     """
     data_dir = data_dir or old.data_dir
     log_path = data_dir.parent / f"{data_dir.name}-restart-{old.port}-{time.monotonic_ns()}.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "web.cli", "serve", "--data-dir", str(data_dir),
-                                 "--bind", old.host], stdout=log, stderr=subprocess.STDOUT, env=old.env,
-                                cwd=Path(__file__).resolve().parent.parent)
-    again = Appliance(data_dir, old.port, proc, log_path, old.scheme, old.admin, env=old.env)
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"restart on the same port failed (exit {proc.returncode}):\n{again.log()}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", InsecureRequestWarning)
-                requests.get(f"{again.url}/v2/", timeout=1, verify=False)
-            return again
-        except requests.RequestException:
-            time.sleep(0.05)
-    again.stop()
-    raise AssertionError(f"restart did not answer within {timeout:.0f} s:\n{again.log()}")
+    try:
+        return _launch(data_dir, old.port, log_path, (), old.env, old.scheme, False, timeout, old.admin)
+    except RuntimeError as exc:
+        raise AssertionError(f"restart on the same port failed: {exc}") from None
 
 
 def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
@@ -152,14 +138,21 @@ def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     full_env = {**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **(env or {})}
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
-         *extra_args],
-        stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=Path(__file__).resolve().parent.parent,
-    )
-    app = Appliance(data_dir, port, proc, log_path, scheme, env=full_env)
-    deadline = time.monotonic() + 30
+    return _launch(data_dir, port, log_path, extra_args, full_env, scheme, verify, 30)
+
+
+def _launch(data_dir: Path, port: int, log_path: Path, extra_args: tuple[str, ...] | list[str],
+            env: dict[str, str], scheme: str, verify: str | bool, timeout: float,
+            admin: tuple[str, str] = ("admin", ADMIN_PASSWORD)) -> Appliance:
+    """Run `cargohold serve` on 127.0.0.1:`port`; the Appliance once /v2/ answers. Raises RuntimeError otherwise."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
+             *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parent.parent,
+        )
+    app = Appliance(data_dir, port, proc, log_path, scheme, admin, env=env)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"appliance exited with {proc.returncode}:\n{app.log()}")
@@ -170,6 +163,6 @@ def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None
                 requests.get(f"{app.url}/v2/", timeout=1, verify=verify)
             return app
         except requests.RequestException:
-            time.sleep(0.1)
+            time.sleep(0.05)
     app.stop()
-    raise RuntimeError(f"appliance did not answer within 30 s:\n{app.log()}")
+    raise RuntimeError(f"appliance did not answer within {timeout:.0f} s:\n{app.log()}")
