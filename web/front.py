@@ -232,6 +232,10 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             # A refused client's body is read and dropped for a few seconds at most, then the connection closes.
             lingering_time 3s;
             lingering_timeout 1s;
+            # When the app answers before it has read the body (a 401 before credentials), nginx cannot
+            # reuse the connection and may close it after an answer that said keep-alive: a client sending
+            # its next request on it then gets no answer at all. Upload answers say Connection: close.
+            keepalive_timeout 0;
             {per_address}{proxy}
         }}""" for where in UPLOAD_LOCATIONS)
     errors = "\n".join(f"""

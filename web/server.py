@@ -144,8 +144,9 @@ class _FrontedArbiter(Arbiter):  # type: ignore[misc]
                 self.front.start()
             except Exception as exc:
                 raise HaltServer(str(exc), 1) from None
-            self.log.info("front: nginx (pid %s) on %s", self.front.process.pid if self.front.process else "-",
-                          self.cfg.bind)
+            self.log.info("front: nginx (pid %s) listening on %s, the app on %s",
+                          self.front.process.pid if self.front.process else "-", self.front.config.bind,
+                          self.cfg.bind[0])
 
     def manage_workers(self) -> None:
         if self.front and not self.front.running():
