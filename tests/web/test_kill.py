@@ -524,6 +524,10 @@ class StoreCheck:
         with _read_only(self.data_dir) as db:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)], when
             assert db.execute("PRAGMA foreign_key_check").fetchall() == [], when
+            # One read transaction: a worker-kill check runs while the appliance goes on writing, and
+            # the tables must be read from one snapshot (a repository created between two SELECTs
+            # would look like a manifest of an unknown repository).
+            db.execute("BEGIN")
             repos = dict(db.execute("SELECT id, name FROM repositories").fetchall())
             tags = {(repos[r], t): d for r, t, d in db.execute("SELECT repository_id, name, digest FROM tags")}
             manifests = {(repos[r], d) for r, d in db.execute("SELECT repository_id, digest FROM manifests")}
@@ -532,6 +536,7 @@ class StoreCheck:
             sized = dict(db.execute("SELECT digest, size FROM blobs").fetchall())
             jobs = {r[0]: r for r in db.execute("SELECT id, state, error, source FROM import_jobs")}
             audit = set(db.execute("SELECT operation, resource_type, resource FROM audit_logs").fetchall())
+            db.execute("COMMIT")
         files = self._blob_files()
 
         # Nothing half-visible.
