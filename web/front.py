@@ -25,8 +25,8 @@ as soon as it has answered:
 The front runs as a child of the gunicorn master with a parent-death signal,
 so killing the master takes it down at once and the port is free for a
 restart. Its files live in a private runtime directory (``nginx.conf``, the
-app's unix socket, the pid file); request bodies it buffers go to
-``<data>/tmp/front`` on the data volume.
+app's unix socket, the pid file, a lock its owner holds); request bodies it
+buffers go to ``<data>/front`` on the data volume.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class FrontLayout:
     def create(cls, config: Config) -> FrontLayout:
         """A fresh 0700 runtime directory (short: a unix socket path is at most 107 bytes) and the scratch dir.
 
-        Runtime directories left by a killed appliance (their nginx pid dead) are removed first.
+        Runtime directories left by a killed appliance (nobody holds their lock) are removed first.
         """
         parent = config.runtime_dir or Path(os.environ.get("RUNTIME_DIRECTORY") or tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
