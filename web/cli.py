@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,9 @@ def _in_child(work: Callable[[Config], Config], config: Config) -> Config:
             message = json.dumps({"tls_cert": str(result.tls_cert or ""), "tls_key": str(result.tls_key or "")})
         except click.ClickException as exc:
             status, message = 2, exc.format_message()
-        except BaseException as exc:  # anything else: the parent reports it
-            status, message = 1, f"set-up failed: {exc!r}"
+        except BaseException as exc:  # anything else: a bug; its traceback goes to the log, the parent reports it
+            traceback.print_exc()
+            status, message = 1, f"set-up failed: {exc!r} (traceback above)"
         with os.fdopen(write_end, "w") as out:
             out.write(message)
         sys.stderr.flush()
