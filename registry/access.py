@@ -166,6 +166,7 @@ class Projects:
                 raise AccessError("PRECONDITION", f"project {project.name} still holds repositories; "
                                   "delete them first")
             db.execute("DELETE FROM project_members WHERE project_id = ?", [project.id])
+            db.execute("DELETE FROM immutable_rules WHERE project_id = ?", [project.id])
             db.execute("DELETE FROM robots WHERE project_id = ?", [project.id])
             # System robots lose their grants on it, so a new project of the same name starts clean.
             for robot_id, perms in db.execute("SELECT id, permissions FROM robots WHERE level = 'system'").fetchall():

@@ -118,6 +118,7 @@ class Artifacts:
             if row is None:
                 raise RegistryError("NAME_UNKNOWN", f"repository {name} not found", detail={"name": name})
             repo_id = row[0]
+            self.registry.protection.before_remove_repository(db, repo_id, name)
             for table in ("tags", "manifest_refs", "manifests", "repository_blobs"):
                 db.execute(f"DELETE FROM {table} WHERE repository_id = ?", [repo_id])
             db.execute("DELETE FROM repository_meta WHERE name = ?", [name])
@@ -190,8 +191,9 @@ class Artifacts:
         if with_tag:
             tags = db.execute("SELECT rowid, name, updated_at FROM tags WHERE repository_id = ? AND digest = ? "
                               "ORDER BY name", [repository.id, digest]).fetchall()
+            protected = self.registry.protection.protectors(db, repository.name, [t[1] for t in tags])
             doc["tags"] = [{"id": tid, "repository_id": repository.id, "artifact_id": rowid, "name": name,
-                            "push_time": rfc3339(t), "pull_time": None, "immutable": False}
+                            "push_time": rfc3339(t), "pull_time": None, "immutable": name in protected}
                            for tid, name, t in tags] or None
         if with_accessory:
             doc["accessories"] = self.accessories(repository, Digest.parse(digest), rowid) or None
@@ -231,9 +233,10 @@ class Artifacts:
                                [repository.id, str(digest)]).fetchone()[0])
         rows = db.execute("SELECT rowid, name, updated_at FROM tags WHERE repository_id = ? AND digest = ? "
                           "ORDER BY name LIMIT ? OFFSET ?", [repository.id, str(digest), limit, offset]).fetchall()
+        protected = self.registry.protection.protectors(db, repository.name, [r[1] for r in rows])
         return total, [{"id": tid, "repository_id": repository.id, "artifact_id": artifact_id[0] if artifact_id
-                        else None, "name": name, "push_time": rfc3339(t), "pull_time": None, "immutable": False}
-                       for tid, name, t in rows]
+                        else None, "name": name, "push_time": rfc3339(t), "pull_time": None,
+                        "immutable": name in protected} for tid, name, t in rows]
 
     def create_tag(self, repository: Repository, reference: str, tag: Any) -> None:
         """Tag the artifact; CONFLICT if the tag exists (Harbor does not move tags here)."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
 from registry.db import write_transaction
-from registry.model import Registry
+
+if TYPE_CHECKING:  # registry.model reaches this module through registry.protection
+    from registry.model import Registry
 
 OPERATIONS = ("create", "update", "delete")
 
@@ -44,6 +46,16 @@ def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
+_INSERT = ("INSERT INTO audit_logs (username, operation, resource_type, resource, source_ip, op_time) "
+           "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+def append(db: Database, username: str, operation: str, resource_type: str, resource: str,
+           source_ip: str = "") -> None:
+    """Append one entry inside `db`'s open transaction, so it commits (or not) with the write it describes."""
+    db.execute(_INSERT, [username or "anonymous", operation, resource_type, resource, source_ip or "", time.time()])
+
+
 class AuditLog:
     """Append and list audit entries."""
 
@@ -53,14 +65,11 @@ class AuditLog:
     def record(self, username: str, operation: str, resource_type: str, resource: str, source_ip: str,
                db: Database | None = None) -> None:
         """Append one entry (inside `db`'s transaction when given, so it commits with the write)."""
-        values = [username or "anonymous", operation, resource_type, resource, source_ip or "", time.time()]
-        sql = ("INSERT INTO audit_logs (username, operation, resource_type, resource, source_ip, op_time) "
-               "VALUES (?, ?, ?, ?, ?, ?)")
         if db is not None:
-            db.execute(sql, values)
+            append(db, username, operation, resource_type, resource, source_ip)
             return
         with write_transaction(self.registry.db) as own:
-            own.execute(sql, values)
+            append(own, username, operation, resource_type, resource, source_ip)
 
     def list(self, filters: dict[str, tuple[str, str]], offset: int, limit: int) -> tuple[int, list[AuditEntry]]:
         """(total, one page) newest first; `filters` maps a column to ("exact"|"fuzzy", value)."""

@@ -19,6 +19,8 @@ twice as Harbor's clients send it: ``a/b`` is ``a%252Fb``):
     GET                 /projects/{p}/repositories/{r}/artifacts/{reference}/accessories
     GET POST            /projects/{p}/repositories/{r}/artifacts/{reference}/tags
     DELETE              /projects/{p}/repositories/{r}/artifacts/{reference}/tags/{tag}
+    GET POST            /projects/{p}/immutabletagrules          (registry.immutable_api)
+    PUT DELETE          /projects/{p}/immutabletagrules/{id}
     GET POST            /robots
     GET PUT PATCH DELETE /robots/{id}
     GET                 /audit-logs
@@ -58,8 +60,11 @@ from registry.audit import AuditLog
 from registry.auth import Principal
 from registry.digest import Digest
 from registry.errors import RegistryError
+from registry.immutable import ImmutableRules
+from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.names import is_digest_reference
 from registry.openapi import openapi_document
+from registry.protection import TagProtected
 from registry.token_api import request_principal
 
 PREFIX = "/api/v2.0"
@@ -220,6 +225,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     @bp.errorhandler(RegistryError)
     def _registry(exc: RegistryError) -> Response:
         code = _REGISTRY_CODES.get(exc.code, "BAD_REQUEST" if exc.status < 500 else "INTERNAL_SERVER_ERROR")
+        if isinstance(exc, TagProtected):  # Harbor's answer for an immutable tag
+            code = "PRECONDITION"
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else {}
         # Registry codes whose status only makes sense on /v2/ (an unsupported digest algorithm is 405 there).
         status = 400 if code == "BAD_REQUEST" and exc.status != 400 and exc.status < 500 else exc.status
@@ -669,6 +676,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         artifacts.delete_tag(found, urllib.parse.unquote(reference), tag)
         record("delete", "tag", f"{found.name}:{tag}")
         return Response(status=200)
+
+    add_immutable_rule_routes(bp, ImmutableRules(access.registry), readable_project, managed_project, record)
 
     # -- robots
 

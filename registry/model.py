@@ -21,6 +21,7 @@ from registry.errors import RegistryError
 from registry.manifests import ParsedManifest, parse_manifest, referrer_artifact_type
 from registry.names import is_digest_reference, validate_name, validate_tag
 from registry.paths import DataPaths
+from registry.protection import TagProtection
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 << 20
 
@@ -52,6 +53,8 @@ class Registry:
         self.paths = paths
         self.store: BlobStore = store or FilesystemBlobStore(paths)
         self.max_manifest_bytes = max_manifest_bytes
+        # Protected tags (released, immutable) neither move nor vanish through this facade.
+        self.protection = TagProtection()
 
     @property
     def db(self) -> Database:
@@ -138,6 +141,7 @@ class Registry:
         """
         with write_transaction(self.db) as db:
             repo_id = self.repository_id(name)
+            self.protection.before_remove_content(db, repo_id, name, digest)
             cur = db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
                              [repo_id, str(digest)])
             if cur.rowcount == 0:
@@ -150,8 +154,9 @@ class Registry:
 
         Raises MANIFEST_INVALID, DIGEST_INVALID (digest reference does not
         match the body), MANIFEST_BLOB_UNKNOWN (a referenced blob or child
-        manifest is missing from the repository), TAG_INVALID, NAME_INVALID.
-        Nothing is changed when it raises.
+        manifest is missing from the repository), TAG_INVALID, NAME_INVALID,
+        DENIED (412, `registry.protection.TagProtected`: the tag is protected
+        and points elsewhere). Nothing is changed when it raises.
         """
         validate_name(name)
         if len(body) > self.max_manifest_bytes:
@@ -172,6 +177,7 @@ class Registry:
             repo_id = self.ensure_repository(db, name)
             self.publish_manifest(db, repo_id, name, parsed, info)
             if tag is not None:
+                self.protection.before_move(db, repo_id, name, tag, parsed.digest)
                 self.set_tag(db, repo_id, tag, parsed.digest)
         return parsed
 
@@ -253,9 +259,13 @@ class Registry:
         return [(Digest.parse(c), mt, json.loads(p) if p else None) for c, mt, p in rows]
 
     def delete_manifest(self, name: str, digest: Digest) -> None:
-        """Delete a manifest and every tag pointing at it; raises MANIFEST_UNKNOWN."""
+        """Delete a manifest and every tag pointing at it; raises MANIFEST_UNKNOWN.
+
+        Raises DENIED (412) when a protected tag needs the manifest (`registry.protection`).
+        """
         with write_transaction(self.db) as db:
             repo_id = self.repository_id(name)
+            self.protection.before_remove_content(db, repo_id, name, digest)
             cur = db.execute("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
             if cur.rowcount == 0:
                 raise RegistryError("MANIFEST_UNKNOWN", f"manifest {digest} is not known to repository {name}")
@@ -264,9 +274,10 @@ class Registry:
             db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
 
     def delete_tag(self, name: str, tag: str) -> None:
-        """Delete one tag, keeping its manifest; raises MANIFEST_UNKNOWN."""
+        """Delete one tag, keeping its manifest; raises MANIFEST_UNKNOWN, or DENIED (412) if it is protected."""
         validate_tag(tag)
         with write_transaction(self.db) as db:
+            self.protection.before_remove_tags(db, name, [tag])
             cur = db.execute("DELETE FROM tags WHERE repository_id = ? AND name = ?", [self.repository_id(name), tag])
             if cur.rowcount == 0:
                 raise RegistryError("MANIFEST_UNKNOWN", f"tag {tag} is not known to repository {name}")

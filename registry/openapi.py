@@ -38,6 +38,7 @@ _REPO = _path("repository_name", "Repository name inside the project, URL-encode
 _REFERENCE = _path("reference", "A tag, or a digest (sha256:...).")
 _ROBOT = _path("robot_id", "Robot id.", {"type": "integer", "minimum": 1})
 _MEMBER = _path("mid", "Member id.", {"type": "integer", "minimum": 1})
+_RULE = _path("immutable_rule_id", "Immutable tag rule id.", {"type": "integer", "minimum": 1})
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -118,6 +119,21 @@ def _schemas() -> dict[str, Any]:
             "id": _INT, "artifact_id": _INT, "subject_artifact_digest": _STR, "digest": _STR, "size": _INT,
             "type": _STR, "creation_time": _STR}},
         "Permission": permission,
+        "ImmutableSelector": {"type": "object", "properties": {
+            "kind": {"type": "string", "enum": ["doublestar"]},
+            "decoration": {"type": "string", "enum": ["matches", "excludes", "repoMatches", "repoExcludes"]},
+            "pattern": {"type": "string", "description": "doublestar subset: **, *, ?, {a,b}"}}},
+        "ImmutableRule": {"type": "object", "properties": {
+            "id": _INT, "priority": _INT, "disabled": _BOOL,
+            "action": {"type": "string", "enum": ["immutable"]},
+            "template": {"type": "string", "enum": ["immutable_template"]},
+            "params": {"type": "object"},
+            "tag_selectors": {"type": "array", "items": _ref("ImmutableSelector"),
+                              "description": "Exactly one selector, decoration matches or excludes."},
+            "scope_selectors": {"type": "object", "properties": {"repository": {
+                "type": "array", "items": _ref("ImmutableSelector"),
+                "description": "Exactly one selector, decoration repoMatches or repoExcludes; the pattern is "
+                               "matched against the repository name inside the project."}}}}},
         "RobotCreate": {"type": "object", "properties": {
             "name": _STR, "description": _STR, "level": {"type": "string", "enum": ["system", "project"]},
             "duration": {"type": "integer", "minimum": -1}, "disable": _BOOL, "secret": _STR,
@@ -209,6 +225,20 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "delete": _op("Remove a member", {**_ok(None), **_errors(401, 403, 404)}, [*project, _MEMBER],
                           tag="member"),
         },
+        "/projects/{project_name_or_id}/immutabletagrules": {
+            "get": _op("List a project's immutable tag rules", lst("ImmutableRule"), [*project, *_PAGING[:2]],
+                       tag="immutable"),
+            "post": _op("Add an immutable tag rule (project admin)",
+                        {**_ok(None, "Created", "201"), **_errors(400, 401, 403, 404, 409)}, project,
+                        _ref("ImmutableRule"), tag="immutable"),
+        },
+        "/projects/{project_name_or_id}/immutabletagrules/{immutable_rule_id}": {
+            "put": _op("Update, enable or disable an immutable tag rule (project admin)",
+                       {**_ok(None), **_errors(400, 401, 403, 404, 409)}, [*project, _RULE], _ref("ImmutableRule"),
+                       tag="immutable"),
+            "delete": _op("Delete an immutable tag rule (project admin)", {**_ok(None), **_errors(401, 403, 404)},
+                          [*project, _RULE], tag="immutable"),
+        },
         "/repositories": {"get": _op("List all repositories", lst("Repository"), _PAGING, tag="repository")},
         "/projects/{project_name_or_id}/repositories": {
             "get": _op("List a project's repositories", lst("Repository"), [*project, *_PAGING], tag="repository")},
@@ -217,7 +247,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                        tag="repository"),
             "put": _op("Update a repository's description", {**_ok(None), **_errors(400, 401, 403, 404)}, repo,
                        _ref("RepositoryUpdate"), tag="repository"),
-            "delete": _op("Delete a repository", {**_ok(None), **_errors(401, 403, 404)}, repo, tag="repository"),
+            "delete": _op("Delete a repository (412 while it holds a protected tag)",
+                          {**_ok(None), **_errors(401, 403, 404, 412)}, repo, tag="repository"),
         },
         "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts": {
             "get": _op("List artifacts", lst("Artifact"),
@@ -227,7 +258,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "get": _op("Get an artifact", {**_ok(_ref("Artifact")), **_errors(400, 401, 403, 404)},
                        [*art, _query("with_tag", "Include tags.", _BOOL),
                         _query("with_accessory", "Include accessories.", _BOOL)], tag="artifact"),
-            "delete": _op("Delete an artifact and its tags", {**_ok(None), **_errors(400, 401, 403, 404, 412)}, art,
+            "delete": _op("Delete an artifact and its tags (412 when a protected tag needs it)",
+                          {**_ok(None), **_errors(400, 401, 403, 404, 412)}, art,
                           tag="artifact"),
         },
         "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts/{reference}/accessories": {
@@ -238,7 +270,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         art, _ref("TagReq"), tag="artifact"),
         },
         "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts/{reference}/tags/{tag_name}": {
-            "delete": _op("Delete a tag", {**_ok(None), **_errors(400, 401, 403, 404)},
+            "delete": _op("Delete a tag (412 when it is protected)", {**_ok(None), **_errors(400, 401, 403, 404, 412)},
                           [*art, _path("tag_name", "The tag.")], tag="artifact")},
         "/robots": {
             "get": _op("List robots", lst("Robot"), _PAGING, tag="robot"),

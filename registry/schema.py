@@ -15,6 +15,10 @@ robots            robot accounts: scrypt secret, level, expiry, disable flag, pe
 repository_meta   Harbor's per-repository description, keyed by repository name
 audit_logs        every write: who, what, on which resource, when, from which address
 login_failures    failed logins per user and per source address, for rate limiting across workers
+immutable_rules   Harbor's per-project immutable tag rules: one repository and one tag selector each
+                  (doublestar patterns, matches/excludes), priority, disabled flag (registry.immutable)
+tag_overrides     one-shot, expiring grants a system administrator gives to move or remove one protected
+                  tag once; who gave it, why, and when it was used (registry.protection)
 """
 
 from __future__ import annotations
@@ -110,3 +114,22 @@ def m002_access(db: Database) -> None:
     db.table("login_failures").create(
         {"key": str, "failures": int, "first_at": float, "locked_until": float, "seen": str}, pk="key",
     )
+
+
+@migrations()
+def m003_tag_protection(db: Database) -> None:
+    db.table("immutable_rules").create(
+        {"id": int, "project_id": int, "priority": int, "disabled": int, "repo_decoration": str,
+         "repo_pattern": str, "tag_decoration": str, "tag_pattern": str, "created_at": float,
+         "updated_at": float},
+        pk="id", not_null={"project_id", "disabled", "repo_decoration", "repo_pattern", "tag_decoration",
+                           "tag_pattern", "created_at"},
+        foreign_keys=[("project_id", "projects", "id")],
+    )
+    db.table("immutable_rules").create_index(["project_id"])
+    db.table("tag_overrides").create(
+        {"id": int, "repository": str, "tag": str, "reason": str, "granted_by": str, "source_ip": str,
+         "created_at": float, "expires_at": float, "used_at": float, "used_for": str},
+        pk="id", not_null={"repository", "tag", "reason", "granted_by", "created_at", "expires_at"},
+    )
+    db.table("tag_overrides").create_index(["repository", "tag"])

@@ -25,7 +25,7 @@ from tests.appliance import Appliance, start_appliance
 
 EXAMPLES = int(os.environ.get("CARGOHOLD_SCHEMATHESIS_EXAMPLES", "12"))
 KNOWN = {"project_name_or_id": "fuzz", "repository_name": "app", "reference": "1", "tag_name": "1", "robot_id": 1,
-         "mid": 1}
+         "mid": 1, "immutable_rule_id": 1}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     project = admin.create_project("fuzz", public=False)
     V2(app).push_image(f"{project}/app", "1")
     admin.project_robot(project, ("pull",), "fuzzbot")
+    rule = {"tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": "9.*"}],
+            "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": "**"}]}}
+    assert admin("POST", f"/projects/{project}/immutabletagrules", json=rule).status_code == 201
     yield app
     app.stop()
 
