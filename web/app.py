@@ -14,9 +14,10 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, releases_api
+from bundles import clusterdef_api, protection_api, releases_api
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
+from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
 from registry import harbor, token_api
 from registry.access import Access, LoginLimiter
@@ -54,6 +55,9 @@ def build_services(config: Config) -> Services:
 
     migrate(paths)
     registry = Registry(paths, max_manifest_bytes=config.max_manifest_bytes)
+    # A promoted release's tags move only by promote or rollback (registry.protection).
+    registry.protection.add_owner(promoted_release_tags, "Released tags move only by promoting or rolling back a "
+                                  "release (cargohold release promote / rollback).")
     users = Users(registry)
     access = Access(registry, users, LoginLimiter(
         registry, config.login_failures_per_user, config.login_failures_per_address,
@@ -111,6 +115,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(releases_api.create_blueprint(
         Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit),
         guard, services.uploads))
+    app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     imports = import_services(config, services.registry)
     app.register_blueprint(bundles_api.create_blueprint(
         imports.importer, imports.jobs, guard, config.paths,

@@ -185,6 +185,9 @@ cli_clusterdef.register(main)
 from web import cli_release  # noqa: E402
 
 cli_release.register(main)
+from web import cli_tags  # noqa: E402
+
+cli_tags.register(main)
 
 if __name__ == "__main__":
     # Under `python -m web.cli` this file is __main__, while the command modules
