@@ -265,3 +265,29 @@ def test_push_zstd_compressed(podman: Podman, appliance: Appliance, repo: str, t
     out = tmp_path / "back"
     run("skopeo", "copy", "--src-tls-verify=false", f"docker://{target}", f"oci:{out}:x")
     assert len(layout_closure(out, layout_ref(out, "x"))) == 3
+
+
+def test_push_onto_an_immutable_tag_is_refused_naming_the_rule(podman: Podman, appliance: Appliance,
+                                                               source: SourceImages, tmp_path: Path) -> None:
+    from tests.registry.harborapi import Harbor
+
+    admin = Harbor(appliance, appliance.admin)
+    project = admin.create_project(public=False)
+    rule = {"tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": "1.*"}],
+            "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": "**"}]}}
+    assert admin("POST", f"/projects/{project}/immutabletagrules", json=rule).status_code == 201
+    skopeo_push(appliance, source, "multi:1", f"{project}/app:1.0")
+    local = podman_import(podman, tmp_path, "immutable", "etc/hotfix", b"not the released image\n")
+    code, out = podman.run("push", "--tls-verify=false", "--creds", appliance.creds, local,
+                           f"{appliance.host}/{project}/app:1.0")
+    assert code != 0 and f"{project}/app:1.0 is protected by immutable tag rule" in out, out
+    assert registry_digest_with_creds(appliance, f"{project}/app:1.0") == source.image.digest
+    # A tag no rule selects takes the same push.
+    podman("push", "--tls-verify=false", "--creds", appliance.creds, local, f"{appliance.host}/{project}/app:dev")
+    assert registry_digest_with_creds(appliance, f"{project}/app:dev") != source.image.digest
+
+
+def registry_digest_with_creds(appliance: Appliance, ref: str) -> str:
+    info = json.loads(run("skopeo", "inspect", "--tls-verify=false", "--creds", appliance.creds,
+                          f"docker://{appliance.host}/{ref}").stdout)
+    return str(info["Digest"])
