@@ -7,10 +7,22 @@ ES256-signed JWTs in the shape Harbor's and distribution's token auth use::
      "iat": ..., "nbf": ..., "exp": ..., "jti": "...",
      "access": [{"type": "repository", "name": "p/r", "actions": ["pull", "push"]}]}
 
+plus one private claim naming the account the token was issued to, by its
+row id and a keyed fingerprint of its credential as it was at issue
+(``"cargohold": {"kind": "robot", "id": 17, "cred": "..."}``; `Holder`).
+`registry.token_api` compares it with the account as it stands on every
+request, so a refreshed secret, a changed password or a deleted account (even
+one replaced by a new account of the same name) ends the token at once.
+
 The P-256 key is generated on first start under ``DataPaths.keys`` (0600) and
-shared by every worker through the file. JWT encoding is a few lines over
-`cryptography`, so no JOSE library is needed; only ES256 is accepted when
-verifying (no ``alg`` negotiation, no ``none``).
+shared by every worker through the file. Encoding and verifying are PyJWT's,
+with only ES256 accepted (no ``alg`` negotiation, no ``none``). ECDSA
+signatures are malleable: if ``(r, s)`` verifies, so does ``(r, n - s)``, a
+second token string with the same claims. PyJWT (like OpenSSL underneath)
+accepts both, so issued signatures are normalised to the low ``s`` and a high
+``s`` is refused before PyJWT sees the token: every token has exactly one
+valid spelling, which is what the verified-token cache and any list of
+tokens keyed by their text rely on.
 
 Clients send the same token on every request for its whole life, and the
 signature check was the largest cost of a token-authenticated manifest GET,
@@ -25,7 +37,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -35,16 +48,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from registry.paths import DataPaths
 
 ISSUER = "harbor-token-issuer"
 SERVICE = "harbor-registry"
 KEY_FILE = "token-signing-key.pem"
+BINDING_KEY_FILE = "token-binding.key"
+HOLDER_CLAIM = "cargohold"
+# The order of P-256's base point: a signature's s above half of it is the malleated twin of a low one.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ACTIONS = ("pull", "push", "delete")
 _SCOPE = re.compile(r"^(repository|registry)(?:\([a-z0-9]+\))?:([^:]+):([a-z*,]*)$")
 
@@ -83,17 +99,37 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+@dataclass(frozen=True)
+class Holder:
+    """The account a token was issued to: ``user`` or ``robot``, its row id, and its credential's fingerprint."""
+
+    kind: str
+    id: int
+    credential: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "cred": self.credential}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Holder | None:
+        """The holder from a verified token's claim; None when absent or not in this shape."""
+        if not isinstance(value, dict):
+            return None
+        kind, row_id, credential = value.get("kind"), value.get("id"), value.get("cred")
+        if kind not in ("user", "robot") or not isinstance(row_id, int) or isinstance(row_id, bool) \
+                or not isinstance(credential, str):
+            return None
+        return cls(kind, row_id, credential)
 
 
 @dataclass(frozen=True)
 class Claims:
-    """What a verified token says."""
+    """What a verified token says; `holder` is None for a token issued to an anonymous caller."""
 
     subject: str
     access: tuple[Scope, ...]
     expires_at: float
+    holder: Holder | None = None
 
 
 class VerifiedTokens:
@@ -146,9 +182,11 @@ class VerifiedTokens:
 class TokenSigner:
     """Issues and verifies tokens with the appliance's signing key."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, lifetime: int = 1800, cache_size: int = 4096) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, lifetime: int = 1800, cache_size: int = 4096,
+                 binding_key: bytes | None = None) -> None:
         self._key = key
         self._public = key.public_key()
+        self._binding_key = binding_key if binding_key is not None else secrets.token_bytes(32)
         self.lifetime = lifetime
         self.verified = VerifiedTokens(cache_size)
         public = key.public_key().public_bytes(serialization.Encoding.DER,
@@ -171,21 +209,30 @@ class TokenSigner:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path} is not an EC private key")
-        return cls(loaded, lifetime)
+        # Shared by every worker, like the signing key: a token fetched from one is checked by another.
+        return cls(loaded, lifetime, binding_key=load_or_create_secret(paths, BINDING_KEY_FILE))
 
-    def issue(self, subject: str, access: list[Scope], now: float | None = None) -> tuple[str, int, float]:
-        """A signed token for `subject` granting `access`: (token, expires_in, issued_at)."""
+    def credential(self, kind: str, row_id: int, stored_hash: str) -> str:
+        """The fingerprint of an account's current credential that its tokens carry (never the hash itself).
+
+        Any change of the stored hash (a new password or secret: scrypt salts
+        afresh every time) gives another fingerprint, and so does another
+        account that happens to get the same row id.
+        """
+        mac = hmac.new(self._binding_key, f"{kind}\0{row_id}\0{stored_hash}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:32]
+
+    def issue(self, subject: str, access: list[Scope], now: float | None = None,
+              holder: Holder | None = None) -> tuple[str, int, float]:
+        """A signed token for `subject` (held by `holder`) granting `access`: (token, expires_in, issued_at)."""
         now = time.time() if now is None else now
-        header = {"typ": "JWT", "alg": "ES256", "kid": self.kid}
-        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "iat": int(now), "nbf": int(now) - 5,
-                  "exp": int(now) + self.lifetime, "jti": secrets.token_urlsafe(16),
-                  "access": [s.to_json() for s in access]}
-        signing_input = f"{_b64(json.dumps(header, separators=(',', ':')).encode())}." \
-                        f"{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
-        der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
-        r, s = decode_dss_signature(der)
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        return f"{signing_input}.{_b64(signature)}", self.lifetime, now
+        claims: dict[str, Any] = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "iat": int(now),
+                                  "nbf": int(now) - 5, "exp": int(now) + self.lifetime,
+                                  "jti": secrets.token_urlsafe(16), "access": [s.to_json() for s in access]}
+        if holder is not None:
+            claims[HOLDER_CLAIM] = holder.to_json()
+        token = jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid})
+        return _low_s(token), self.lifetime, now
 
     def verify(self, token: str, now: float | None = None) -> Claims:
         """The claims of a valid token; raises TokenError saying what is wrong.
@@ -203,39 +250,61 @@ class TokenSigner:
 
     def _verify(self, token: str, now: float) -> tuple[Claims, float]:
         """Signature and claims check of `token` at `now`: (claims, not before); raises TokenError."""
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenError("malformed token")
+        if _signature_s(token) > _P256_ORDER // 2:
+            # The high-s twin of a valid signature: never issued here (see the module docstring).
+            raise TokenError("token signature is invalid (not in canonical low-s form)")
         try:
-            header = json.loads(_unb64(parts[0]))
-            claims = json.loads(_unb64(parts[1]))
-            signature = _unb64(parts[2])
-        except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
-            raise TokenError("malformed token") from None
-        if not isinstance(header, dict) or header.get("alg") != "ES256" or len(signature) != 64:
-            raise TokenError("token is not signed with ES256")
-        der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-        try:
-            self._public.verify(der, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
+            # Time claims are checked below against `now`, which the verified-token cache needs anyway.
+            claims = jwt.decode(token, self._public, algorithms=["ES256"], audience=SERVICE, issuer=ISSUER,
+                                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                                         "require": ["exp", "iss", "aud"]})
+        except jwt.InvalidAlgorithmError:
+            raise TokenError("token is not signed with ES256") from None
+        except jwt.InvalidSignatureError:
             raise TokenError("token signature is invalid") from None
-        if not isinstance(claims, dict):
-            raise TokenError("malformed token claims")
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise TokenError("token was issued for another service") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"token lacks its {exc.claim!r} claim") from None
+        except jwt.DecodeError:
+            raise TokenError("malformed token") from None
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"invalid token: {exc}") from None
         exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-        if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+        if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or isinstance(exp, bool) \
+                or isinstance(nbf, bool):
             raise TokenError("token lacks a valid expiry")
         if now >= exp:
             raise TokenError("token has expired")
         if now < nbf:
             raise TokenError("token is not valid yet")
-        if claims.get("aud") != SERVICE or claims.get("iss") != ISSUER:
-            raise TokenError("token was issued for another service")
         access = []
         for entry in claims.get("access") or []:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("type"), str):
                 actions = tuple(a for a in entry.get("actions") or [] if isinstance(a, str))
                 access.append(Scope(entry["type"], entry["name"], actions))
-        return Claims(str(claims.get("sub") or ""), tuple(access), float(exp)), float(nbf)
+        holder = Holder.from_json(claims.get(HOLDER_CLAIM))
+        return Claims(str(claims.get("sub") or ""), tuple(access), float(exp), holder), float(nbf)
+
+
+def _signature_s(token: str) -> int:
+    """The s half of an ES256 token's signature; 0 when it has none of the right size (PyJWT then refuses it)."""
+    signature = token.rpartition(".")[2]
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (ValueError, binascii.Error):
+        return 0
+    return int.from_bytes(raw[32:], "big") if len(raw) == 64 else 0
+
+
+def _low_s(token: str) -> str:
+    """`token` with its ES256 signature's s replaced by n - s when above n/2: the same proof, one spelling."""
+    signing_input, _, signature = token.rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s = int.from_bytes(raw[32:], "big")
+    if s <= _P256_ORDER // 2:
+        return token
+    return f"{signing_input}.{_b64(raw[:32] + (_P256_ORDER - s).to_bytes(32, 'big'))}"
 
 
 def load_or_create_secret(paths: DataPaths, name: str, size: int = 32) -> bytes:

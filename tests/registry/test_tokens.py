@@ -7,6 +7,7 @@ import json
 import stat
 from pathlib import Path
 
+import jwt as pyjwt
 import pytest
 import requests
 
@@ -67,6 +68,42 @@ def test_expired_tampered_foreign_and_unsigned_tokens_are_refused(signer: TokenS
     for junk in ("", "a.b", "a.b.c", "!!.??.**"):
         with pytest.raises(TokenError):
             signer.verify(junk)
+
+
+# The order of P-256's base point: (r, s) and (r, N - s) are both valid ECDSA signatures of the same message.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _signature(token: str) -> tuple[int, int]:
+    raw = base64.urlsafe_b64decode(token.split(".")[2] + "==")
+    assert len(raw) == 64
+    return int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+
+
+def _with_signature(token: str, r: int, s: int) -> str:
+    sig = base64.urlsafe_b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).rstrip(b"=").decode()
+    return f"{token.rsplit('.', 1)[0]}.{sig}"
+
+
+def test_a_malleated_ecdsa_signature_is_refused(signer: TokenSigner) -> None:
+    # Several tokens: the signature's s is random, and every one of them must come out in the low form.
+    for n in range(16):
+        token, _, _ = signer.issue(f"u{n}", [Scope("repository", "p/r", ("pull",))], now=1_000_000.0)
+        r, s = _signature(token)
+        twin = _with_signature(token, r, P256_N - s)  # the same proof in its other spelling
+        with pytest.raises(TokenError, match="signature"):
+            signer.verify(twin, now=1_000_001.0)
+        assert 0 < s <= P256_N // 2, "issued tokens carry the low-s signature"
+        assert signer.verify(token, now=1_000_001.0).subject == f"u{n}"
+    assert len(signer.verified) == 16  # the twins were not remembered either
+
+
+def test_tokens_are_standard_jwts_that_pyjwt_reads(signer: TokenSigner) -> None:
+    token, _, _ = signer.issue("robot$x", [Scope("repository", "p/r", ("pull",))])
+    claims = pyjwt.decode(token, signer._public, algorithms=["ES256"], audience="harbor-registry",
+                          issuer="harbor-token-issuer")
+    assert set(claims) >= {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"}
+    assert pyjwt.get_unverified_header(token) == {"alg": "ES256", "typ": "JWT", "kid": signer.kid}
 
 
 def test_scope_parsing() -> None:
