@@ -11,12 +11,13 @@
   ``[{"kind": "project", "namespace": "<project>|*", "access": [{"resource", "action"}]}]``;
   a system-level ``{"kind": "system", "namespace": "/", "access": [{"resource": "*", "action": "*"}]}``
   makes the robot a system admin. Secrets are scrypt-hashed and shown once.
-- Failed logins are counted in SQLite per user and per source address, so
-  every gunicorn worker sees the same counts and a restart does not reset
-  them; past the limit, logins answer 429 with Retry-After until the lockout
-  ends. Only distinct wrong passwords count (by a keyed 32-bit fingerprint):
-  a client retrying one stale password on every request is one failure, not
-  a lockout of the account, while guessing is still stopped.
+- Failed logins are counted in SQLite per (account name, source address)
+  and per source address, so every gunicorn worker sees the same counts and a
+  restart does not reset them; past a limit, logins of that name from that
+  address answer 429 with Retry-After, for a time that doubles with each
+  further failure (`LoginLimiter`). Failures from one address never lock out
+  a correct credential presented from another, and an address that failed
+  with many names still lets in the names that did not fail there.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class AccessError(Exception):
 class TooManyAttempts(RegistryError):
     """Logins refused for a while after too many failures."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("TOOMANYREQUESTS", f"too many failed logins; try again in {retry_after} seconds")
+    def __init__(self, retry_after: int, reason: str = "too many failed logins") -> None:
+        super().__init__("TOOMANYREQUESTS", f"{reason}; try again in {retry_after} seconds")
         self.retry_after = retry_after
 
 
@@ -480,55 +481,114 @@ class Robots:
 
 
 class LoginLimiter:
-    """Counts failed logins per user and per address in SQLite; locks out past a limit (0 = no limit)."""
+    """Failed logins per (account name, source address) and per address, in SQLite, with exponential backoff.
 
-    def __init__(self, registry: Registry, per_user: int = 10, per_address: int = 30, window: float = 300.0,
+    - `per_account` distinct wrong passwords for one name from one address lock
+      that pair for `lockout` seconds; each further wrong password once a lock
+      has passed doubles it, up to `MAX_LOCK_FACTOR` times `lockout`. While a
+      pair is locked, every login as that name from that address answers 429,
+      the right password too (else the lock would still tell a guesser when a
+      guess is right). The same name from any other address is not affected.
+    - `per_address` distinct failed logins from one address, whatever the names
+      (the cap on spraying unknown or many names), hold the address for the
+      same backoff. A held address keeps working for correct credentials of
+      names that have not failed from it (a robot with valid credentials behind
+      the same NAT): they are checked as usual and get in. Wrong ones answer
+      429 instead of 401, and a name that has failed from a held address
+      answers 429 without being checked.
+    - Below its limit a counter is forgotten after `window` seconds without a
+      failure; past it, after the longest lock without one. A successful login
+      clears its (name, address) counter.
+
+    Unknown names count exactly like real ones, so the answers never tell
+    which names exist. 0 turns a limit off. Only distinct wrong passwords
+    count (a keyed 32-bit fingerprint of name and password): a client retrying
+    one stale password on every request is one failure.
+    """
+
+    MAX_LOCK_FACTOR = 64
+
+    def __init__(self, registry: Registry, per_account: int = 10, per_address: int = 30, window: float = 300.0,
                  lockout: float = 300.0) -> None:
         self.registry = registry
-        self.per_user, self.per_address = per_user, per_address
+        self.per_account, self.per_address = per_account, per_address
         self.window, self.lockout = window, lockout
         self._key = load_or_create_secret(registry.paths, "login-fingerprint.key")
 
-    def _keys(self, username: str, address: str) -> list[tuple[str, int]]:
-        return [(f"user:{username}", self.per_user), (f"addr:{address}", self.per_address)]
+    @staticmethod
+    def _pair(username: str, address: str) -> str:
+        return f"acct:{address} {username}"  # no address holds a space: the name is all that follows it
 
-    def check(self, username: str, address: str) -> None:
-        """Raise TooManyAttempts while the user or the address is locked out."""
+    def _keys(self, username: str, address: str) -> list[tuple[str, int]]:
+        return [(self._pair(username, address), self.per_account), (f"addr:{address}", self.per_address)]
+
+    def check(self, username: str, address: str) -> int:
+        """Seconds the address is still held (0: not held) for a login as `username` from `address`.
+
+        Raises TooManyAttempts while (username, address) is locked, or while the
+        address is held and the name has failed from it.
+        """
         now = time.time()
         keys = [k for k, limit in self._keys(username, address) if limit > 0]
         if not keys:
-            return
-        row = self.registry.db.execute(
-            f"SELECT MAX(locked_until) FROM login_failures WHERE key IN ({','.join('?' * len(keys))}) "
-            "AND locked_until > ?", [*keys, now]).fetchone()
-        if row and row[0]:
-            raise TooManyAttempts(max(1, math.ceil(float(row[0]) - now)))
+            return 0
+        rows = {str(r[0]): (int(r[1]), float(r[2] or 0)) for r in self.registry.db.execute(
+            f"SELECT key, failures, locked_until FROM login_failures WHERE key IN ({','.join('?' * len(keys))})",
+            keys).fetchall()}
+        pair = rows.get(self._pair(username, address))
+        if pair is not None and pair[1] > now:
+            raise TooManyAttempts(max(1, math.ceil(pair[1] - now)),
+                                  f"too many failed logins as {username} from this address")
+        held = rows.get(f"addr:{address}")
+        if held is None or held[1] <= now:
+            return 0
+        retry_after = max(1, math.ceil(held[1] - now))
+        if pair is not None and pair[0] > 0:
+            raise TooManyAttempts(retry_after, "too many failed logins from this address")
+        return retry_after
+
+    def _lock(self, failures: int, limit: int) -> float:
+        """How long `failures` against `limit` lock out: none below it, then `lockout` doubling each time."""
+        if failures < limit:
+            return 0.0
+        return self.lockout * min(1 << min(failures - limit, 16), self.MAX_LOCK_FACTOR)
 
     def failed(self, username: str, address: str, password: str) -> None:
-        """Count a failed login, once per distinct (username, password) within the window."""
+        """Count a failed login, once per distinct (username, password) for each counter."""
         now = time.time()
         # Short on purpose: enough to tell retries apart, useless as a password oracle.
         mark = hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).hexdigest()[:8]
+        longest = self.lockout * self.MAX_LOCK_FACTOR
         with write_transaction(self.registry.db) as db:
+            # Counters nobody has failed against for longer than any of them lasts: gone (bounds the table).
+            db.execute("DELETE FROM login_failures WHERE COALESCE(last_at, first_at) < ? AND locked_until <= ?",
+                       [now - max(longest, self.window), now])
             for key, limit in self._keys(username, address):
                 if limit <= 0:
                     continue
-                row = db.execute("SELECT failures, first_at, seen, locked_until FROM login_failures WHERE key = ?",
-                                 [key]).fetchone()
-                if row is None or (now - float(row[1]) > self.window and float(row[3] or 0) <= now):
+                row = db.execute("SELECT failures, first_at, seen, locked_until, last_at FROM login_failures "
+                                 "WHERE key = ?", [key]).fetchone()
+                if row is not None:
+                    failures, last = int(row[0]), float(row[4] or row[1])
+                    quiet = now - max(last, float(row[3] or 0))
+                    if quiet > (self.window if failures < limit else longest):
+                        row = None
+                if row is None:
                     failures, first, seen = 1, now, [mark]
                 else:
                     seen = (row[2] or "").split()
                     if mark in seen:
                         continue
-                    failures, first, seen = int(row[0]) + 1, float(row[1]), [*seen, mark][-(limit + 1):]
-                locked = now + self.lockout if failures >= limit else 0.0
-                db.execute("INSERT OR REPLACE INTO login_failures (key, failures, first_at, locked_until, seen) "
-                           "VALUES (?, ?, ?, ?, ?)", [key, failures, first, locked, " ".join(seen)])
+                    failures, first, seen = int(row[0]) + 1, float(row[1]), [*seen, mark][-max(limit + 1, 64):]
+                lock = self._lock(failures, limit)
+                db.execute("INSERT OR REPLACE INTO login_failures (key, failures, first_at, locked_until, seen, "
+                           "last_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           [key, failures, first, now + lock if lock else 0.0, " ".join(seen), now])
 
-    def succeeded(self, username: str) -> None:
+    def succeeded(self, username: str, address: str) -> None:
+        """A correct login clears its (name, address) counter (not the address's: other names failed there)."""
         with write_transaction(self.registry.db) as db:
-            db.execute("DELETE FROM login_failures WHERE key = ?", [f"user:{username}"])
+            db.execute("DELETE FROM login_failures WHERE key = ?", [self._pair(username, address)])
 
 
 # -- the decisions ----------------------------------------------------------------------
@@ -558,7 +618,8 @@ class Access:
         """The principal for a user's or robot's Basic credentials.
 
         Raises UNAUTHORIZED for wrong credentials or a disabled or expired
-        robot, TooManyAttempts while the user or the address is locked out.
+        robot, TooManyAttempts while this name is locked out at `address` or
+        the address is held (`LoginLimiter`).
         """
         robot: Robot | None = None
         stored: str | None = None
@@ -570,15 +631,18 @@ class Access:
             user = self.users.stored(username)
             stored = user[1] if user else None
         cache = self.users.verified if robot is None else self._verified
+        # Before the credentials, even remembered ones: a locked (name, address) must not learn that a guess is right.
+        held = self.limiter.check(username, address)
         if stored is None or not cache.cached(username, password, stored):
-            self.limiter.check(username, address)
             if stored is None:
                 # Same cost as a real check, so response times do not tell which names exist.
                 cache.check(username, password, self._dummy())
             if stored is None or not cache.check(username, password, stored):
                 self.limiter.failed(username, address, password)
+                if held:
+                    raise TooManyAttempts(held, "too many failed logins from this address")
                 raise RegistryError("UNAUTHORIZED", "invalid username or password")
-            self.limiter.succeeded(username)
+            self.limiter.succeeded(username, address)
         if robot is None:
             user = self.users.stored(username)
             assert user is not None

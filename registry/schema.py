@@ -14,7 +14,8 @@ project_members   users' roles in projects (Harbor role ids: 1 admin, 2 develope
 robots            robot accounts: scrypt secret, level, expiry, disable flag, permissions (JSON, Harbor's shape)
 repository_meta   Harbor's per-repository description, keyed by repository name
 audit_logs        every write: who, what, on which resource, when, from which address
-login_failures    failed logins per user and per source address, for rate limiting across workers
+login_failures    failed logins per (account, source address) and per source address, for rate limiting
+                  across workers (registry.access.LoginLimiter)
 immutable_rules   Harbor's per-project immutable tag rules: one repository and one tag selector each
                   (doublestar patterns, matches/excludes), priority, disabled flag (registry.immutable)
 tag_overrides     one-shot, expiring grants a system administrator gives to move or remove one protected
@@ -133,3 +134,10 @@ def m003_tag_protection(db: Database) -> None:
         pk="id", not_null={"repository", "tag", "reason", "granted_by", "created_at", "expires_at"},
     )
     db.table("tag_overrides").create_index(["repository", "tag"])
+
+
+@migrations()
+def m004_login_backoff(db: Database) -> None:
+    # Failures are now counted per account and address, with backoff; the old per-user rows mean nothing.
+    db.execute("DELETE FROM login_failures")
+    db.table("login_failures").add_column("last_at", float)
