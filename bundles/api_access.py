@@ -105,9 +105,11 @@ class ApiAccess:
         if found is None:
             return False
         if p.kind == "token":
-            # Tokens name repositories, not projects: any pull granted inside the default project will do.
-            return found.public or any(project_of(name) == self.project and action in ("pull", "*")
-                                       for name, action in p.grants)
+            # Tokens name repositories, not projects: any pull granted inside the default project will do, while
+            # the account the token was issued to may still see the project.
+            return found.public or (any(project_of(name) == self.project and action in ("pull", "*")
+                                        for name, action in p.grants)
+                                    and p.holder is not None and self.access.visible(p.holder, found))
         return self.access.visible(p, found)
 
     def record(self, operation: str, resource_type: str, resource: str) -> None:

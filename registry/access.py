@@ -36,6 +36,7 @@ from registry.auth import ROBOT_PREFIX, Principal, Users, VerifiedCache, hash_pa
 from registry.db import write_transaction
 from registry.errors import RegistryError
 from registry.model import Registry
+from registry.sessions import Sessions
 from registry.tokens import Scope, load_or_create_secret
 
 PROJECT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
@@ -339,6 +340,12 @@ class Robots:
                                        [name]).fetchone()
         return (self._row(row), str(row[12])) if row else None
 
+    def stored_by_id(self, robot_id: int) -> tuple[Robot, str] | None:
+        """A robot and its secret hash, by id."""
+        row = self.registry.db.execute(f"SELECT {self._COLUMNS}, secret_hash FROM robots WHERE id = ?",
+                                       [robot_id]).fetchone()
+        return (self._row(row), str(row[12])) if row else None
+
     def list(self, where: list[str], params: list[Any], offset: int, limit: int) -> tuple[int, list[Robot]]:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         db = self.registry.db
@@ -603,6 +610,7 @@ class Access:
         self.projects = Projects(registry)
         self.members = Members(registry)
         self.robots = Robots(registry, self.projects)
+        self.sessions = Sessions(registry)
         self.limiter = limiter
         self._verified = VerifiedCache()
         self._dummy_hash: str | None = None
@@ -662,12 +670,16 @@ class Access:
             if principal is None:
                 return False
             if principal.kind == "token":
-                return ("registry:catalog", "*") in principal.grants
+                return ("registry:catalog", "*") in principal.grants and self.allowed(principal.holder, action, None)
             return principal.admin
-        project = project_of(repository)
-        found = self.projects.get(project)
+        found = self.projects.get(project_of(repository))
         if found is None:
             return False  # Harbor: the project must exist, even for an admin's push
+        return self._allowed_in(found, principal, action, repository)
+
+    def _allowed_in(self, found: Project, principal: Principal | None, action: str, repository: str) -> bool:
+        """`allowed` for a repository of the existing project `found`."""
+        project = found.name
         if action == "pull" and found.public:
             return True
         if principal is None:
@@ -675,7 +687,10 @@ class Access:
         if principal.admin:
             return True
         if principal.kind == "token":
-            return (repository, action) in principal.grants or (repository, "*") in principal.grants
+            # Granted at issue, and still held by the token's holder now: a removed member, a robot whose
+            # permissions were cut or a project made private loses the access its tokens named, at once.
+            return (((repository, action) in principal.grants or (repository, "*") in principal.grants)
+                    and self._allowed_in(found, principal.holder, action, repository))
         if principal.kind == "robot":
             return (project, action) in principal.grants or ("*", action) in principal.grants
         role = self.members.role(principal.id or 0, project)
@@ -694,6 +709,10 @@ class Access:
             raise RegistryError("UNAUTHORIZED", f"authentication required to {action}{target}")
         if principal.kind == "token":
             # insufficient_scope: the client may ask the token service again with other credentials
+            name = repository if repository is not None else "registry:catalog"
+            if any(grant in principal.grants for grant in ((name, action), (name, "*"))):
+                raise RegistryError("UNAUTHORIZED", f"the token was issued to {principal.username or 'anonymous'}, "
+                                    f"who may no longer {action}{target or ' the catalog'}")
             raise RegistryError("UNAUTHORIZED", f"the token does not grant {action} on{target or ' the catalog'}")
         raise RegistryError("DENIED", f"{principal.username} may not {action}{target}")
 

@@ -48,7 +48,10 @@ class Principal:
     `kind` is ``user``, ``robot`` or ``token`` (a bearer token from the token
     service). `grants` holds (namespace, action) pairs for robots, where the
     namespace is a project or ``*``, and (repository, action) pairs for
-    tokens, where ``registry:catalog`` stands for the catalog.
+    tokens, where ``registry:catalog`` stands for the catalog. A token's
+    `holder` is the account it was issued to as that account stands now (None
+    for an anonymous caller's token): a token never grants more than its holder
+    may do at the moment of the request.
     """
 
     username: str
@@ -56,6 +59,7 @@ class Principal:
     kind: str = "user"
     id: int | None = None
     grants: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    holder: Principal | None = None
 
 
 def hash_password(password: str) -> str:
@@ -180,6 +184,12 @@ class Users:
         row = self.registry.db.execute("SELECT id, password_hash, admin FROM users WHERE username = ?",
                                        [username]).fetchone()
         return (int(row[0]), str(row[1]), bool(row[2])) if row else None
+
+    def stored_by_id(self, user_id: int) -> tuple[str, str, bool] | None:
+        """(username, password hash, admin) of a user, or None."""
+        row = self.registry.db.execute("SELECT username, password_hash, admin FROM users WHERE id = ?",
+                                       [user_id]).fetchone()
+        return (str(row[0]), str(row[1]), bool(row[2])) if row else None
 
     def authenticate(self, username: str, password: str) -> Principal:
         """The principal for valid credentials; raises UNAUTHORIZED otherwise."""

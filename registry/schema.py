@@ -20,6 +20,7 @@ immutable_rules   Harbor's per-project immutable tag rules: one repository and o
                   (doublestar patterns, matches/excludes), priority, disabled flag (registry.immutable)
 tag_overrides     one-shot, expiring grants a system administrator gives to move or remove one protected
                   tag once; who gave it, why, and when it was used (registry.protection)
+ui_sessions       signed-in operator UI sessions by the SHA-256 of their id: sign-out deletes the row
 """
 
 from __future__ import annotations
@@ -141,3 +142,11 @@ def m004_login_backoff(db: Database) -> None:
     # Failures are now counted per account and address, with backoff; the old per-user rows mean nothing.
     db.execute("DELETE FROM login_failures")
     db.table("login_failures").add_column("last_at", float)
+
+
+@migrations()
+def m005_ui_sessions(db: Database) -> None:
+    db.table("ui_sessions").create(
+        {"id": str, "user_id": int, "created_at": float, "expires_at": float}, pk="id",
+        not_null={"user_id", "expires_at"},
+    )

@@ -8,8 +8,12 @@ Route table:
     POST  /service/token   405 (Harbor's token service takes no OAuth2 POST)
 
 `request_principal` turns a request's Authorization header (Basic for users
-and robots, Bearer for tokens this service issued, refused once their subject
-is deleted, disabled or expired) into a `Principal`; with
+and robots, Bearer for tokens this service issued) into a `Principal`. A
+token is refused the moment the account it was issued to may no longer act:
+deleted or replaced by a new account of the same name, its password or secret
+changed, a robot disabled or expired (`token_holder`); and it never grants
+more than that account may do at the time of the request, so a permission cut
+or a removed membership takes effect at once too. With
 no header, a signed-in operator UI session (web.ui) counts, and an unsafe
 method from a session must carry its CSRF token in ``X-CSRF-Token``;
 `bearer_challenge` is the WWW-Authenticate value every /v2/ 401 carries.
@@ -25,11 +29,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from registry.access import Access, TooManyAttempts
-from registry.auth import ROBOT_PREFIX, Principal, parse_basic
+from registry.auth import Principal, parse_basic
 from registry.errors import RegistryError
-from registry.tokens import SERVICE, TokenError, TokenSigner, parse_scopes
+from registry.tokens import SERVICE, Claims, Holder, TokenError, TokenSigner, parse_scopes
 
 SESSION_USER = "user"
+SESSION_ID = "sid"
 SESSION_BINDING = "binding"
 SESSION_CSRF = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
@@ -53,8 +58,10 @@ def session_principal(access: Access, csrf_checked: bool = False) -> Principal |
     if not isinstance(username, str):
         return None
     user = access.users.stored(username)
-    if user is None or not hmac.compare_digest(str(session.get(SESSION_BINDING, "")), session_binding(user[1])):
-        session.clear()  # the user is gone or their password changed: the session is over
+    session_id = session.get(SESSION_ID)
+    if user is None or not hmac.compare_digest(str(session.get(SESSION_BINDING, "")), session_binding(user[1])) \
+            or not isinstance(session_id, str) or not access.sessions.active(session_id, user[0]):
+        session.clear()  # the user is gone, their password changed, or the session was signed out: it is over
         return None
     if request.method not in SAFE_METHODS and not csrf_checked:
         expected = str(session.get(SESSION_CSRF) or "")
@@ -81,38 +88,66 @@ def request_principal(access: Access, signer: TokenSigner | None) -> Principal |
             claims = signer.verify(value.strip())
         except TokenError as exc:
             raise RegistryError("UNAUTHORIZED", f"invalid bearer token: {exc}") from None
-        revoked = _subject_revoked(access, claims.subject)
-        if revoked:
-            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: {revoked}")
+        holder = token_holder(access, signer, claims)
         grants: set[tuple[str, str]] = set()
         for scope in claims.access:
             name = scope.name if scope.type == "repository" else f"registry:{scope.name}"
             grants |= {(name, action) for action in scope.actions}
-        return Principal(claims.subject, False, "token", None, frozenset(grants))
+        return Principal(claims.subject, False, "token", None, frozenset(grants), holder)
     raise RegistryError("UNAUTHORIZED", f"unsupported authorization scheme {scheme!r}")
 
 
-def _subject_revoked(access: Access, subject: str) -> str | None:
-    """Why a token's subject may no longer act (deleted, disabled, expired), or None.
-
-    Tokens live for minutes; an operator disabling a robot (say, its secret
-    leaked) means it now, not when its last token runs out.
-    """
-    if not subject:
-        return None  # an anonymous token: grants public pulls only
-    if subject.startswith(ROBOT_PREFIX):
-        found = access.robots.stored(subject)
-        if found is None:
-            return f"robot account {subject} no longer exists"
-        robot = found[0]
-        if robot.disabled:
-            return f"robot account {subject} is disabled"
-        if robot.expired():
-            return f"robot account {subject} has expired"
+def holder_claim(access: Access, signer: TokenSigner, principal: Principal | None) -> Holder | None:
+    """What a token issued to `principal` records of its account (None for an anonymous caller)."""
+    if principal is None or principal.id is None:
         return None
-    if access.users.stored(subject) is None:
-        return f"user {subject} no longer exists"
-    return None
+    if principal.kind == "robot":
+        robot = access.robots.stored_by_id(principal.id)
+        stored = robot[1] if robot else ""
+    else:
+        user = access.users.stored_by_id(principal.id)
+        stored = user[1] if user else ""
+    # A row gone since sign-in gets a fingerprint no account matches: the token is refused on first use.
+    return Holder(principal.kind, principal.id, signer.credential(principal.kind, principal.id, stored))
+
+
+def token_holder(access: Access, signer: TokenSigner, claims: Claims) -> Principal | None:
+    """The account a verified token was issued to, as it stands now; None for an anonymous caller's token.
+
+    Raises UNAUTHORIZED when that account may no longer act: deleted (also when
+    a new account took its name, or its row id), its password or secret changed
+    since the token was issued, a robot disabled or expired. Tokens live for
+    minutes; an operator who refreshes a leaked secret means it now. One row
+    read by primary key and one HMAC: cheap enough for every request. What the
+    account may do now bounds what the token grants (`Access.allowed`).
+    """
+    held = claims.holder
+    if held is None:
+        if claims.subject:
+            raise RegistryError("UNAUTHORIZED", "invalid bearer token: it does not name the account it was issued "
+                                "to (issued before an upgrade?); ask the token service for a new one")
+        return None
+    subject = claims.subject
+    if held.kind == "robot":
+        robot = access.robots.stored_by_id(held.id)
+        if robot is None or robot[0].name != subject:
+            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: robot account {subject} no longer exists")
+        if not hmac.compare_digest(signer.credential("robot", held.id, robot[1]), held.credential):
+            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: the secret of robot account {subject} "
+                                "changed after the token was issued")
+        if robot[0].disabled:
+            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: robot account {subject} is disabled")
+        if robot[0].expired():
+            raise RegistryError("UNAUTHORIZED", f"invalid bearer token: robot account {subject} has expired")
+        admin, grants = robot[0].grants()
+        return Principal(subject, admin, "robot", held.id, grants)
+    user = access.users.stored_by_id(held.id)
+    if user is None or user[0] != subject:
+        raise RegistryError("UNAUTHORIZED", f"invalid bearer token: user {subject} no longer exists")
+    if not hmac.compare_digest(signer.credential("user", held.id, user[1]), held.credential):
+        raise RegistryError("UNAUTHORIZED", f"invalid bearer token: the password of user {subject} changed after "
+                            "the token was issued")
+    return Principal(subject, user[2], "user", held.id)
 
 
 def realm_base(external_url: str | None) -> str:
@@ -165,7 +200,7 @@ def create_blueprint(access: Access, signer: TokenSigner, external_url: str | No
         g.principal = principal
         granted = access.grant(principal, scopes)
         subject = principal.username if principal else ""
-        jwt, expires_in, issued_at = signer.issue(subject, granted)
+        jwt, expires_in, issued_at = signer.issue(subject, granted, holder=holder_claim(access, signer, principal))
         body: dict[str, Any] = {"token": jwt, "access_token": jwt, "expires_in": expires_in,
                                 "issued_at": _rfc3339(issued_at)}
         resp = jsonify(body)

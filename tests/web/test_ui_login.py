@@ -71,6 +71,28 @@ def test_a_password_change_ends_the_session(ui_app: Appliance) -> None:
     assert r.status_code == 302 and "/ui/login" in r.headers["Location"]
 
 
+def test_a_cookie_replayed_after_sign_out_is_refused(ui_app: Appliance) -> None:
+    s, token = signed_in(ui_app)
+    other, _ = signed_in(ui_app)  # a second session of the same admin (another browser)
+    captured = s.cookies.get("cargohold_session")
+    assert captured
+    assert s.get(f"{ui_app.url}/ui/keys", timeout=10, allow_redirects=False).status_code == 200
+    r = s.post(f"{ui_app.url}/ui/logout", data={"csrf_token": token}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302 and "/ui/login" in r.headers["Location"]
+    # Someone who copied the cookie before sign-out replays it: the pages and the JSON APIs refuse it.
+    replay = requests.Session()
+    replay.cookies.set("cargohold_session", captured)
+    r = replay.get(f"{ui_app.url}/ui/keys", timeout=10, allow_redirects=False)
+    assert r.status_code == 302 and "/ui/login" in r.headers["Location"]
+    r = replay.get(f"{ui_app.url}/api/v1/imports", timeout=10)
+    assert r.status_code == 401
+    r = replay.post(f"{ui_app.url}/api/v1/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10",
+                                                             "X-CSRF-Token": token}, timeout=10)
+    assert r.status_code == 401
+    # Signing out ends that session only: the other one goes on.
+    assert other.get(f"{ui_app.url}/ui/keys", timeout=10, allow_redirects=False).status_code == 200
+
+
 def test_robot_accounts_page_shows_the_secret_once_and_the_robot_pulls(ui_app: Appliance, context: Any) -> None:
     page = context.new_page()
     login(page, ui_app)

@@ -8,7 +8,9 @@ Route table:
 
 The session is Flask's signed cookie (`web.ui.init_app` sets its flags). It
 holds the user name, a binding to the user's current password hash (so a
-changed password ends every session), and the CSRF token. Every form posts
+changed password ends every session), a session id recorded server-side
+(`registry.sessions`: sign-out deletes the record, so a copy of the cookie
+replayed afterwards is refused), and the CSRF token. Every form posts
 the token as ``csrf_token``; every state-changing fetch sends it in
 ``X-CSRF-Token`` (checked by `registry.token_api.session_principal`, the one
 place a session turns into a Principal). Failed sign-ins count against the
@@ -27,7 +29,14 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from registry.access import Access, TooManyAttempts
 from registry.auth import Principal
 from registry.errors import RegistryError
-from registry.token_api import SESSION_BINDING, SESSION_CSRF, SESSION_USER, session_binding, session_principal
+from registry.token_api import (
+    SESSION_BINDING,
+    SESSION_CSRF,
+    SESSION_ID,
+    SESSION_USER,
+    session_binding,
+    session_principal,
+)
 
 # Largest UI form post: the biggest field is a pasted or uploaded public key (64 KiB).
 MAX_FORM_BYTES = 1 << 20
@@ -125,6 +134,7 @@ def create_blueprint() -> Blueprint:
         session.clear()  # a fresh session (and CSRF token) at every sign-in: no session fixation
         session[SESSION_USER] = username
         session[SESSION_BINDING] = session_binding(stored[1])
+        session[SESSION_ID] = access().sessions.start(stored[0], current_app.permanent_session_lifetime.total_seconds())
         session[SESSION_CSRF] = secrets.token_urlsafe(32)
         session.permanent = True
         return redirect(_safe_next(next_url))
@@ -132,6 +142,9 @@ def create_blueprint() -> Blueprint:
     @bp.post("/logout")
     def logout() -> Any:
         check_form_csrf()
+        session_id = session.get(SESSION_ID)
+        if isinstance(session_id, str):
+            access().sessions.end(session_id)  # the cookie alone would stay valid: end the session here
         session.clear()
         return redirect(url_for("ui_session.login"))
 
