@@ -11,7 +11,8 @@
                               renamed into blobs/ (same filesystem, so the rename is atomic)
       uploads/<uuid>          the bytes of an open upload session
       quarantine/             blobs `scrub` found damaged, moved aside
-      keys/                   trusted keys and the token-signing key
+      keys/                   trusted keys, the token-signing key and the other secrets
+                              (token-binding.key, ui-session.key, login-fingerprint.key)
       tls/                    CA and server certificate and key
       imports/                bundles uploaded for import, and import scratch space
       front/                  request bodies the nginx front buffers (small ones only) and
