@@ -9,6 +9,7 @@ Basic credentials), changes the account, and replays the token on /v2/.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -24,6 +25,8 @@ from tests.bundles.buildutil import cargohold
 from tests.registry.conftest import SourceImages, require, run
 from tests.registry.harborapi import Harbor, RobotAccount, errors, token_claims
 
+# The order of P-256's base point (see tests/registry/test_tokens.py).
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 # Long and mixed, so that it passes any password policy the CLI enforces.
 MEMBER_PASSWORD = "Member-Passw0rd-for-revocation-tests"
 
@@ -206,6 +209,13 @@ def test_a_token_that_does_not_name_its_account_is_refused(appliance: Appliance)
                       "nbf": now - 5, "exp": now + 600, "jti": uuid.uuid4().hex,
                       "access": [{"type": "registry", "name": "catalog", "actions": ["*"]}]},
                      key, algorithm="ES256")  # type: ignore[arg-type]
+    # In the one spelling the appliance accepts (low s), so that only the missing claim can be refused.
+    head, _, sig = old.rpartition(".")
+    raw = base64.urlsafe_b64decode(sig + "==")
+    s = int.from_bytes(raw[32:], "big")
+    if s > P256_N // 2:
+        low = base64.urlsafe_b64encode(raw[:32] + (P256_N - s).to_bytes(32, "big")).rstrip(b"=").decode()
+        old = f"{head}.{low}"
     r = requests.get(f"{appliance.url}/v2/_catalog", headers={"Authorization": f"Bearer {old}"}, timeout=30)
     _refused(r, "new one")
 
