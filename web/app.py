@@ -30,7 +30,7 @@ from registry.model import Registry
 from registry.names import parse_mapping_rules
 from registry.tokens import TokenSigner
 from registry.uploads import Uploads
-from web import tls_api, ui
+from web import hardening, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
 from web.tls import generated_ca
@@ -91,6 +91,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     config = config or Config.from_env()
     services = build_services(config)
     app = Flask(__name__)
+    hardening.install(app)  # before any blueprint: its routes must get the bounded int converter
     app.json = _JSONProvider(app)
     app.extensions["cargohold"] = services
     realm = "cargohold"
