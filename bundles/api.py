@@ -7,7 +7,7 @@ from the default project; credentials are Basic or Bearer):
     POST  /api/v1/bundles           multipart: file in `uploadFile`, optional detached `signature`
                                     (file or text field); streamed to imports/ on disk, then imported
     POST  /api/v1/bundles/import    {"path": "<file under imports/>", "signature": "<file under imports/>"?}
-    GET   /api/v1/imports           recent import jobs, newest first
+    GET   /api/v1/imports           recent import jobs, newest first (?limit=0-1000, default 100)
     GET   /api/v1/imports/<id>      one job: state, bytes done/total, error, report (readable while it runs)
 
 Both POSTs answer 202 with the job and its URL (also in Location), and are
@@ -46,9 +46,11 @@ from werkzeug.utils import secure_filename
 from bundles.api_access import ApiAccess, ApiDenied
 from bundles.importer import BundleRefused, Importer
 from bundles.jobs import ImportJobs, start_in_background
+from registry.numbers import NumberInvalid, parse_number
 from registry.paths import DataPaths
 
 PREFIX = "/api/v1"
+MAX_IMPORTS_LIMIT = 1000  # GET /api/v1/imports?limit= (default 100): one page, never the whole table at once
 MAX_SIGNATURE_BYTES = 64 << 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
@@ -176,10 +178,11 @@ def create_blueprint(importer: Importer, jobs: ImportJobs, guard: ApiAccess, pat
     @bp.get("/imports")
     def list_jobs() -> Response:
         guard.require_reader()
-        limit = request.args.get("limit", "100")
-        if not limit.isdigit():
-            raise BundleRefused("FORMAT", "limit must be a non-negative integer")
-        return jsonify({"imports": [j.to_json() for j in jobs.list(int(limit))]})
+        try:
+            limit = parse_number(request.args.get("limit", "100"), "limit", 0, MAX_IMPORTS_LIMIT)
+        except NumberInvalid as exc:
+            raise BundleRefused("FORMAT", exc.message) from None
+        return jsonify({"imports": [j.to_json() for j in jobs.list(limit)]})
 
     @bp.get("/imports/<job_id>")
     def get_job(job_id: str) -> Response:

@@ -61,6 +61,7 @@ from registry.gc import GcRoots, RootsFn
 from registry.inventory import Inventory
 from registry.model import Registry
 from registry.names import MappingRule
+from registry.numbers import is_ascii_number
 
 STATES = ("staged", "promoted", "superseded", "rolled-back", "discarded")
 
@@ -233,14 +234,15 @@ class Releases:
         elif release_id == "latest":
             row = db.execute(f"SELECT {_COLUMNS} FROM releases ORDER BY id DESC LIMIT 1").fetchone()
         else:
-            try:
-                rid = int(release_id)
-            except ValueError:
-                raise ReleaseError(f"release {release_id!r} is not a release id (a number, 'promoted' or "
-                                   "'latest')", 400, "BAD_REQUEST") from None
-            row = db.execute(f"SELECT {_COLUMNS} FROM releases WHERE id = ?", [rid]).fetchone()
+            text = str(release_id)
+            if not (text.isascii() and text.isdigit()):  # int() takes " 3", "+3" and "٣"
+                raise ReleaseError(f"release {text[:40]!r} is not a release id (a number, 'promoted' or "
+                                   "'latest')", 400, "BAD_REQUEST")
+            # A number past SQLite's INTEGER names no release (and would overflow the query).
+            row = (db.execute(f"SELECT {_COLUMNS} FROM releases WHERE id = ?", [int(text)]).fetchone()
+                   if is_ascii_number(text) else None)
         if row is None:
-            raise ReleaseError(f"no release {release_id}", 404, "NOT_FOUND")
+            raise ReleaseError(f"no release {str(release_id)[:40]}", 404, "NOT_FOUND")
         return _release(row)
 
     def promoted(self) -> Release | None:

@@ -38,14 +38,15 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.manifests import DOCKER_LIST, OCI_INDEX
 from registry.model import Page, Registry
-from registry.names import is_digest_reference, mirror_repository, validate_name
+from registry.names import is_digest_reference, is_manifest_reference, mirror_repository, validate_name
+from registry.numbers import NumberInvalid, parse_number
 from registry.token_api import bearer_challenge, request_principal
 from registry.tokens import TokenSigner
 from registry.uploads import ClientGone, Uploads
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 MAX_PAGE = 10_000
-_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d{1,19})-(\d{1,19})(?:/(?:\d+|\*))?$", re.ASCII)  # ASCII: no "٣"
 _EXPIRE_EVERY = 600.0
 _MOUNT_FALLBACK = frozenset({"DIGEST_INVALID", "UNSUPPORTED", "NAME_INVALID", "NAME_UNKNOWN", "UNAUTHORIZED", "DENIED"})
 
@@ -86,9 +87,10 @@ def _content_length() -> int | None:
     value = request.headers.get("Content-Length")
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", which int() refuses
-        raise RegistryError("SIZE_INVALID", f"invalid Content-Length {value!r}")
-    return int(value)
+    try:
+        return parse_number(value, "Content-Length")
+    except NumberInvalid as exc:
+        raise RegistryError("SIZE_INVALID", f"invalid Content-Length: {exc.message}") from None
 
 
 def _pagination() -> tuple[int | None, str | None]:
@@ -96,8 +98,9 @@ def _pagination() -> tuple[int | None, str | None]:
     n: int | None = None
     if n_text is not None:
         if not (n_text.isascii() and n_text.isdigit()):
-            raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, not {n_text!r}")
-        n = min(int(n_text), MAX_PAGE)
+            raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, not {n_text[:40]!r}")
+        # Any larger n is the maximum; never int() of thousands of digits (Python refuses those: a 500).
+        n = MAX_PAGE if len(n_text.lstrip("0")) > len(str(MAX_PAGE)) else min(int(n_text), MAX_PAGE)
     return n, request.args.get("last")
 
 
@@ -212,6 +215,12 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
     @bp.route("/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
     def get_manifest(name: str, reference: str) -> Response:
         _allow("pull", name)
+        if not is_manifest_reference(reference):
+            # As CNCF distribution: a reference that is neither a tag nor a digest names no manifest (404, not
+            # TAG_INVALID); a PUT to it stays a 400 (Registry.put_manifest).
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference[:200]!r} is not known to repository "
+                                f"{name}: it is neither a valid tag nor a digest",
+                                detail={"name": name, "reference": reference[:200]})
         record = registry.resolve(name, reference)
         accept = _accepted(request.headers.get("Accept", ""))
         if accept and not accept & {"*/*", "application/*"} and record.media_type not in accept:

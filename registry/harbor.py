@@ -63,6 +63,7 @@ from registry.errors import RegistryError
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.names import is_digest_reference
+from registry.numbers import MAX_INT64, NumberInvalid, is_ascii_number, parse_number
 from registry.openapi import openapi_document
 from registry.protection import TagProtected
 from registry.token_api import request_principal
@@ -72,7 +73,7 @@ VERSION = "v2.11.0-cargohold"
 MAX_PAGE_SIZE = 100
 # Largest JSON request body (the biggest real one, a repository description, is 64 KiB).
 MAX_JSON_BYTES = 1 << 20
-_MAX_ID = (1 << 63) - 1
+_MAX_ID = MAX_INT64
 _REGISTRY_CODES = {"NAME_UNKNOWN": "NOT_FOUND", "MANIFEST_UNKNOWN": "NOT_FOUND", "BLOB_UNKNOWN": "NOT_FOUND",
                    "UNAUTHORIZED": "UNAUTHORIZED", "DENIED": "FORBIDDEN", "TOOMANYREQUESTS": "TOO_MANY_REQUESTS"}
 
@@ -105,12 +106,17 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if text is None or text == "":
         return default
     try:
-        value = int(text)
-    except ValueError:
-        raise _bad(f"{name} must be an integer, not {text!r}") from None
-    if not low <= value <= high:
-        raise _bad(f"{name} must be between {low} and {high}")
-    return value
+        return parse_number(text, name, low, high)
+    except NumberInvalid as exc:
+        raise _bad(exc.message) from None
+
+
+def _q_number(value: str, key: str) -> int:
+    """A number in a ``q`` filter (``q=project_id=3``); 400 naming the key otherwise."""
+    try:
+        return parse_number(value, f"q {key}")
+    except NumberInvalid as exc:
+        raise _bad(exc.message) from None
 
 
 def _bool_arg(name: str, default: bool) -> bool:
@@ -189,8 +195,8 @@ def _json_body() -> dict[str, Any]:
 
 
 def _parse_id(text: str, what: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_ID or int(text) < 1:  # "²".isdigit()
-        raise HarborError("NOT_FOUND", f"{what} {text!r} not found", 404)
+    if not is_ascii_number(text) or int(text) < 1:  # an id nothing can have is not found, whatever it is
+        raise HarborError("NOT_FOUND", f"{what} {text[:40]!r} not found", 404)
     return int(text)
 
 
@@ -373,8 +379,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     def find_project(ref: str) -> Project:
         by_name = request.headers.get("X-Is-Resource-Name", "").lower() == "true"
         found = None
-        if not by_name and ref.isdigit():
-            found = projects.get_by_id(int(ref)) if int(ref) <= _MAX_ID else None
+        if not by_name and ref.isascii() and ref.isdigit():  # "²".isdigit() too: only ASCII digits make an id
+            found = projects.get_by_id(int(ref)) if is_ascii_number(ref) else None
         else:
             found = projects.get(ref)
         if found is None:
@@ -421,10 +427,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                 where.append("p.public = ?")
                 params.append(int(value == "true"))
             elif key == "project_id":
-                if not value.isdigit() or int(value) > _MAX_ID:
-                    raise _bad(f"project_id must be a number, not {value!r}")
                 where.append("p.id = ?")
-                params.append(int(value))
+                params.append(_q_number(value, "project_id"))
         p = principal()
         if p is None or not p.admin:
             names = [pr.name for pr in visible_projects()]
@@ -707,10 +711,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                 where.append("r.level = ?")
                 params.append(value)
             elif key == "ProjectID":
-                if not value.isdigit() or int(value) > _MAX_ID:
-                    raise _bad(f"ProjectID must be a number, not {value!r}")
                 where.append("r.project_id = ?")
-                params.append(int(value))
+                params.append(_q_number(value, "ProjectID"))
         p = require_login()
         if not p.admin:
             managed = [pr.id for pr in visible_projects() if access.may_manage(p, pr)]

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -184,18 +185,32 @@ class Registry:
     def publish_manifest(self, db: Database, repo_id: int, name: str, parsed: ParsedManifest, info: BlobInfo) -> None:
         """Record a validated, stored manifest in a repository. Call inside a transaction.
 
-        Raises MANIFEST_BLOB_UNKNOWN listing what the repository lacks.
+        Raises MANIFEST_BLOB_UNKNOWN listing what the repository lacks, and
+        MANIFEST_INVALID naming the first descriptor whose ``size`` is not the
+        stored content's size (a client would otherwise be told to expect
+        bytes the registry does not serve, and fail its own size check).
         """
-        missing = [str(d.digest) for d in parsed.required_blobs
-                   if not db.execute("SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
-                                     [repo_id, str(d.digest)]).fetchone()]
-        missing += [str(d.digest) for d in parsed.manifests
-                    if not db.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
-                                      [repo_id, str(d.digest)]).fetchone()]
+        missing: list[str] = []
+        wrong: list[dict[str, Any]] = []
+        checks = [(d, "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+                      "WHERE rb.repository_id = ? AND rb.digest = ?") for d in parsed.required_blobs]
+        checks += [(d, "SELECT size FROM manifests WHERE repository_id = ? AND digest = ?") for d in parsed.manifests]
+        for descriptor, sql in checks:
+            row = db.execute(sql, [repo_id, str(descriptor.digest)]).fetchone()
+            if row is None:
+                missing.append(str(descriptor.digest))
+            elif row[0] is not None and int(row[0]) != descriptor.size:
+                wrong.append({"digest": str(descriptor.digest), "size": descriptor.size, "stored": int(row[0])})
         if missing:
             raise RegistryError("MANIFEST_BLOB_UNKNOWN",
                                 f"manifest references content not in repository {name}: {', '.join(missing)}",
                                 detail={"missing": missing})
+        if wrong:
+            first = wrong[0]
+            raise RegistryError("MANIFEST_INVALID",
+                                f"descriptor {first['digest']} says size {first['size']}, but the stored content is "
+                                f"{first['stored']} bytes (detail lists every such descriptor)",
+                                detail={"sizeMismatch": wrong})
         now = time.time()
         self.link(db, repo_id, info)
         db.execute(

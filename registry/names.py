@@ -57,6 +57,17 @@ def is_digest_reference(reference: str) -> bool:
     return ":" in reference
 
 
+def is_manifest_reference(reference: str) -> bool:
+    """True if `reference` is a valid tag or a digest this registry can hold; never raises."""
+    if not is_digest_reference(reference):
+        return TAG_RE.match(reference) is not None
+    try:
+        Digest.parse(reference)
+    except RegistryError:
+        return False
+    return True
+
+
 def normalize_domain(domain: str) -> str:
     """Canonical registry host: Docker Hub's aliases become ``docker.io``."""
     domain = domain.lower()

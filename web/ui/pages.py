@@ -38,11 +38,13 @@ from registry.artifacts import Artifacts
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.names import parse_mapping_rules
+from registry.numbers import NumberInvalid, parse_number
 from web.app_services import services_of
 from web.ui import UiServices
 from web.ui.session import page_principal
 
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000  # keeps (page - 1) * PAGE_SIZE well inside SQLite's INTEGER
 
 
 def _ui() -> UiServices:
@@ -74,6 +76,17 @@ def registry_host() -> str:
 
 def _error_page(status: int, title: str, message: str) -> Response:
     return Response(render_template("ui/error.html", status=status, title=title, message=message), status=status)
+
+
+def _page_arg() -> int:
+    """The ``page`` query parameter (1 to MAX_PAGE, default 1); a 400 page naming it otherwise."""
+    text = request.args.get("page", "")
+    if not text:
+        return 1
+    try:
+        return parse_number(text, "page", 1, MAX_PAGE)
+    except NumberInvalid as exc:
+        abort(_error_page(400, "Bad page number", f"The address asks for an impossible page: {exc.message}."))
 
 
 def create_blueprint() -> Blueprint:
@@ -159,7 +172,7 @@ def create_blueprint() -> Blueprint:
     @bp.get("/repositories")
     def repositories() -> str:
         q = request.args.get("q", "").strip()
-        page = max(1, request.args.get("page", 1, type=int) or 1)
+        page = _page_arg()
         total, repos = artifacts().list_repositories(None, ("fuzzy", q) if q else None, (page - 1) * PAGE_SIZE,
                                                      PAGE_SIZE)
         return render_template("ui/repositories.html", repos=repos, total=total, q=q, page=page,
@@ -278,8 +291,8 @@ def create_blueprint() -> Blueprint:
             actions = ["pull"] + (["push"] if request.form.get("push") else [])
             duration_text = request.form.get("duration", "-1").strip() or "-1"
             try:
-                duration = int(duration_text)
-            except ValueError:
+                duration = -1 if duration_text == "-1" else parse_number(duration_text, "duration")
+            except NumberInvalid:
                 duration = 0  # refused by validate with the message naming the field
             body = {"name": request.form.get("name", "").strip(), "description": request.form.get("description", ""),
                     "level": "system", "duration": duration,
@@ -322,7 +335,7 @@ def create_blueprint() -> Blueprint:
     def audit() -> str:
         filters = {k: ("fuzzy", v.strip()) for k in ("username", "operation", "resource")
                    if (v := request.args.get(k, "")).strip()}
-        page = max(1, request.args.get("page", 1, type=int) or 1)
+        page = _page_arg()
         total, entries = services_of().audit.list(filters, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         return render_template("ui/audit.html", entries=entries, total=total, page=page,
                                pages=max(1, -(-total // PAGE_SIZE)), filters={k: v[1] for k, v in filters.items()})

@@ -20,6 +20,7 @@ same per-user and per-address limits as registry logins (`registry.access`).
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,9 +83,17 @@ def page_principal() -> Principal:
     return principal
 
 
+_SAFE_NEXT = re.compile(r"/ui/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*\Z")  # printable ASCII URL characters, no "\\"
+
+
 def _safe_next(target: str | None) -> str:
-    """Only a path on this appliance's UI (never another site: no open redirect)."""
-    if target and target.startswith("/ui/") and not urlsplit(target).netloc and "\\" not in target:
+    """Only a same-site path under /ui/ (never another site: no open redirect); the dashboard otherwise.
+
+    Refused: control characters (a CR/LF would split the Location header),
+    backslashes, ``//`` in the path (browsers read ``/\\host`` and ``//host``
+    as another site), a scheme or host, and non-ASCII text.
+    """
+    if target and _SAFE_NEXT.match(target) and "//" not in urlsplit(target).path and not urlsplit(target).netloc:
         return target
     return url_for("ui.dashboard")
 

@@ -18,7 +18,9 @@ Route table (tus 1.0 core + creation, checksum, termination, expiration, concate
 Every tus response carries ``Tus-Resumable: 1.0.0``. Every route but
 OPTIONS needs an admin: a UI session (with ``X-CSRF-Token`` on POST, PATCH
 and DELETE) or Basic/Bearer credentials, through
-`registry.token_api.request_principal`.
+`registry.token_api.request_principal`. ``Upload-Length`` and
+``Upload-Offset`` are ASCII digits (`registry.numbers`), or 400 naming the
+header.
 
 Metadata keys the appliance reads: ``filename``; ``kind`` (``bundle``, the
 default, or ``signature``); and for a bundle, ``signature`` = the id of a
@@ -52,6 +54,7 @@ from bundles.jobs import start_in_background
 from registry.access import TooManyAttempts
 from registry.auth import Principal
 from registry.errors import RegistryError
+from registry.numbers import NumberInvalid, parse_number
 from registry.token_api import request_principal
 from web.tus import FINAL, PARTIAL, TusError, TusUpload, parse_checksum, parse_metadata
 from web.ui import UiServices
@@ -153,6 +156,17 @@ def _admin_upload(upload_id: str) -> TusUpload | Response:
     return upload
 
 
+def _header_number(name: str) -> int | Response:
+    """A required numeric tus header (``Upload-Length``, ``Upload-Offset``), or the 400 to send."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return _fail(400, f"{name} is required and must be a non-negative integer")
+    try:
+        return parse_number(raw, name)
+    except NumberInvalid as exc:
+        return _fail(400, exc.message)
+
+
 def _start_import(upload: TusUpload) -> None:
     """Called when a bundle upload's last byte lands: start its import (a signature upload just waits)."""
     ui = _ui()
@@ -204,6 +218,7 @@ def create_blueprint() -> Blueprint:
         if concat and concat != PARTIAL and not concat.startswith(f"{FINAL};"):
             return _fail(400, f"Upload-Concat must be {PARTIAL!r} or '{FINAL};<upload URL> <upload URL>...'")
         raw_length = request.headers.get("Upload-Length")
+        length = 0
         if concat.startswith(FINAL):
             if raw_length is not None:
                 return _fail(400, "a final upload (Upload-Concat: final) takes no Upload-Length: its length is the "
@@ -211,9 +226,14 @@ def create_blueprint() -> Blueprint:
             if request.content_length:
                 return _fail(400, "a final upload (Upload-Concat: final) takes no data: its bytes come from its "
                              "partial uploads")
-        elif raw_length is None or not raw_length.isdigit():
+        elif raw_length is None:
             return _fail(400, "Upload-Length is required and must be a non-negative integer "
                          "(deferred lengths are not supported)")
+        else:
+            parsed = _header_number("Upload-Length")
+            if isinstance(parsed, Response):
+                return parsed
+            length = parsed
         uploads = _ui().uploads
         try:
             metadata = parse_metadata(request.headers.get("Upload-Metadata"))
@@ -231,7 +251,6 @@ def create_blueprint() -> Blueprint:
                     raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
                 upload = uploads.concatenate(part_ids, metadata, who.username, _start_import, _check_space)
             else:
-                length = int(str(raw_length))
                 if kind == "signature" and length > MAX_SIGNATURE_BYTES and concat != PARTIAL:
                     raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
                 _check_space(length)
@@ -276,11 +295,11 @@ def create_blueprint() -> Blueprint:
             return _fail(412, f"Tus-Resumable must be {TUS_VERSION}", {"Tus-Version": TUS_VERSION})
         if request.mimetype != "application/offset+octet-stream":
             return _fail(415, "Content-Type must be application/offset+octet-stream")
-        raw = request.headers.get("Upload-Offset", "")
-        if not raw.isdigit():
-            return _fail(400, "Upload-Offset is required and must be a non-negative integer")
+        offset = _header_number("Upload-Offset")
+        if isinstance(offset, Response):
+            return offset
         try:
-            upload = _ui().uploads.append(upload_id, int(raw), request.stream, request.content_length,
+            upload = _ui().uploads.append(upload_id, offset, request.stream, request.content_length,
                                           parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
         except TusError as exc:
             return _fail(exc.status, exc.message)
