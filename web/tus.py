@@ -17,6 +17,11 @@ A chunk without a checksum keeps whatever arrived, so a dropped connection
 loses nothing. Only one append runs per upload at a time (an exclusive
 file lock), and the offset is checked under that lock.
 
+Every upload belongs to the principal that created it (``owner``, the user
+or robot name): `get`, `append` and `concatenate` given an owner treat
+another principal's upload as unknown, so only its creator can continue,
+inspect, assemble or terminate it.
+
 Concatenation (tus ``concatenation``, what parallel browser uploads use): a
 *partial* upload is an ordinary upload that never completes into a file of
 its own or starts an import; a *final* upload names complete partials of
@@ -226,10 +231,11 @@ class TusUploads:
                          float(row[6]), row[7], row[8], row[9], row[10], row[11],
                          tuple(json.loads(row[12])) if row[12] else (), row[13])
 
-    def get(self, upload_id: str) -> TusUpload | None:
-        """The upload, or None if unknown or expired (an expired one is removed)."""
+    def get(self, upload_id: str, owner: str | None = None) -> TusUpload | None:
+        """The upload, or None if unknown, expired (an expired one is removed) or, when `owner` is given,
+        another principal's: to anyone but its creator an upload does not exist."""
         upload = self._load(upload_id)
-        if upload is None:
+        if upload is None or (owner is not None and upload.owner != owner):
             return None
         if upload.expires_at <= time.time() and not upload.job_id:
             self.delete(upload.id)
@@ -263,14 +269,16 @@ class TusUploads:
     # -- bytes
 
     def append(self, upload_id: str, offset: int, body: IO[bytes], content_length: int | None,
-               checksum: bytes | None, on_complete: Callable[[TusUpload], None] | None = None) -> TusUpload:
+               checksum: bytes | None, on_complete: Callable[[TusUpload], None] | None = None,
+               owner: str | None = None) -> TusUpload:
         """Write one chunk at `offset`; returns the upload afterwards.
 
-        Raises TusError: 404 unknown, 409 offset mismatch, 413 past the
-        declared length, 460 checksum mismatch (the chunk is discarded).
-        `on_complete` runs (under the upload's lock) when the last byte lands.
+        Raises TusError: 404 unknown (or, when `owner` is given, not that
+        principal's), 409 offset mismatch, 413 past the declared length, 460
+        checksum mismatch (the chunk is discarded). `on_complete` runs (under
+        the upload's lock) when the last byte lands.
         """
-        upload = self.get(upload_id)
+        upload = self.get(upload_id, owner)
         if upload is None:
             raise TusError(404, f"no upload {upload_id} (unknown, terminated or expired)")
         if upload.concat == FINAL:
@@ -374,9 +382,9 @@ class TusUploads:
         assembly needs on top of the parts (the largest part after the first)
         and may raise. `on_complete` runs as for `append`. Raises TusError:
         400 (no parts, a part named twice, not a partial upload, not
-        complete), 403 (another owner's), 404 (unknown, terminated or
-        expired), 409 (already part of another final upload), 413 (the sum is
-        over the size limit).
+        complete), 404 (unknown, terminated, expired, or another owner's),
+        409 (already part of another final upload), 413 (the sum is over the
+        size limit).
         """
         if not part_ids:
             raise TusError(400, "Upload-Concat: final names no partial uploads")
@@ -417,11 +425,10 @@ class TusUploads:
     def _claimable(self, part_id: str, owner: str, now: float) -> TusUpload:
         """A part a final upload of `owner` may name (already claimed or not); raises TusError."""
         part = self._load(part_id)
-        if part is None or (part.expires_at <= now and part.final_id is None):
-            raise TusError(404, f"no partial upload {part_id} (unknown, terminated or expired)")
-        if part.owner != owner:
-            raise TusError(403, f"partial upload {part_id} belongs to another user; only its owner may "
-                           "concatenate it")
+        # Another principal's part is answered as unknown, like every request about another's upload: nothing
+        # says it exists, and a tus client takes 404 as "gone, start again" (docs/api.md, "Uploads belong to ...").
+        if part is None or (part.expires_at <= now and part.final_id is None) or part.owner != owner:
+            raise TusError(404, f"no partial upload {part_id} (unknown, terminated, expired or another user's)")
         if part.concat != PARTIAL:
             raise TusError(400, f"upload {part_id} is not a partial upload (create it with Upload-Concat: partial)")
         if not part.complete:

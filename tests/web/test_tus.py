@@ -142,7 +142,7 @@ def test_a_final_upload_needs_complete_partials_of_its_owner_and_refusals_keep_t
     assert refused([a, a]).status == 400
     assert refused([a, "0" * 32]).status == 404
     assert refused([a, "../../etc"]).status == 404
-    assert refused([a, theirs]).status == 403  # never another user's bytes
+    assert refused([a, theirs]).status == 404  # never another user's bytes; to others it does not exist
     assert refused([a, plain.id]).status == 400
     error = refused([a, unfinished.id])
     assert error.status == 400 and "not complete" in error.message

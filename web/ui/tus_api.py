@@ -18,9 +18,12 @@ Route table (tus 1.0 core + creation, checksum, termination, expiration, concate
 Every tus response carries ``Tus-Resumable: 1.0.0``. Every route but
 OPTIONS needs an admin: a UI session (with ``X-CSRF-Token`` on POST, PATCH
 and DELETE) or Basic/Bearer credentials, through
-`registry.token_api.request_principal`. ``Upload-Length`` and
-``Upload-Offset`` are ASCII digits (`registry.numbers`), or 400 naming the
-header.
+`registry.token_api.request_principal`. An upload belongs to the principal
+that created it: HEAD, GET, PATCH and DELETE of it, naming it as a part of a
+final upload, or naming it as a bundle's ``signature``, by anyone else
+answer as for an unknown upload (404; a tus client then starts a new upload
+rather than fail). ``Upload-Length`` and ``Upload-Offset`` are ASCII digits
+(`registry.numbers`), or 400 naming the header.
 
 Metadata keys the appliance reads: ``filename``; ``kind`` (``bundle``, the
 default, or ``signature``); and for a bundle, ``signature`` = the id of a
@@ -145,14 +148,16 @@ def _admin() -> Principal | Response:
     return principal
 
 
-def _admin_upload(upload_id: str) -> TusUpload | Response:
-    """The upload an admin request names, or the error response to send (auth failure, or 404)."""
+def _own_upload(upload_id: str) -> TusUpload | Response:
+    """The upload the request names if the requester created it, or the error response to send (auth failure,
+    or 404: unknown, expired, or another principal's, which to anyone but its creator does not exist)."""
     who = _admin()
     if isinstance(who, Response):
         return who
-    upload = _ui().uploads.get(upload_id)
+    upload = _ui().uploads.get(upload_id, owner=who.username)
     if upload is None:
-        return _fail(404, f"no upload {upload_id}")
+        return _fail(404, f"no upload {upload_id[:40]} of {who.username} (unknown, terminated, expired, or "
+                     "another user's)")
     return upload
 
 
@@ -242,12 +247,13 @@ def create_blueprint() -> Blueprint:
                 raise TusError(400, f"metadata kind {kind!r} is not one of {', '.join(KINDS)}")
             sig_id = metadata.get("signature")
             if sig_id:
-                sig = uploads.get(sig_id)
+                sig = uploads.get(sig_id, owner=who.username)  # only the requester's own signature upload
                 if sig is None or not sig.complete or sig.metadata.get("kind") != "signature":
                     raise TusError(400, f"metadata signature {sig_id!r} does not name a completed signature upload")
             if concat.startswith(FINAL):
                 part_ids = _parse_final(concat)
-                if kind == "signature" and sum(p.length for p in map(uploads.get, part_ids) if p) > MAX_SIGNATURE_BYTES:
+                own_parts = [p for i in part_ids if (p := uploads.get(i, who.username))]
+                if kind == "signature" and sum(p.length for p in own_parts) > MAX_SIGNATURE_BYTES:
                     raise TusError(413, f"a signature upload may be at most {MAX_SIGNATURE_BYTES} bytes")
                 upload = uploads.concatenate(part_ids, metadata, who.username, _start_import, _check_space)
             else:
@@ -260,7 +266,8 @@ def create_blueprint() -> Blueprint:
                 elif (request.content_length
                       and request.headers.get("Content-Type") == "application/offset+octet-stream"):
                     upload = uploads.append(upload.id, 0, request.stream, request.content_length,
-                                            parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
+                                            parse_checksum(request.headers.get("Upload-Checksum")), _start_import,
+                                            owner=who.username)
         except TusError as exc:
             return _fail(exc.status, exc.message)
         except BundleRefused as exc:  # the bundle vanished between its assembly and the import's start
@@ -271,7 +278,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.route(f"{PREFIX}/<upload_id>", methods=["HEAD"])
     def head(upload_id: str) -> Response:
-        upload = _admin_upload(upload_id)
+        upload = _own_upload(upload_id)
         if isinstance(upload, Response):
             return upload
         resp = Response(status=200)
@@ -281,7 +288,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.get(f"{PREFIX}/<upload_id>")
     def get(upload_id: str) -> Response:
-        upload = _admin_upload(upload_id)
+        upload = _own_upload(upload_id)
         if isinstance(upload, Response):
             return upload
         return _tus(jsonify(upload.to_json()))
@@ -300,7 +307,8 @@ def create_blueprint() -> Blueprint:
             return offset
         try:
             upload = _ui().uploads.append(upload_id, offset, request.stream, request.content_length,
-                                          parse_checksum(request.headers.get("Upload-Checksum")), _start_import)
+                                          parse_checksum(request.headers.get("Upload-Checksum")), _start_import,
+                                          owner=who.username)
         except TusError as exc:
             return _fail(exc.status, exc.message)
         except BundleRefused as exc:  # the bundle vanished between its last byte and the import's start
@@ -309,7 +317,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.delete(f"{PREFIX}/<upload_id>")
     def terminate(upload_id: str) -> Response:
-        upload = _admin_upload(upload_id)
+        upload = _own_upload(upload_id)
         if isinstance(upload, Response):
             return upload
         _ui().uploads.delete(upload.id)
