@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
@@ -55,6 +56,9 @@ def test_every_ui_page_and_every_other_answer_carries_the_headers(ui_app: Applia
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html"), (path, r.status_code)
         _check_ui_policy(r, path)
         assert "Strict-Transport-Security" not in r.headers  # plain HTTP: HSTS would mean nothing
+    # A client cannot claim TLS: the front sets X-Forwarded-Proto itself.
+    spoofed = requests.get(f"{ui_app.url}/ui/login", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    assert "Strict-Transport-Security" not in spoofed.headers
     # Error pages and redirects of the UI too.
     _check_ui_policy(session.get(f"{ui_app.url}/ui/repositories/no/such/repo", timeout=10), "404 page")
     _check_ui_policy(requests.get(f"{ui_app.url}/ui/", timeout=10, allow_redirects=False), "sign-in redirect")
@@ -150,8 +154,10 @@ def test_the_ui_works_in_chromium_under_its_csp(ui_app: Appliance, context: Any,
     no_errors("robot created and its secret copied")
 
 
-def test_hsts_only_over_tls(appliance_factory: Callable[..., Appliance]) -> None:
-    app = appliance_factory("--tls", scheme="https")
+@pytest.mark.parametrize("front", ["nginx", "none"])
+def test_hsts_only_over_tls(appliance_factory: Callable[..., Appliance], front: str) -> None:
+    # nginx terminates TLS and tells the app in X-Forwarded-Proto; with no front, gunicorn serves TLS itself.
+    app = appliance_factory("--tls", "--front", front, scheme="https")
     with warnings.catch_warnings():
         # The headers are under test here, not the certificate (tests/web/test_tls.py verifies the CA).
         warnings.simplefilter("ignore", InsecureRequestWarning)
