@@ -242,6 +242,7 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
         location = /_cargohold/error/{status} {{
             internal;
             default_type application/json;
+            add_header X-Content-Type-Options nosniff always;  # as web/hardening.py sets on the app's answers
             return {status} '{{"errors":[{{"code":"{code}","message":"{message}","detail":{{}}}}]}}';
         }}""" for status, code, message in _ERRORS)
     error_pages = "\n".join(f"        error_page {status} /_cargohold/error/{status};" for status, _, _ in _ERRORS)
@@ -338,6 +339,12 @@ http {{
             add_header Docker-Content-Digest $upstream_http_docker_content_digest always;
             add_header Docker-Distribution-API-Version registry/2.0 always;
             add_header ETag $upstream_http_etag always;
+            # And the security headers the app set (web/hardening.py); an empty one (HSTS over HTTP) is skipped.
+            add_header X-Content-Type-Options $upstream_http_x_content_type_options always;
+            add_header X-Frame-Options $upstream_http_x_frame_options always;
+            add_header Content-Security-Policy $upstream_http_content_security_policy always;
+            add_header Referrer-Policy $upstream_http_referrer_policy always;
+            add_header Strict-Transport-Security $upstream_http_strict_transport_security always;
         }}
 {errors}
     }}

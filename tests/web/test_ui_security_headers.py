@@ -13,6 +13,8 @@ over TLS (checked on an appliance serving HTTPS through its nginx front).
 from __future__ import annotations
 
 import re
+import socket
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 from tests.appliance import Appliance
+from tests.registry.v2client import V2
 from tests.web.uiutil import build_bundle, detached_signature, login, signed_in
 
 # Every violation chromium sees is reported to the console, where the test collects it across navigations.
@@ -72,6 +75,23 @@ def test_every_ui_page_and_every_other_answer_carries_the_headers(ui_app: Applia
         assert r.headers.get("X-Frame-Options") == "DENY", path
         if not r.headers.get("Content-Type", "").startswith("text/html"):
             assert r.headers.get("Content-Security-Policy", "").startswith("default-src 'none'"), (path, r.headers)
+
+    # A blob body, which the nginx front sends itself (X-Accel-Redirect), carries the app's headers too.
+    v2 = V2(ui_app)
+    repo = f"spectro-images/hdr{uuid.uuid4().hex[:8]}"
+    digest = v2.push_blob(repo, b"not html, whatever it looks like: <script>alert(1)</script>")
+    blob = v2.request("GET", f"/v2/{repo}/blobs/{digest}")
+    assert blob.status_code == 200 and blob.headers.get("X-Content-Type-Options") == "nosniff", blob.headers
+    assert blob.headers.get("X-Frame-Options") == "DENY"
+    assert blob.headers.get("Content-Security-Policy", "").startswith("default-src 'none'")
+    # And so does an answer nginx makes on its own (here: a Content-Length that is no number).
+    with socket.create_connection(("127.0.0.1", ui_app.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 400") and "X-Content-Type-Options: nosniff" in head, head
 
 
 def test_no_template_has_inline_script_style_or_event_handlers() -> None:
