@@ -46,6 +46,8 @@ class Int64Converter(BaseConverter):
     weight = 50
 
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:  # werkzeug's min/max/signed would be silently ignored here: refuse them at start-up
+            raise TypeError("the bounded <int:...> converter takes no arguments")
         super().__init__(url_map)
 
     def to_python(self, value: str) -> int:
