@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from registry.db import write_transaction
 from registry.errors import RegistryError
 from registry.model import Registry
+from registry.passwords import check_password_policy
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 1 << 14, 8, 1
 _CACHE_SECONDS = 300
@@ -171,13 +172,31 @@ class Users:
                        [ADMIN, hash_password(password), time.time()])
         return password if generated else None
 
-    def set_password(self, username: str, password: str) -> None:
-        """Set a user's password (creating a non-admin user if new); raises ValueError for a bad name."""
+    def add_user(self, username: str, password: str, admin: bool = False) -> None:
+        """Create a user; raises ValueError for a bad name, a refused password or a name already taken."""
         validate_username(username)
+        check_password_policy(username, password)
+        hashed = hash_password(password)  # before the write lock: scrypt takes tens of milliseconds
         with write_transaction(self.registry.db) as db:
-            db.execute("INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 0, ?) "
-                       "ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
-                       [username, hash_password(password), time.time()])
+            taken = db.execute("SELECT 1 FROM users WHERE username = ?", [username]).fetchone()
+            if taken:
+                raise ValueError(f"user {username!r} already exists; change its password with "
+                                 "`cargohold admin set-password`")
+            db.execute("INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, ?, ?)",
+                       [username, hashed, int(admin), time.time()])
+
+    def set_password(self, username: str, password: str) -> None:
+        """Change an existing user's password; raises ValueError for an unknown user or a refused password.
+
+        Never creates a user: a mistyped name must not become a new account (`add_user` does that).
+        """
+        validate_username(username)
+        check_password_policy(username, password)
+        hashed = hash_password(password)
+        with write_transaction(self.registry.db) as db:
+            changed = db.execute("UPDATE users SET password_hash = ? WHERE username = ?", [hashed, username]).rowcount
+            if not changed:
+                raise ValueError(f"no user {username!r}; create it with `cargohold admin add-user`")
 
     def stored(self, username: str) -> tuple[int, str, bool] | None:
         """(id, password hash, admin) of a user, or None."""

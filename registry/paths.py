@@ -4,6 +4,8 @@
       cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it)
       cargohold.db.lock       held while migrations run, so workers never race them
       gc.lock                 held shared by bundle imports, exclusively by the GC's file sweep
+      serve.lock              held by the one `cargohold serve` of this directory for its whole life
+                              (it holds that process's pid); `tls issue` takes it too
       blobs/sha256/<2 hex>/<hex>
                               the content-addressed store; manifests are blobs too.
                               A file here always holds exactly the bytes its name says.
@@ -47,6 +49,10 @@ class DataPaths:
     @property
     def gc_lock(self) -> Path:
         return self.root / "gc.lock"
+
+    @property
+    def serve_lock(self) -> Path:
+        return self.root / "serve.lock"
 
     @property
     def blobs(self) -> Path:

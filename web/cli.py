@@ -1,4 +1,12 @@
-"""The `cargohold` command line: a thin layer over the core the API uses."""
+"""The `cargohold` command line: a thin layer over the core the API uses.
+
+Every command that works on a data directory names it first, on standard
+error (``Data directory: /abs/path``), so standard output stays the
+command's own (JSON, PEM, file lists). Errors are one ``Error:`` line:
+exit status 1 for a refusal or a problem of the machine (a path the system
+refuses, a data directory that holds no appliance or is being served), 2 for
+a usage error (a bad option, a bad --bind). Only a bug prints a traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from typing import Any
 
 import click
 
+from registry.paths import DataPaths
 from web.config import FRONTS, Config
 
 
@@ -22,14 +31,54 @@ def _config(**overrides: Any) -> Config:
         raise click.UsageError(str(exc)) from None
 
 
-@click.group()
+class _Main(click.Group):
+    """The top-level group: problems of the machine become one ``Error:`` line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from web.datadir import DataDirError, environment_error
+
+        try:
+            return super().invoke(ctx)
+        except DataDirError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            message = environment_error(exc)
+            if message is None:
+                raise  # a bug: its traceback is what a report needs
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="cargohold")
 def main() -> None:
     """cargohold: signed content bundles into an on-site OCI registry."""
 
 
+def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Parameter, Path | None], Path | None]:
+    """A --data-dir callback: name the directory on stderr and, if `existing`, refuse one without an appliance."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+        from web.datadir import DataDirError, check_location, require_appliance
+
+        if ctx.resilient_parsing:  # shell completion: no output, no checks
+            return value
+        paths = _config(data_dir=value).paths
+        click.echo(f"Data directory: {paths.root}", err=True)
+        try:
+            (require_appliance if existing else check_location)(paths)
+        except DataDirError as exc:
+            raise click.ClickException(str(exc)) from None
+        return value
+    return callback
+
+
+_DATA_DIR_HELP = "Data directory [default: ./cargohold-data, or CARGOHOLD_DATA_DIR]"
+# For commands that may start a new appliance's directory (serve, imports, adding keys).
 data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                               help="Data directory [default: ./cargohold-data, or CARGOHOLD_DATA_DIR].")
+                               callback=_announce_data_dir(existing=False), help=f"{_DATA_DIR_HELP}.")
+# For commands that read or change an existing appliance: a directory without one is refused, not created.
+existing_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, callback=_announce_data_dir(existing=True),
+    help=f"{_DATA_DIR_HELP}; must hold an appliance.")
 
 
 @main.command()
@@ -49,12 +98,28 @@ data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), de
 def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_class: str | None,
           threads: int | None, project: str | None, tls: bool | None, tls_cert: Path | None,
           tls_key: Path | None, tls_san: str | None, front: str | None) -> None:
-    """Run the appliance: the nginx front and the app under gunicorn."""
+    """Run the appliance: the nginx front and the app under gunicorn.
+
+    Only one serve runs on a data directory: a second one stops at once,
+    before any set-up. An existing server certificate is never replaced
+    here (see `cargohold tls issue`).
+    """
+    from web.datadir import acquire_serve_lock
     from web.front import FrontError
-    from web.server import ApplianceServer
+    from web.server import ApplianceServer, BindError, check_bind
 
     config = _config(data_dir=data_dir, bind=bind, workers=workers, worker_class=worker_class, threads=threads,
                      project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san, front=front)
+    try:
+        check_bind(config.bind)
+    except BindError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = 2  # a usage error, in one line: the usage text says nothing about addresses
+        raise error from None
+    if config.admin_password is not None and not config.paths.database.exists():
+        _check_admin_password(config.admin_password)  # a first start: refuse before creating anything
+    # Before any set-up, and held until this process (and the workers it forks) exits.
+    _lock = acquire_serve_lock(config.paths)  # kept referenced (and open) for the life of serve
     config = _in_child(_prepare, config)
     click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
                err=True)
@@ -67,13 +132,23 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
 
 def _prepare(config: Config) -> Config:
     """Set-up before serving: migrate, create the admin, ensure TLS material; the config to serve with."""
+    from registry.auth import ADMIN
     from web.app import build_services
 
     services = build_services(config)
-    generated = services.users.bootstrap_admin(config.admin_password)
-    if generated:
-        click.echo(f"Created user 'admin' with password: {generated}\n"
-                   "This is shown once. Change it with `cargohold admin set-password`.", err=True)
+    if services.users.stored(ADMIN) is not None:
+        if config.admin_password is not None:
+            # Never the value: only that it has no effect any more.
+            click.echo("warning: CARGOHOLD_ADMIN_PASSWORD is ignored: it sets the admin password on the first "
+                       "start only, and user 'admin' already exists. Change the password with `cargohold admin "
+                       "set-password`, and remove the variable from the environment.", err=True)
+    else:
+        if config.admin_password is not None:
+            _check_admin_password(config.admin_password)
+        generated = services.users.bootstrap_admin(config.admin_password)
+        if generated:
+            click.echo(f"Created user 'admin' with password: {generated}\n"
+                       "This is shown once. Change it with `cargohold admin set-password`.", err=True)
     if config.tls:
         from web.tls import ensure_server_certificate
 
@@ -83,6 +158,17 @@ def _prepare(config: Config) -> Config:
             raise click.ClickException(str(exc)) from None
         config = _config(**{**config.__dict__, "tls_cert": cert, "tls_key": key})
     return config
+
+
+def _check_admin_password(password: str) -> None:
+    """Refuse a first-start CARGOHOLD_ADMIN_PASSWORD the password policy refuses (naming the rule, not the value)."""
+    from registry.auth import ADMIN
+    from registry.passwords import PasswordPolicyError, check_password_policy
+
+    try:
+        check_password_policy(ADMIN, password)
+    except PasswordPolicyError as exc:
+        raise click.ClickException(f"CARGOHOLD_ADMIN_PASSWORD: {exc}") from None
 
 
 def _in_child(work: Callable[[Config], Config], config: Config) -> Config:
@@ -103,6 +189,13 @@ def _in_child(work: Callable[[Config], Config], config: Config) -> Config:
             message = json.dumps({"tls_cert": str(result.tls_cert or ""), "tls_key": str(result.tls_key or "")})
         except click.ClickException as exc:
             status, message = 2, exc.format_message()
+        except OSError as exc:
+            from web.datadir import environment_error
+
+            status, message = 1, environment_error(exc) or ""
+            if not message:
+                traceback.print_exc()
+                message = f"set-up failed: {exc!r} (traceback above)"
         except BaseException as exc:  # anything else: a bug; its traceback goes to the log, the parent reports it
             traceback.print_exc()
             status, message = 1, f"set-up failed: {exc!r} (traceback above)"
@@ -127,18 +220,70 @@ def admin() -> None:
     """Manage appliance users."""
 
 
-@admin.command("set-password")
-@data_dir_option
-@click.option("--username", default="admin", show_default=True)
-@click.password_option(envvar="CARGOHOLD_NEW_PASSWORD")
-def set_password(data_dir: Path | None, username: str, password: str) -> None:
-    """Set a user's password (prompted; never taken from the command line)."""
+NEW_PASSWORD_ENV = "CARGOHOLD_NEW_PASSWORD"
+password_file_option = click.option(
+    "--password-file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None,
+    help=f"Read the password from this file ('-': standard input); one trailing newline is dropped. "
+         f"Without it: ${NEW_PASSWORD_ENV}, else a prompt on the terminal.")
+
+
+def _new_password(password_file: Path | None) -> str:
+    """The new password from --password-file, $CARGOHOLD_NEW_PASSWORD or a prompt; never the command line."""
+    if password_file is not None:
+        try:
+            text = sys.stdin.read() if str(password_file) == "-" else password_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"cannot read --password-file {password_file}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+        return text.removesuffix("\n").removesuffix("\r")
+    if os.environ.get(NEW_PASSWORD_ENV):
+        return os.environ[NEW_PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"no password given: run on a terminal to be asked for it, or pass --password-file "
+                               f"FILE ('-' for standard input) or set ${NEW_PASSWORD_ENV}")
+    return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
+
+
+def _users(data_dir: Path | None) -> Any:
     from web.app import build_services
 
+    return build_services(_config(data_dir=data_dir)).users
+
+
+@admin.command("add-user")
+@existing_data_dir_option
+@click.argument("username")
+@click.option("--admin", "is_admin", is_flag=True, help="Make the user a system administrator.")
+@password_file_option
+def add_user(data_dir: Path | None, username: str, is_admin: bool, password_file: Path | None) -> None:
+    """Create the user USERNAME (refused if it exists).
+
+    The password: 12 to 1024 characters, not the user name, not one
+    character repeated, no control characters (docs/operations.md).
+    """
+    password = _new_password(password_file)
     try:
-        build_services(_config(data_dir=data_dir)).users.set_password(username, password)
-    except ValueError as exc:  # an invalid user name (robot$ names are reserved for robot accounts)
-        raise click.UsageError(str(exc)) from None
+        _users(data_dir).add_user(username, password, admin=is_admin)
+    except ValueError as exc:  # a bad name, a name taken, a password the policy refuses
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {'administrator' if is_admin else 'user'} {username}", err=True)
+
+
+@admin.command("set-password")
+@existing_data_dir_option
+@click.option("--username", default="admin", show_default=True)
+@password_file_option
+def set_password(data_dir: Path | None, username: str, password_file: Path | None) -> None:
+    """Change an existing user's password (never creates a user; see `admin add-user`).
+
+    The password: 12 to 1024 characters, not the user name, not one
+    character repeated, no control characters (docs/operations.md).
+    """
+    password = _new_password(password_file)
+    try:
+        _users(data_dir).set_password(username, password)
+    except ValueError as exc:  # an unknown user, an invalid name, a password the policy refuses
+        raise click.ClickException(str(exc)) from None
     click.echo(f"password set for {username}", err=True)
 
 
@@ -148,7 +293,7 @@ def tls() -> None:
 
 
 @tls.command("ca")
-@data_dir_option
+@existing_data_dir_option
 def tls_ca(data_dir: Path | None) -> None:
     """Print the local CA certificate (PEM) that edge hosts should trust."""
     from web.tls import TLSFiles
@@ -161,6 +306,74 @@ def tls_ca(data_dir: Path | None) -> None:
         raise click.ClickException(f"no local CA at {path}: start the appliance once with "
                                    "`cargohold serve --tls` (without --tls-cert/--tls-key) to generate it") from None
     click.echo(pem, nl=False)
+
+
+@tls.command("issue")
+@existing_data_dir_option
+@click.option("--san", "sans", multiple=True, metavar="NAME[,NAME...]",
+              help="DNS name or IP address the certificate must carry, e.g. the cluster's virtual IP "
+                   "(comma-separated, repeatable) [default: CARGOHOLD_TLS_SAN].")
+@click.option("--bind", default=None, help="The address serve listens on, if it is a specific one.")
+@click.option("--drop-old-names", is_flag=True,
+              help="Leave out names of the current certificate that are not asked for now (edge hosts using "
+                   "them will fail).")
+def tls_issue(data_dir: Path | None, sans: tuple[str, ...], bind: str | None, drop_old_names: bool) -> None:
+    """Issue a new server certificate by the local CA, and say what changed.
+
+    Refused while an appliance serves the data directory: stop it, issue,
+    start it again (it serves the new certificate from then on). Edge hosts
+    that trust the local CA accept the new certificate as they did the old.
+    """
+    from web.datadir import acquire_serve_lock
+    from web.tls import TLSConfigError, issue_server_certificate, missing_names, names_text
+
+    config = _config(data_dir=data_dir, bind=bind, tls_san=",".join(sans) if sans else None)
+    lock = acquire_serve_lock(config.paths, purpose="`cargohold tls issue`")
+    try:
+        issued = issue_server_certificate(config, keep_names=not drop_old_names)
+    except TLSConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        lock.release()
+    new, old = issued.new, issued.old
+    click.echo(f"issued {issued.cert} (key {issued.key}) by the local CA")
+    if old is not None:
+        click.echo(f"  old: SHA-256 {old.fingerprint}, expires {old.not_after:%Y-%m-%d}")
+        click.echo(f"       names {names_text(old.names)}")
+    click.echo(f"  new: SHA-256 {new.fingerprint}, expires {new.not_after:%Y-%m-%d}")
+    click.echo(f"       names {names_text(new.names)}")
+    if old is not None:
+        added, dropped = missing_names(old.names, new.names), missing_names(new.names, old.names)
+        click.echo(f"  added: {', '.join(added) or 'none'}; dropped: {', '.join(dropped) or 'none'}")
+    click.echo("The appliance serves it from its next start (e.g. `systemctl start cargohold`).", err=True)
+
+
+def mirror_scheme(paths: DataPaths, scheme: str) -> str:
+    """The scheme `mirror-config` writes, said on stderr with why; `auto` without a local CA is refused.
+
+    Edge hosts must never be pointed at plain http:// without someone
+    choosing it: "auto" cannot tell a plain-HTTP appliance from one serving
+    the operator's own certificate.
+    """
+    from web.tls import TLSFiles
+
+    ca = TLSFiles.of(paths).ca_cert
+    if scheme == "auto":
+        if not ca.is_file():
+            raise click.ClickException(
+                f"--scheme auto cannot choose: there is no local CA at {ca}. Pass --scheme https if the "
+                "appliance serves HTTPS with your own certificate (edge hosts must trust its CA), or --scheme "
+                "http if it serves plain HTTP (edge hosts then pull in plain text)")
+        click.echo(f"Scheme: https (the appliance's local CA {ca} goes into the files for edge hosts to trust)",
+                   err=True)
+        return "https"
+    if scheme == "http":
+        click.echo("Scheme: http, as asked: edge hosts will pull in plain text, unauthenticated by TLS", err=True)
+    else:
+        click.echo("Scheme: https, as asked" + ("" if ca.is_file() else
+                                                 f" (no local CA at {ca}: edge hosts must already trust the "
+                                                 "certificate's issuer)"), err=True)
+    return scheme
 
 
 @main.group()

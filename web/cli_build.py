@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from web.cli import _config, bundle, data_dir_option, inventory, keys
+from web.cli import _config, bundle, existing_data_dir_option, inventory, keys
 
 PASSPHRASE_ENV = "CARGOHOLD_KEY_PASSPHRASE"
 CREDS_ENV = "CARGOHOLD_REGISTRY_CREDS"
@@ -250,7 +250,7 @@ def generate_cmd(prefix: Path, kind: str, bits: int, encrypt: bool, passphrase_f
 
 
 @inventory.command("export")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--name", default=None, help="Site name recorded in the inventory [default: host name].")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output JSON file ('-' for stdout).")

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from web.cli import _config, data_dir_option
+from web.cli import _config, data_dir_option, existing_data_dir_option
 
 
 def _services(data_dir: Path | None) -> tuple[Any, Any, Any]:
@@ -61,7 +61,7 @@ def import_cmd(data_dir: Path | None, file: Path) -> None:
 
 
 @clusterdef.command("list")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_cmd(data_dir: Path | None, as_json: bool) -> None:
     """List imported cluster definitions."""
@@ -76,7 +76,7 @@ def list_cmd(data_dir: Path | None, as_json: bool) -> None:
 
 
 @clusterdef.command("check")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def check_cmd(data_dir: Path | None, name: str, as_json: bool) -> None:
@@ -110,7 +110,7 @@ def check_cmd(data_dir: Path | None, name: str, as_json: bool) -> None:
 
 
 @clusterdef.command("history")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("name")
 def history_cmd(data_dir: Path | None, name: str) -> None:
     """Past checks of NAME, newest first."""
@@ -124,12 +124,13 @@ def history_cmd(data_dir: Path | None, name: str) -> None:
 
 
 @click.command("mirror-config")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Directory to write the files into.")
 @click.option("--address", required=True, help="host:port at which edge hosts reach the appliance.")
 @click.option("--scheme", type=click.Choice(["auto", "http", "https"]), default="auto", show_default=True,
-              help="auto: https when the appliance has its own CA (<data>/tls/ca.crt).")
+              help="auto: https with the appliance's own CA (<data>/tls/ca.crt); without one, refused: "
+                   "say http (plain text) or https (your own certificate).")
 @click.option("--username", default=None, help="Credentials to embed, for a private project.")
 @click.option("--password", default=None, envvar="CARGOHOLD_MIRROR_PASSWORD",
               help="Password for --username (better: CARGOHOLD_MIRROR_PASSWORD).")
@@ -137,10 +138,11 @@ def mirror_config(data_dir: Path | None, out: Path, address: str, scheme: str, u
                   password: str | None) -> None:
     """Write containerd hosts.toml (ns and override_path modes), k3s/RKE2 registries.yaml and the CA."""
     from bundles.mirror import for_registry, write_directory
+    from web.cli import mirror_scheme
 
     config, services, _ = _services(data_dir)
     try:
-        files = for_registry(services.registry, config.project, address, None if scheme == "auto" else scheme,
+        files = for_registry(services.registry, config.project, address, mirror_scheme(config.paths, scheme),
                              username, password)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import click
 
-from web.cli import _config, bundle, data_dir_option, keys
+from web.cli import _config, bundle, data_dir_option, existing_data_dir_option, keys
 
 
 def _size(n: float) -> str:
@@ -152,7 +152,7 @@ def _job_line(job: Any) -> str:
 
 
 @bundle.command("list")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--limit", type=int, default=50, show_default=True)
 def list_imports(data_dir: Path | None, as_json: bool, limit: int) -> None:
@@ -169,7 +169,7 @@ def list_imports(data_dir: Path | None, as_json: bool, limit: int) -> None:
 
 @bundle.command("status")
 @click.argument("job_id")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def import_status(job_id: str, data_dir: Path | None, as_json: bool) -> None:
     """State, progress and report of one import job."""
@@ -209,7 +209,7 @@ def add_key(pem: Path, description: str, data_dir: Path | None) -> None:
 
 
 @keys.command("list")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the PEM public keys).")
 def list_keys(data_dir: Path | None, as_json: bool) -> None:
     """The keys this appliance accepts bundle signatures from."""
@@ -228,7 +228,7 @@ def list_keys(data_dir: Path | None, as_json: bool) -> None:
 
 @keys.command("remove")
 @click.argument("key_id")
-@data_dir_option
+@existing_data_dir_option
 def remove_key(key_id: str, data_dir: Path | None) -> None:
     """Stop trusting the key KEY_ID (its full id or a unique prefix)."""
     from bundles.trust import TrustError, TrustStore

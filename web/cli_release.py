@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from web.cli import _config, data_dir_option
+from web.cli import _config, existing_data_dir_option
 
 
 def _releases(data_dir: Path | None) -> Any:
@@ -98,7 +98,7 @@ def release() -> None:
 
 
 @release.command("list")
-@data_dir_option
+@existing_data_dir_option
 @json_option
 def list_cmd(data_dir: Path | None, as_json: bool) -> None:
     """List releases, oldest first, with their disk usage."""
@@ -114,7 +114,7 @@ def list_cmd(data_dir: Path | None, as_json: bool) -> None:
 
 
 @release.command("show")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("release_id")
 @json_option
 def show_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
@@ -138,7 +138,7 @@ def show_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
 
 
 @release.command("diff")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("ids", nargs=-1, required=True)
 @json_option
 def diff_cmd(data_dir: Path | None, ids: tuple[str, ...], as_json: bool) -> None:
@@ -175,7 +175,7 @@ def diff_cmd(data_dir: Path | None, ids: tuple[str, ...], as_json: bool) -> None
 
 
 @release.command("check")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("release_id")
 @json_option
 def check_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
@@ -198,7 +198,7 @@ def check_cmd(data_dir: Path | None, release_id: str, as_json: bool) -> None:
 
 
 @release.command("promote")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("release_id")
 @click.option("--force", is_flag=True, help="Promote even when the check fails (needs --reason; recorded).")
 @click.option("--reason", default=None, help="Why a failing release is promoted anyway.")
@@ -215,7 +215,7 @@ def promote_cmd(data_dir: Path | None, release_id: str, force: bool, reason: str
 
 
 @release.command("rollback")
-@data_dir_option
+@existing_data_dir_option
 @json_option
 def rollback_cmd(data_dir: Path | None, as_json: bool) -> None:
     """Put the previously promoted release's tags back in one step."""
@@ -229,7 +229,7 @@ def rollback_cmd(data_dir: Path | None, as_json: bool) -> None:
 
 
 @release.command("discard")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("release_id")
 @click.option("--reason", default=None, help="Why the release is discarded (recorded in the audit log).")
 @json_option
@@ -249,7 +249,7 @@ def discard_cmd(data_dir: Path | None, release_id: str, reason: str | None, as_j
 
 
 @click.command("gc")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--dry-run", is_flag=True, help="List what would go and how many bytes; change nothing.")
 @click.option("--retain", type=click.IntRange(min=1), default=None,
               help="Releases to keep: the promoted one and the ones promoted before it [default: 3].")
@@ -297,7 +297,7 @@ def gc_cmd(data_dir: Path | None, dry_run: bool, retain: int | None, grace: str,
 
 
 @click.command("scrub")
-@data_dir_option
+@existing_data_dir_option
 @click.option("--no-quarantine", is_flag=True, help="Only report damaged blobs; leave them in place.")
 @json_option
 def scrub_cmd(data_dir: Path | None, no_quarantine: bool, as_json: bool) -> None:
@@ -322,7 +322,7 @@ def scrub_cmd(data_dir: Path | None, no_quarantine: bool, as_json: bool) -> None
 
 
 @click.command("disk")
-@data_dir_option
+@existing_data_dir_option
 @json_option
 def disk_cmd(data_dir: Path | None, as_json: bool) -> None:
     """Free space on the data volume and disk usage per release."""

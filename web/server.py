@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,6 +52,41 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
+
+
+class BindError(ValueError):
+    """The listening address cannot work; the message names it and why."""
+
+
+def check_bind(bind: str) -> None:
+    """Check `bind` (``host:port``) before serve sets anything up; raises BindError naming the problem.
+
+    Catches what would otherwise surface late or as a traceback: no port, a
+    port outside 1-65535 (Python's bind raised OverflowError), a host name
+    that does not resolve, an address this host does not have, a port the
+    user may not open. An address in use is left to the server, which
+    reports it (nginx also retries for a moment while an old appliance lets go).
+    """
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise BindError(f"--bind {bind!r} is not host:port (e.g. 0.0.0.0:5000 or [::]:5000)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise BindError(f"--bind {bind!r}: port {port} is not between 1 and 65535")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BindError(f"--bind {bind!r}: cannot resolve {host!r} ({exc})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return
+            raise BindError(f"--bind {bind!r}: cannot listen there: {exc.strerror}") from None
 
 
 class ApplianceServer(BaseApplication):  # type: ignore[misc]

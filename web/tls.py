@@ -12,9 +12,23 @@ own material under `DataPaths.tls`:
     tls/server.crt    the server certificate, signed by the CA
 
 The CA is generated once and kept: edge hosts are configured to trust it,
-so replacing it would break every one of them. The server certificate is
-reissued (by the same CA) whenever the set of names it should carry changes
-(a new address, a new ``tls_san`` entry) or it nears expiry.
+so replacing it would break every one of them. `serve --tls` issues the
+server certificate only when there is none yet. Once one exists, serve
+never changes its names: when the configured names (``tls_san``, the
+host's addresses) are not all in it, serve keeps it and warns which are
+missing, because edge hosts that pull by a name it does carry (the
+cluster's virtual IP) would break at once if it were replaced by a
+certificate without that name. Changing the names is the explicit
+`cargohold tls issue` (`issue_server_certificate`), which reports the old
+and new names and fingerprints. The one change serve makes by itself is
+renewal near expiry: the same CA, the same names, a new validity period,
+so nothing an edge host checks changes. A certificate serve cannot use
+(unreadable, not matching its key, not issued by the CA) stops serve with
+a message pointing at `cargohold tls issue`.
+
+Only one `serve` runs on a data directory (web.datadir's serve lock), and
+`tls issue` refuses while one does, so TLS material never changes behind a
+running appliance's back.
 
 Key material is never logged; only paths, names and fingerprints are.
 """
@@ -115,12 +129,37 @@ class SubjectNames:
                              if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)))
 
 
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What an operator needs to know of a server certificate: its names, fingerprint and expiry."""
+
+    names: SubjectNames
+    fingerprint: str
+    not_after: datetime.datetime
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateInfo:
+        return cls(SubjectNames.of_certificate(cert), _fingerprint(cert), cert.not_valid_after_utc)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """The result of `issue_server_certificate`: the certificate replaced (None if there was none) and the new one."""
+
+    old: CertificateInfo | None
+    new: CertificateInfo
+    cert: Path
+    key: Path
+
+
 def ensure_server_certificate(config: Config) -> tuple[Path, Path]:
     """The (certificate, key) paths `serve --tls` should use.
 
-    Uses and checks the configured pair if there is one; otherwise creates the
-    local CA if missing and (re)issues the server certificate when needed.
-    Idempotent. Raises TLSConfigError naming the file and problem.
+    Uses and checks the configured pair if there is one. Otherwise creates
+    the local CA if missing, issues the server certificate if there is none,
+    renews it (same names) near expiry, and otherwise keeps it as it is,
+    warning about configured names it lacks. Idempotent. Raises
+    TLSConfigError naming the file and problem.
     """
     if config.tls_cert is not None or config.tls_key is not None:
         if config.tls_cert is None or config.tls_key is None:
@@ -134,8 +173,57 @@ def ensure_server_certificate(config: Config) -> tuple[Path, Path]:
     files = TLSFiles.of(paths)
     with _locked(files.lock):
         ca_key, ca_cert = _ensure_ca(files)
-        _ensure_server(files, ca_key, ca_cert, names)
+        if not files.server_cert.exists() and not files.server_key.exists():
+            _write_server(files, ca_key, ca_cert, names, "none yet")
+            return files.server_cert, files.server_key
+        cert = _usable_server_certificate(files, ca_cert)
+        current = SubjectNames.of_certificate(cert)
+        if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+            _write_server(files, ca_key, ca_cert, current,
+                          f"renewed with the same names: the old one expires on {cert.not_valid_after_utc:%Y-%m-%d}")
+        _tighten(files.server_key)
+        missing = missing_names(current, names)
+        if missing:
+            log.warning("the server certificate %s does not name %s; keeping it as it is, because edge hosts "
+                        "trust the names it has. To add them: stop the appliance, run `cargohold tls issue "
+                        "--san NAME,...`, and start it again", files.server_cert, ", ".join(missing))
     return files.server_cert, files.server_key
+
+
+def issue_server_certificate(config: Config, keep_names: bool = True) -> Issued:
+    """Issue a new server certificate for the configured names, by the local CA (created if missing).
+
+    With `keep_names` the new certificate also carries every name of the one
+    it replaces, so nothing an edge host uses is dropped by accident. Writes
+    the key, then the certificate, each atomically. The caller makes sure no
+    appliance serves the data directory (the serve lock). Raises
+    TLSConfigError for bad names or unusable CA material.
+    """
+    names = desired_names(config)
+    paths = config.paths
+    paths.tls.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles.of(paths)
+    with _locked(files.lock):
+        ca_key, ca_cert = _ensure_ca(files)
+        old: CertificateInfo | None = None
+        try:
+            old = CertificateInfo.of(_read_certificates(files.server_cert)[0])
+        except TLSConfigError:
+            old = None  # none yet, or unreadable: nothing of it to keep
+        if keep_names and old is not None:
+            names = SubjectNames(names.dns | old.names.dns, names.ips | old.names.ips)
+        new = _write_server(files, ca_key, ca_cert, names, "requested with `cargohold tls issue`")
+    return Issued(old, CertificateInfo.of(new), files.server_cert, files.server_key)
+
+
+def missing_names(have: SubjectNames, want: SubjectNames) -> list[str]:
+    """The names in `want` that `have` lacks, as text, sorted (DNS names, then addresses)."""
+    return [*sorted(want.dns - have.dns), *sorted(str(ip) for ip in want.ips - have.ips)]
+
+
+def names_text(names: SubjectNames) -> str:
+    """Every name of `names` as one comma-separated line (DNS names, then addresses)."""
+    return ", ".join([*sorted(names.dns), *sorted(str(ip) for ip in names.ips)])
 
 
 def check_certificate_pair(cert_path: Path, key_path: Path) -> x509.Certificate:
@@ -277,43 +365,33 @@ def _ensure_ca(files: TLSFiles) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPri
     return ca_key, ca_cert
 
 
-def _ensure_server(files: TLSFiles, ca_key: CertificateIssuerPrivateKeyTypes, ca_cert: x509.Certificate,
-                   names: SubjectNames) -> None:
-    reason = _reissue_reason(files, ca_cert, names)
-    if reason is None:
-        _tighten(files.server_key)
-        return
+def _write_server(files: TLSFiles, ca_key: CertificateIssuerPrivateKeyTypes, ca_cert: x509.Certificate,
+                  names: SubjectNames, reason: str) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _issue_server(key, ca_key, ca_cert, names)
     # Key first, then certificate: a crash in between leaves a mismatched
-    # pair, which the next start detects and reissues.
+    # pair, which serve reports (pointing at `cargohold tls issue`) instead of using.
     _write_private(files.server_key, _key_pem(key))
     _write_public(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
-    log.warning("issued server certificate %s (%s) for %s", files.server_cert, reason,
-                ", ".join([*sorted(names.dns), *sorted(str(ip) for ip in names.ips)]))
+    log.warning("issued server certificate %s (%s; SHA-256 fingerprint %s) for %s", files.server_cert, reason,
+                _fingerprint(cert), names_text(names))
+    return cert
 
 
-def _reissue_reason(files: TLSFiles, ca_cert: x509.Certificate, names: SubjectNames) -> str | None:
-    """Why the server certificate must be (re)issued, or None if the current one is good."""
-    if not files.server_cert.exists() or not files.server_key.exists():
-        return "none yet"
-    try:
-        cert = _read_certificates(files.server_cert)[0]
-        key = _read_private_key(files.server_key)
-    except TLSConfigError as exc:
-        return f"the old one is unreadable: {exc}"
+def _usable_server_certificate(files: TLSFiles, ca_cert: x509.Certificate) -> x509.Certificate:
+    """The existing server certificate, if serve can use it; raises TLSConfigError saying why not."""
+    fix = ("; issue a new one with `cargohold tls issue` (edge hosts that trust the local CA accept it)")
+    for path in (files.server_cert, files.server_key):
+        if not path.exists():
+            raise TLSConfigError(f"{path} is missing but its partner exists{fix}")
+    cert = _read_certificates(files.server_cert)[0]
+    key = _read_private_key(files.server_key)
     if _spki(cert.public_key()) != _spki(key.public_key()):
-        return "the old key does not match it"
+        raise TLSConfigError(f"the server key {files.server_key} does not match {files.server_cert}{fix}")
     if cert.issuer != ca_cert.subject or not _signed_by(cert, ca_cert):
-        return "the old one was not issued by the current CA"
-    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
-        return f"the old one expires on {cert.not_valid_after_utc:%Y-%m-%d}"
-    current = SubjectNames.of_certificate(cert)
-    if current != names:
-        added = sorted(map(str, (names.dns - current.dns) | (names.ips - current.ips)))
-        dropped = sorted(map(str, (current.dns - names.dns) | (current.ips - names.ips)))
-        return f"names changed: added {added or 'none'}, dropped {dropped or 'none'}"
-    return None
+        raise TLSConfigError(f"the server certificate {files.server_cert} was not issued by the local CA "
+                             f"{files.ca_cert}{fix}")
+    return cert
 
 
 def _issue_ca(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -155,7 +155,8 @@ def test_inventory_export_lists_every_blob_and_feeds_a_delta(appliance: Applianc
 
     proc = cargohold("inventory", "export", "--data-dir", tmp_path / "empty", "-o", tmp_path / "x.json",
                      check=False)
-    assert proc.returncode != 0 and "holds no cargohold database" in proc.stderr
+    assert proc.returncode != 0 and "holds no cargohold appliance (no cargohold.db)" in proc.stderr
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "x.json").exists()
 
 
 def test_oci_chart_artifact_is_pulled_like_an_image(appliance: Appliance, tmp_path: Path) -> None:

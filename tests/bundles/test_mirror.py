@@ -118,9 +118,9 @@ def test_mirror_config_over_http(appliance: Appliance) -> None:
 
 
 def mirror_config_cli(app: Appliance, out: Path) -> Path:
-    """`cargohold mirror-config --out OUT` for the appliance's data directory and address; returns OUT."""
+    """`cargohold mirror-config --out OUT` for the appliance's data directory, address and scheme; returns OUT."""
     proc = subprocess.run([sys.executable, "-m", "web.cli", "mirror-config", "--data-dir", str(app.data_dir),
-                           "--out", str(out), "--address", app.host],
+                           "--out", str(out), "--address", app.host, "--scheme", app.scheme],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
     return out

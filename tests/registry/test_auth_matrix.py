@@ -61,8 +61,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with sqlite3.connect(data / "cargohold.db") as db:
             db.execute("UPDATE robots SET expires_at = 1 WHERE id = ?", [expired.id])
         for user, role in (("dev", 2), ("guest", 3)):
-            subprocess.run([sys.executable, "-m", "web.cli", "admin", "set-password", "--data-dir", str(data),
-                            "--username", user], env={**os.environ, "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
+            subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", "--data-dir", str(data),
+                            user], env={**os.environ, "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
                            check=True, capture_output=True, cwd=Path(__file__).resolve().parents[2])
             r = admin("POST", f"/projects/{project}/members",
                       json={"role_id": role, "member_user": {"username": user}})

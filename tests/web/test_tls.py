@@ -34,7 +34,7 @@ from tests.appliance import Appliance
 from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
 from web.config import Config
-from web.tls import SubjectNames, TLSConfigError, TLSFiles, ensure_server_certificate
+from web.tls import SubjectNames, TLSConfigError, TLSFiles, ensure_server_certificate, issue_server_certificate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[..., Appliance]
@@ -203,9 +203,13 @@ def test_plain_http_appliance_has_no_ca(appliance: Appliance, tmp_path: Path) ->
     assert r.status_code == 404
     assert "cargohold serve --tls" in r.json()["errors"][0]["message"]
 
-    cli = run(sys.executable, "-m", "web.cli", "tls", "ca", "--data-dir", str(tmp_path / "empty"), check=False)
+    cli = run(sys.executable, "-m", "web.cli", "tls", "ca", "--data-dir", str(appliance.data_dir), check=False)
     assert cli.returncode != 0
     assert "no local CA at" in cli.stderr and "cargohold serve --tls" in cli.stderr
+    # A directory without an appliance is refused as such (and not created).
+    cli = run(sys.executable, "-m", "web.cli", "tls", "ca", "--data-dir", str(tmp_path / "empty"), check=False)
+    assert cli.returncode != 0 and "holds no cargohold appliance" in cli.stderr
+    assert not (tmp_path / "empty").exists()
 
 
 # The rules for keeping and reissuing, driven through the same function `serve --tls` calls.
@@ -214,7 +218,7 @@ def config_for(data_dir: Path, **overrides: object) -> Config:
     return Config.from_env({}, data_dir=data_dir, tls=True, **overrides)
 
 
-def test_ca_is_kept_and_server_certificate_reissued_only_when_names_change(tmp_path: Path) -> None:
+def test_ca_and_server_certificate_are_kept_when_names_change_until_issued_explicitly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     cert, key = ensure_server_certificate(config_for(data))
     files = TLSFiles(data.resolve() / "tls")
@@ -223,14 +227,32 @@ def test_ca_is_kept_and_server_certificate_reissued_only_when_names_change(tmp_p
     assert ensure_server_certificate(config_for(data)) == (cert, key)
     assert cert.read_bytes() == cert_pem, "same names: the certificate is kept"
 
+    # serve with new names keeps the certificate edge hosts already use; only `tls issue` changes it.
     ensure_server_certificate(config_for(data, tls_san="10.0.0.100,vip.site.example"))
+    assert cert.read_bytes() == cert_pem, "serve replaced an existing certificate"
+    issued = issue_server_certificate(config_for(data, tls_san="10.0.0.100,vip.site.example"))
     assert files.ca_cert.read_bytes() == ca_pem, "the CA edge hosts trust never changes"
     reissued = x509.load_pem_x509_certificate(cert.read_bytes())
     assert cert.read_bytes() != cert_pem
     names = SubjectNames.of_certificate(reissued)
     assert "vip.site.example" in names.dns and ipaddress.ip_address("10.0.0.100") in names.ips
+    assert issued.old is not None and issued.old.names == SubjectNames.of_certificate(
+        x509.load_pem_x509_certificate(cert_pem))
+    assert issued.new.names == names
     reissued.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
     check_pair_matches(cert, key)
+
+
+def test_serve_refuses_a_certificate_it_cannot_use_and_points_at_tls_issue(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cert, key = ensure_server_certificate(config_for(data))
+    other = ec.generate_private_key(ec.SECP256R1())
+    key.write_bytes(other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    cert_pem = cert.read_bytes()
+    with pytest.raises(TLSConfigError, match=r"does not match .*server.crt; issue a new one with `cargohold tls"):
+        ensure_server_certificate(config_for(data))
+    assert cert.read_bytes() == cert_pem
 
 
 def test_server_certificate_near_expiry_is_renewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
