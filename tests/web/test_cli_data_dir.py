@@ -119,6 +119,12 @@ def test_unusable_paths_give_one_error_line_not_a_traceback(tmp_path: Path) -> N
     assert one_error_line(serve).endswith("is not a directory; point --data-dir (or CARGOHOLD_DATA_DIR) at one")
     serve = cli("serve", "--data-dir", "/sys/cargohold-test", "--bind", f"127.0.0.1:{port}")
     assert "/sys/cargohold-test: Operation not permitted" in one_error_line(serve)
+    # A file in the way inside the directory: met by serve's set-up child, reported the same way.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "blobs").write_text("")
+    serve = cli("serve", "--data-dir", blocked, "--bind", f"127.0.0.1:{port}")
+    assert one_error_line(serve) == f"Error: {blocked}/blobs: File exists (a file is in the way of a directory)"
 
 
 @pytest.mark.parametrize(("bind", "problem"), [
