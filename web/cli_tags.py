@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from web.cli import _config, data_dir_option
+from web.cli import _config, existing_data_dir_option
 from web.cli_release import _who
 
 
@@ -24,7 +24,7 @@ def tag() -> None:
 
 
 @tag.command("override")
-@data_dir_option
+@existing_data_dir_option
 @click.argument("reference")
 @click.option("--reason", required=True, help="Why the protected tag must change (goes to the audit log).")
 @click.option("--ttl", "ttl", type=int, default=900, show_default=True,
