@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ from werkzeug.utils import secure_filename
 
 from bundles.api_access import ApiAccess, ApiDenied
 from bundles.importer import BundleRefused, Importer
-from bundles.jobs import ImportJobs, start_in_background
+from bundles.jobs import ImportJobs, disk_full_refusal, start_in_background
+from registry.db import is_disk_full
 from registry.numbers import NumberInvalid, parse_number
 from registry.paths import DataPaths
 
@@ -83,6 +85,13 @@ def create_blueprint(importer: Importer, jobs: ImportJobs, guard: ApiAccess, pat
     @bp.errorhandler(BundleRefused)
     def _refused(exc: BundleRefused) -> Response:
         return _error(_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+    @bp.errorhandler(sqlite3.Error)
+    def _database(exc: sqlite3.Error) -> Response:
+        if is_disk_full(exc):  # e.g. no room to record the job: the same answer as a full data volume
+            refusal = disk_full_refusal(exc)
+            return _error(507, refusal.code, refusal.message)
+        raise exc
 
     @bp.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bundles import boundedjson
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.names import ImageReference
@@ -37,7 +38,12 @@ BLOB_PREFIX = "blobs/"
 CHART_PREFIX = "charts/"
 CLUSTERDEF_PREFIX = "cluster-definitions/"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-MAX_MANIFEST_BYTES = 64 << 20  # a manifest listing ~100k members stays far below this
+MAX_MANIFEST_BYTES = 16 << 20  # ~90,000 members at ~180 bytes each (sha256 digests, indent=1)
+# What the manifest may hold, checked on its bytes before it is parsed (bundles.boundedjson): it is read before
+# its signature is checked, so these caps, not a key, bound what parsing it costs (~70 MB at worst).
+# A manifest nests 3 deep (object, list, entry); members take one object and ~3 elements each.
+MANIFEST_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_MANIFEST_BYTES, max_depth=16,
+                                         max_containers=150_000, max_elements=600_000)
 PART_SUFFIX = re.compile(r"\.part(\d{3,})$")
 
 _MEMBER_PATH = re.compile(r"^(?:oci-layout|index\.json|blobs/sha(?:256|512)/[0-9a-f]+|"
@@ -46,6 +52,25 @@ _MEMBER_PATH = re.compile(r"^(?:oci-layout|index\.json|blobs/sha(?:256|512)/[0-9
 
 class FormatError(ValueError):
     """The bundle manifest or layout does not follow the format; the message says where."""
+
+
+class ManifestTooLarge(FormatError):
+    """The manifest is over a cap of `MANIFEST_LIMITS` (size, nesting, element count); refused unparsed."""
+
+
+def parse_reference(text: str, where: str) -> ImageReference:
+    """An image reference exactly as written; raises FormatError.
+
+    `ImageReference.parse` strips surrounding whitespace (friendly for
+    references an operator types); in a bundle the text is also the
+    reference a release records, so ``"x:1\\n"`` must not pass as ``x:1``.
+    """
+    if text != text.strip() or any(c.isspace() or not c.isprintable() for c in text):
+        raise FormatError(f"{where}: reference {text!r} contains whitespace or control characters")
+    try:
+        return ImageReference.parse(text)
+    except RegistryError as exc:
+        raise FormatError(f"{where}: {exc.message}") from None
 
 
 @dataclass(frozen=True)
@@ -148,11 +173,11 @@ class BundleManifest:
 
     @classmethod
     def decode(cls, data: bytes) -> BundleManifest:
-        """Parse and validate manifest bytes; raises FormatError naming the field."""
+        """Parse and validate manifest bytes; raises FormatError naming the field (ManifestTooLarge over a cap)."""
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise FormatError(f"{MANIFEST_MEMBER} is not valid JSON: {exc}") from None
+            doc = boundedjson.loads(data, MANIFEST_MEMBER, MANIFEST_LIMITS)
+        except boundedjson.JsonRefused as exc:
+            raise (ManifestTooLarge if exc.too_large else FormatError)(exc.message) from None
         if not isinstance(doc, dict):
             raise FormatError(f"{MANIFEST_MEMBER} must be a JSON object")
         if doc.get("mediaType") != MEDIA_TYPE:
@@ -239,10 +264,7 @@ def _image(value: Any, i: int) -> ImageEntry:
     reference = value.get("reference")
     if not isinstance(reference, str):
         raise FormatError(f"{where}.reference must be a string")
-    try:
-        ImageReference.parse(reference)
-    except RegistryError as exc:
-        raise FormatError(f"{where}.reference: {exc.message}") from None
+    parse_reference(reference, f"{where}.reference")
     media_type = value.get("mediaType")
     if not isinstance(media_type, str):
         raise FormatError(f"{where}.mediaType must be a string")

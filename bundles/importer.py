@@ -6,12 +6,15 @@ signature must be checked, and a check of the zstd frame structure so a
 truncated file is noticed), zstd stream decompression (with limits on the
 total and on the ratio), and `tarfile` in streaming mode, member by member:
 
-1. ``cargohold-bundle.json`` first: the bundle manifest; then
-   ``cargohold-bundle.sig``, whose signature is checked against the trusted
-   keys (`bundles.trust`) before a single blob is written. A "plain" bundle
-   (an OCI image layout tarred by other tooling, no manifest member) can
-   only be vouched for by a detached signature over the whole file, which
-   holds only once the stream has ended: nothing is published before that.
+1. ``cargohold-bundle.json`` first: the bundle manifest, refused over the
+   caps of `bundles.format.MANIFEST_LIMITS` on its bytes, before it is
+   parsed (`bundles.boundedjson`); then ``cargohold-bundle.sig``, whose
+   signature is checked against the trusted keys (`bundles.trust`) before a
+   single blob is written. A "plain" bundle (an OCI image layout tarred by
+   other tooling, no manifest member) can only be vouched for by a detached
+   signature over the whole compressed file: that one is checked on a first
+   plain read of the file (`_hash_parts`), before anything is decompressed
+   or written, and the import's own read must hash to the same digest.
 2. Every member is checked as it passes: no absolute paths, ``..``, links,
    devices or fifos, no duplicates, nothing the manifest does not list,
    sizes and digests as listed. Blobs are written to a staging directory
@@ -35,11 +38,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import posixpath
 import queue
 import shutil
+import sqlite3
 import struct
 import tarfile
 import threading
@@ -53,13 +56,13 @@ from typing import IO, Any, cast
 
 import zstandard
 
+from bundles import boundedjson, keys, releases
 from bundles import format as fmt
-from bundles import keys, releases
 from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
 from registry.blobstore import BlobInfo, fsync_dir
-from registry.db import write_transaction
+from registry.db import is_disk_full, write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.gc import import_guard
@@ -70,7 +73,13 @@ from registry.paths import DataPaths
 
 CHUNK = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
-MAX_LAYOUT_FILE_BYTES = 64 << 20  # index.json of a bundle with tens of thousands of images stays far below
+MAX_LAYOUT_FILE_BYTES = 16 << 20  # index.json of a bundle with tens of thousands of images stays far below
+# index.json (and oci-layout) are read before a detached signature over a plain bundle has been checked, and
+# parsed whatever vouches for them: the same kind of caps as the bundle manifest (an entry nests 3-4 deep).
+LAYOUT_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_LAYOUT_FILE_BYTES, max_depth=16,
+                                       max_containers=150_000, max_elements=600_000)
+SIGNATURE_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_SIGNATURE_BYTES, max_depth=4, max_containers=16,
+                                          max_elements=64)
 RATIO_FLOOR = 1 << 20  # the ratio check starts once this many compressed bytes have been read
 _LAYOUT_DIRS = {"blobs", "blobs/sha256", "blobs/sha512", "charts", "cluster-definitions"}
 
@@ -215,10 +224,13 @@ class _ZstdFrames:
 class _Compressed:
     """Reads the parts in sequence: counts, hashes (for detached signatures), follows frames, reports progress."""
 
-    def __init__(self, parts: list[Path], hash_file: bool, progress: Progress | None) -> None:
+    def __init__(self, parts: list[Path], hash_file: bool, progress: Progress | None,
+                 progress_base: int = 0) -> None:
         self.parts = parts
         self.total = sum(p.stat().st_size for p in parts)
         self.count = 0
+        # With a detached signature the file was read once already (`_hash_parts`): progress counts both reads.
+        self.progress_base = progress_base
         self.sha256 = hashlib.sha256() if hash_file else None
         self.frames = _ZstdFrames()
         self.progress = progress
@@ -238,7 +250,7 @@ class _Compressed:
                     self.sha256.update(data)
                 self.frames.feed(data)
                 if self.progress is not None:
-                    self.progress(self.state, self.count, self.total)
+                    self.progress(self.state, self.progress_base + self.count, self.progress_base + self.total)
                 return data
             self._file.close()
             self._file = None
@@ -497,6 +509,12 @@ class _Staging:
 def _member_name(info: tarfile.TarInfo) -> str | None:
     """The member's normalised path, None for a harmless directory entry; raises for anything unsafe."""
     raw = info.name
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        # tarfile keeps undecodable bytes as surrogates; such a name could not be stored, logged or shown.
+        raise BundleRefused("UNSAFE_MEMBER", f"member name {raw.encode('utf-8', 'surrogateescape')!r} is not "
+                            "valid UTF-8") from None
     if raw.startswith("/") or raw.startswith("\\"):
         raise BundleRefused("UNSAFE_MEMBER", f"member {raw!r} has an absolute path")
     parts = raw.split("/")
@@ -526,6 +544,19 @@ def _read_small(tar: _TarStream, info: tarfile.TarInfo, name: str, cap: int) -> 
     if info.size > cap:
         raise BundleRefused("LIMIT", f"member {name} has {info.size} bytes, more than the {cap} allowed for it")
     return b"".join(iter(lambda: tar.read_data(CHUNK), b""))
+
+
+def _read_layout_file(tar: _TarStream, info: tarfile.TarInfo, name: str) -> bytes:
+    """oci-layout or index.json, refused over `LAYOUT_LIMITS` before it is parsed (MANIFEST_TOO_LARGE)."""
+    if info.size > MAX_LAYOUT_FILE_BYTES:
+        raise BundleRefused("MANIFEST_TOO_LARGE", f"member {name} has {info.size} bytes, more than the "
+                            f"{MAX_LAYOUT_FILE_BYTES} allowed")
+    data = _read_small(tar, info, name, MAX_LAYOUT_FILE_BYTES)
+    try:
+        boundedjson.check(data, name, LAYOUT_LIMITS)
+    except boundedjson.JsonRefused as exc:
+        raise BundleRefused("MANIFEST_TOO_LARGE", exc.message) from None
+    return data
 
 
 def _digest_from_path(name: str) -> Digest | None:
@@ -591,7 +622,15 @@ class Importer:
         if total > self.policy.max_bytes:
             raise BundleRefused("LIMIT", f"the bundle has {total} bytes, more than the configured limit of "
                                 f"{self.policy.max_bytes} (bundle_max_bytes)")
-        compressed = _Compressed(parts, hash_file=detached is not None, progress=progress)
+        detached_key: str | None = None
+        verified_digest: bytes | None = None
+        if detached is not None:
+            # The signature covers the compressed file, so it is checked first, on one plain read of the file:
+            # nothing is decompressed, unpacked or written for a bundle no trusted key vouches for.
+            verified_digest = self._hash_parts(parts, progress, 2 * total)
+            detached_key = self._check_detached(verified_digest, detached)
+        compressed = _Compressed(parts, hash_file=detached is not None, progress=progress,
+                                 progress_base=total if detached is not None else 0)
         sink = _Sink()
         state = _State(sink=sink)
         staging: _Staging | None = None
@@ -601,7 +640,9 @@ class Importer:
             staging = self._read_members(tar, unpacked, parts, total, detached, allow, state)
             staging.flush()
             self._finish_stream(compressed)
-            detached_key = self._check_detached(compressed, detached)
+            if compressed.sha256 is not None and compressed.sha256.digest() != verified_digest:
+                raise BundleRefused("SIGNATURE", "the bundle file changed while it was being imported: the bytes "
+                                    "read are not the bytes the detached signature was checked against")
             if state.embedded_key is None and detached_key is None and not allow:
                 # Refused earlier for every shape of bundle; kept so no path can publish unsigned content.
                 raise BundleRefused("UNSIGNED", "the bundle is not signed and unsigned bundles are refused by "
@@ -653,9 +694,14 @@ class Importer:
                 seen.add(name)
                 position += 1
                 if position == 1 and name == fmt.MANIFEST_MEMBER:
+                    if info.size > fmt.MAX_MANIFEST_BYTES:  # refused at its header: not one byte of it is read
+                        raise BundleRefused("MANIFEST_TOO_LARGE", f"{name} has {info.size} bytes, more than the "
+                                            f"{fmt.MAX_MANIFEST_BYTES} allowed")
                     data = _read_small(tar, info, name, fmt.MAX_MANIFEST_BYTES)
                     try:
                         state.manifest = fmt.BundleManifest.decode(data)
+                    except fmt.ManifestTooLarge as exc:
+                        raise BundleRefused("MANIFEST_TOO_LARGE", str(exc)) from None
                     except fmt.FormatError as exc:
                         raise BundleRefused("FORMAT", str(exc)) from None
                     state.manifest_digest = Digest.of_bytes(data)
@@ -725,7 +771,7 @@ class Importer:
 
     def _check_embedded(self, data: bytes, manifest_bytes: bytes) -> str:
         try:
-            signature = keys.Signature.from_json(json.loads(data))
+            signature = keys.Signature.from_json(boundedjson.loads(data, fmt.SIGNATURE_MEMBER, SIGNATURE_LIMITS))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleRefused("SIGNATURE", f"{fmt.SIGNATURE_MEMBER} is not a valid signature: {exc}") from None
         trusted = self.trust.get(signature.key_id)
@@ -771,7 +817,7 @@ class Importer:
             raise BundleRefused("SIZE_MISMATCH", f"member {name} has {info.size} bytes, the bundle manifest says "
                                 f"{member.size}")
         if name in fmt.LAYOUT_MEMBERS:
-            data = _read_small(tar, info, name, MAX_LAYOUT_FILE_BYTES)
+            data = _read_layout_file(tar, info, name)
             actual = Digest.of_bytes(data, member.digest.algorithm)
             if actual != member.digest:
                 raise BundleRefused("DIGEST_MISMATCH", f"member {name} has digest {actual}, the bundle manifest "
@@ -785,7 +831,7 @@ class Importer:
     def _take_plain(self, tar: _TarStream, info: tarfile.TarInfo, name: str, state: _State,
                     staging: _Staging) -> None:
         if name in fmt.LAYOUT_MEMBERS:
-            state.layout[name] = _read_small(tar, info, name, MAX_LAYOUT_FILE_BYTES)
+            state.layout[name] = _read_layout_file(tar, info, name)
             return
         digest = _digest_from_path(name) if name.startswith(fmt.BLOB_PREFIX) else None
         if digest is None:
@@ -836,17 +882,28 @@ class Importer:
         state.sizes[digest] = info.size
 
     @staticmethod
+    def _hash_parts(parts: list[Path], progress: Progress | None, reported_total: int) -> bytes:
+        """SHA-256 of the compressed file (its parts in order), read once; progress as "verifying"."""
+        h = hashlib.sha256()
+        done = 0
+        for part in parts:
+            with part.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress("verifying", done, reported_total)
+        return h.digest()
+
+    @staticmethod
     def _finish_stream(compressed: _Compressed) -> None:
         compressed.drain()  # a detached signature covers the whole file, trailing bytes included
         if not compressed.frames.complete():
             raise BundleRefused("TRUNCATED", "the bundle file ends in the middle of a zstd frame: it is truncated "
                                 "(for a split bundle: is a part missing or short?)")
 
-    def _check_detached(self, compressed: _Compressed, detached: bytes | None) -> str | None:
-        if detached is None:
-            return None
-        assert compressed.sha256 is not None
-        digest = compressed.sha256.digest()
+    def _check_detached(self, digest: bytes, detached: bytes) -> str:
+        """The id of the trusted RSA/ECDSA key whose signature `detached` is over the file digest; else refused."""
         candidates = [k for k in self.trust.list() if k.key_type != "ed25519"]
         if not candidates:
             raise BundleRefused("SIGNATURE", "a detached signature was given but no RSA or ECDSA key is trusted "
@@ -931,8 +988,10 @@ class Importer:
             raise BundleRefused("FORMAT", f"index.json reference {ref_text!r} is not a full image reference "
                                 "with a tag (e.g. docker.io/library/nginx:1.25)")
         try:
-            ref = ImageReference.parse(ref_text)
+            ref = fmt.parse_reference(ref_text, "index.json")
             repository = map_reference(ref, self.policy.mapping_rules, self.policy.project)
+        except fmt.FormatError as exc:
+            raise BundleRefused("FORMAT", str(exc)) from None
         except RegistryError as exc:
             raise BundleRefused("FORMAT", f"image reference {ref_text!r}: {exc.message}") from None
         if ref.digest is not None and ref.digest != digest:
@@ -1032,6 +1091,14 @@ class Importer:
                 store.delete(digest)
             raise BundleRefused("DISK_FULL" if exc.code == "INSUFFICIENT_STORAGE" else "PUBLISH",
                                 f"publishing failed, nothing was published: {exc.message}") from None
+        except sqlite3.Error as exc:
+            for digest in adopted:
+                store.delete(digest)
+            if is_disk_full(exc):
+                raise BundleRefused("DISK_FULL", "publishing failed, nothing was published: the database could "
+                                    f"not be written ({exc}); free space on the data volume") from None
+            raise BundleRefused("PUBLISH", f"publishing failed, nothing was published: database error ({exc})") \
+                from None
         except BaseException:
             for digest in adopted:
                 store.delete(digest)

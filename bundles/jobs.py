@@ -3,8 +3,17 @@
 States: ``verifying`` (streaming the bundle, checking signatures, sizes and
 digests, staging blobs), ``importing`` (moving verified blobs into the store
 and publishing), then ``done`` (with the report) or ``failed`` (with the
-error). Progress is written at most every `PROGRESS_BYTES` or
-`PROGRESS_SECONDS`, so a fast import does not spend its time on SQLite.
+error, and the refusal code: `bundles.importer.BundleRefused.code`, or
+``INTERNAL`` for an unexpected failure). Progress is written at most every
+`PROGRESS_BYTES` or `PROGRESS_SECONDS`, so a fast import does not spend its
+time on SQLite, and a progress write that fails (a full disk) does not stop
+the import: its end is recorded, or refused, all the same.
+
+When the database itself is full, the import is refused with ``DISK_FULL``;
+recording that needs a little space too. If even that fails, the failure is
+logged and retried a few times; a job that still could not be recorded
+stays open in the database until its process ends, and is then shown as
+failed ("interrupted") like any job whose process is gone.
 
 A job records the id of the process running it, and what tells that
 process from a later one given the same id (the boot and the process's
@@ -18,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -27,13 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
-from registry.db import migrate, open_database, write_transaction
+from registry.db import is_disk_full, migrate, open_database, write_transaction
 from registry.paths import DataPaths
 
 PROGRESS_BYTES = 64 << 20
 PROGRESS_SECONDS = 1.0
 STATES = ("verifying", "importing", "done", "failed")
 OPEN_STATES = ("verifying", "importing")
+INTERNAL = "INTERNAL"  # the error code of a job that failed on something other than a refusal
+RECORD_RETRIES = (1.0, 5.0, 30.0)  # seconds between attempts to record a job's end when SQLite cannot write
 _log = logging.getLogger(__name__)
 
 
@@ -52,11 +64,17 @@ class ImportJob:
     created_at: float
     updated_at: float
     pid_start: str | None = None  # `_process_start` of `pid` when the job was created
+    error_code: str | None = None  # the refusal code of a failed job (docs/bundle-import.md, "Refusals")
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "source": self.source, "state": self.state, "bytesDone": self.bytes_done,
-                "bytesTotal": self.bytes_total, "error": self.error, "report": self.report,
-                "createdAt": self.created_at, "updatedAt": self.updated_at}
+                "bytesTotal": self.bytes_total, "error": self.error, "errorCode": self.error_code,
+                "report": self.report, "createdAt": self.created_at, "updatedAt": self.updated_at}
+
+
+def _printable(text: str) -> str:
+    """`text` as SQLite can store it: undecodable bytes kept as surrogates (tar names) become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _process_start(pid: int) -> str | None:
@@ -98,7 +116,8 @@ def _alive(pid: int | None, pid_start: str | None) -> bool:
 class ImportJobs:
     """The import_jobs table of one data directory."""
 
-    _COLUMNS = "id, source, state, bytes_done, bytes_total, error, report, pid, created_at, updated_at, pid_start"
+    _COLUMNS = ("id, source, state, bytes_done, bytes_total, error, report, pid, created_at, updated_at, pid_start, "
+                "error_code")
 
     def __init__(self, paths: DataPaths) -> None:
         import bundles.schema  # noqa: F401  (registers the tables)
@@ -116,8 +135,8 @@ class ImportJobs:
         job_id = uuid.uuid4().hex
         with write_transaction(self.db) as db:
             db.execute(f"INSERT INTO import_jobs ({self._COLUMNS}) "
-                       "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?, ?)",
-                       [job_id, source, bytes_total, os.getpid(), now, now, _process_start(os.getpid())])
+                       "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?, ?, NULL)",
+                       [job_id, _printable(source), bytes_total, os.getpid(), now, now, _process_start(os.getpid())])
         job = self.get(job_id)
         assert job is not None
         return job
@@ -132,10 +151,29 @@ class ImportJobs:
             db.execute("UPDATE import_jobs SET state = 'done', report = ?, bytes_done = bytes_total, "
                        "updated_at = ? WHERE id = ?", [json.dumps(report), time.time(), job_id])
 
-    def fail(self, job_id: str, error: str) -> None:
+    def fail(self, job_id: str, error: str, code: str = INTERNAL) -> None:
+        """Record the job as failed with `error` and its refusal `code`; raises sqlite3.Error if SQLite cannot."""
         with write_transaction(self.db) as db:
-            db.execute("UPDATE import_jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?",
-                       [error, time.time(), job_id])
+            db.execute("UPDATE import_jobs SET state = 'failed', error = ?, error_code = ?, updated_at = ? "
+                       "WHERE id = ?", [_printable(error), code, time.time(), job_id])
+
+    def fail_or_log(self, job_id: str, error: str, code: str, retries: tuple[float, ...] = ()) -> bool:
+        """`fail`, logging instead of raising when SQLite cannot write, retried after each delay in `retries`.
+
+        Returns whether the failure is recorded. One not recorded leaves the
+        job open until its process ends; `_reap` then shows it as failed.
+        """
+        for delay in (*retries, None):
+            try:
+                self.fail(job_id, error, code)
+                return True
+            except sqlite3.Error as exc:
+                _log.error("import job %s: could not record its end (%s: %s) in the database: %s%s", job_id, code,
+                           _printable(error), exc, "" if delay is None else f"; retrying in {delay:.0f} s")
+                if delay is None:
+                    return False
+                time.sleep(delay)
+        return False
 
     def get(self, job_id: str) -> ImportJob | None:
         row = self.db.execute(f"SELECT {self._COLUMNS} FROM import_jobs WHERE id = ?", [job_id]).fetchone()
@@ -151,16 +189,20 @@ class ImportJobs:
         if job.state in OPEN_STATES and not _alive(job.pid, job.pid_start):
             message = ("interrupted: the importing process ended before finishing; import the bundle again "
                        "to complete it (what was verified is reused)")
-            with write_transaction(self.db) as db:
-                db.execute("UPDATE import_jobs SET state = 'failed', error = ?, updated_at = ? "
-                           "WHERE id = ? AND state IN ('verifying', 'importing')", [message, time.time(), job.id])
-            return ImportJob(**{**job.__dict__, "state": "failed", "error": message})
+            try:
+                with write_transaction(self.db) as db:
+                    db.execute("UPDATE import_jobs SET state = 'failed', error = ?, error_code = 'INTERRUPTED', "
+                               "updated_at = ? WHERE id = ? AND state IN ('verifying', 'importing')",
+                               [message, time.time(), job.id])
+            except sqlite3.Error as exc:  # a full database: shown as failed all the same, recorded next time
+                _log.warning("import job %s: could not record it as interrupted: %s", job.id, exc)
+            return ImportJob(**{**job.__dict__, "state": "failed", "error": message, "error_code": "INTERRUPTED"})
         return job
 
     @staticmethod
     def _job(row: Any) -> ImportJob:
         return ImportJob(row[0], row[1], row[2], int(row[3] or 0), int(row[4] or 0), row[5],
-                         json.loads(row[6]) if row[6] else None, row[7], row[8], row[9], row[10])
+                         json.loads(row[6]) if row[6] else None, row[7], row[8], row[9], row[10], row[11])
 
 
 class JobProgress:
@@ -177,16 +219,32 @@ class JobProgress:
         now = time.monotonic()
         if (state != self._state or done - self._last_bytes >= PROGRESS_BYTES
                 or now - self._last_time >= PROGRESS_SECONDS):
-            self.jobs.progress(self.job_id, done, total, state)
+            try:
+                self.jobs.progress(self.job_id, done, total, state)
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc):
+                    raise
+                # Progress is advisory: the import goes on, and its end (or DISK_FULL at publishing) is recorded.
+                _log.warning("import job %s: progress not recorded, the database is full: %s", self.job_id, exc)
             self._state, self._last_bytes, self._last_time = state, done, now
 
 
+def disk_full_refusal(exc: BaseException) -> BundleRefused:
+    """The DISK_FULL refusal for SQLite (or the OS) saying the disk is full (`registry.db.is_disk_full`)."""
+    return BundleRefused("DISK_FULL", f"the database could not be written ({exc}): the data volume is full; "
+                         "free space on it and import again")
+
+
 def run_import(importer: Importer, jobs: ImportJobs, job_id: str, source: Path, signature: bytes | None = None,
-               allow_unsigned: bool | None = None, progress: Progress | None = None) -> dict[str, Any]:
+               allow_unsigned: bool | None = None, progress: Progress | None = None,
+               record_retries: tuple[float, ...] = ()) -> dict[str, Any]:
     """Run one import under job `job_id`: progress, then the report or the error, recorded.
 
-    Returns the report (with ``jobId``); re-raises BundleRefused (and any
-    unexpected error) after recording it on the job.
+    Returns the report (with ``jobId``); raises BundleRefused (a full disk
+    or database is DISK_FULL) and re-raises any other unexpected error,
+    after recording it on the job with its code (``INTERNAL`` for the
+    unexpected). Recording never raises over the refusal; when SQLite cannot
+    write even that, it is logged (and retried after `record_retries`).
     """
     tracker = JobProgress(jobs, job_id)
 
@@ -198,13 +256,22 @@ def run_import(importer: Importer, jobs: ImportJobs, job_id: str, source: Path, 
     try:
         report = importer.run(source, signature, both, allow_unsigned)
     except BundleRefused as exc:
-        jobs.fail(job_id, exc.message)
+        jobs.fail_or_log(job_id, exc.message, exc.code, record_retries)
         raise
     except BaseException as exc:
-        jobs.fail(job_id, f"internal error ({type(exc).__name__}); see the appliance log")
+        if is_disk_full(exc):
+            refusal = disk_full_refusal(exc)
+            jobs.fail_or_log(job_id, refusal.message, refusal.code, record_retries)
+            raise refusal from None
+        jobs.fail_or_log(job_id, f"internal error ({type(exc).__name__}); see the appliance log", INTERNAL,
+                         record_retries)
         raise
     report["jobId"] = job_id
-    jobs.finish(job_id, report)
+    try:
+        jobs.finish(job_id, report)
+    except sqlite3.Error as exc:
+        # Published (one transaction, committed) but not recorded as done: say so rather than fail the import.
+        _log.error("import job %s: imported, but the report could not be recorded: %s", job_id, exc)
     return report
 
 
@@ -212,20 +279,26 @@ def start_in_background(importer: Importer, jobs: ImportJobs, source: Path, sign
                         cleanup: list[Path], done: Callable[[ImportJob], None] | None = None) -> ImportJob:
     """Create a job for `source` and run the import in a daemon thread; returns the job at once.
 
-    Raises BundleRefused(NOT_FOUND) before any job exists if the bundle is
-    missing. `cleanup` files are removed after a successful import; `done`
-    runs after the import either way (not after an unexpected crash of the
+    Raises BundleRefused before any job exists: NOT_FOUND if the bundle is
+    missing, DISK_FULL if the database is too full to record the job.
+    `cleanup` files are removed after a successful import; `done` runs
+    after the import either way (not after an unexpected crash of the
     process, which `_reap` reports as interrupted).
     """
     parts = bundle_parts(source)
-    job = jobs.create(source.name, sum(p.stat().st_size for p in parts))
+    try:
+        job = jobs.create(source.name, sum(p.stat().st_size for p in parts))
+    except sqlite3.Error as exc:
+        if is_disk_full(exc):
+            raise disk_full_refusal(exc) from None
+        raise
 
     def work() -> None:
         try:
-            run_import(importer, jobs, job.id, source, signature)
+            run_import(importer, jobs, job.id, source, signature, record_retries=RECORD_RETRIES)
         except BundleRefused as exc:
-            _log.info("bundle import %s refused: %s", job.id, exc.message)
-        except Exception:
+            _log.info("bundle import %s refused (%s): %s", job.id, exc.code, _printable(exc.message))
+        except BaseException:  # recorded on the job (INTERNAL) by run_import; never leaves it "verifying"
             _log.exception("bundle import %s failed", job.id)
         else:
             for path in cleanup:  # an uploaded bundle is not needed once imported

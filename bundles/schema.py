@@ -86,3 +86,10 @@ def m004_import_job_process_start(db: Database) -> None:
     # import_jobs.pid_start: the boot and start time of the process `pid` names (bundles.jobs._process_start),
     # so a reused pid does not keep an interrupted job looking alive.
     db.table("import_jobs").add_column("pid_start", str)
+
+
+@clusterdef_migrations()
+def m005_import_job_error_code(db: Database) -> None:
+    # import_jobs.error_code: the refusal code of a failed import (bundles.importer.BundleRefused.code, INTERNAL,
+    # INTERRUPTED), which the HTTP API and `bundle status --json` give as errorCode.
+    db.table("import_jobs").add_column("error_code", str)

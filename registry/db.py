@@ -11,6 +11,7 @@ under a file lock, so workers starting together never race a migration.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import sqlite3
 import threading
@@ -100,3 +101,19 @@ def write_transaction(db: Database) -> Iterator[Database]:
         raise
     else:
         db.execute("COMMIT")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite (or the OS under it) saying the disk or database is full (SQLITE_FULL, ENOSPC).
+
+    SQLite reports a full disk as ``sqlite3.OperationalError: database or disk
+    is full`` (SQLITE_FULL, also when `PRAGMA max_page_count` is reached);
+    callers turn it into the same refusal as a full data volume rather than a
+    server error.
+    """
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF == sqlite3.SQLITE_FULL
+        return "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -2,12 +2,15 @@
 
 A thin layer over `bundles.importer` (through `web.bundle_import`), the same
 core the HTTP API runs. Progress goes to stderr, the report to stdout, and a
-refused bundle exits 1 with the reason.
+refused bundle exits 1 with the reason and its refusal code
+(``Error: bundle refused: <reason> [<CODE>]``), also when the database is
+too full to record the job (``DISK_FULL``): never with a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -68,6 +71,11 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _refused(code: str, message: str) -> click.ClickException:
+    """The one line a refused import ends with: the reason, then the refusal code."""
+    return click.ClickException(f"bundle refused: {message} [{code}]")
+
+
 def _print_report(report: dict[str, Any]) -> None:
     b = report["bundle"]
     title = f"{b['name']} {b['version']}" if b.get("format") == "cargohold" else "plain OCI layout bundle"
@@ -108,14 +116,23 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
                   as_json: bool, quiet: bool) -> None:
     """Verify and import the bundle FILE (or FILE.part000, FILE.part001, ...)."""
     from bundles.importer import BundleRefused, bundle_parts
-    from bundles.jobs import run_import
+    from bundles.jobs import disk_full_refusal, run_import
+    from registry.db import is_disk_full
     from web.bundle_import import import_services
+
+    def full(exc: sqlite3.Error) -> click.ClickException:
+        if not is_disk_full(exc):
+            raise exc
+        refusal = disk_full_refusal(exc)
+        return _refused(refusal.code, refusal.message + " (no import job could be recorded)")
 
     config = _config(data_dir=data_dir)
     try:
         services = import_services(config)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except sqlite3.Error as exc:  # a migration could not be written
+        raise full(exc) from None
     signature = None
     if signature_file is not None:
         with signature_file.open("rb") as f:
@@ -123,8 +140,11 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
     try:
         total = sum(p.stat().st_size for p in bundle_parts(file))
     except BundleRefused as exc:
-        raise click.ClickException(f"bundle refused: {exc.message}") from None
-    job = services.jobs.create(str(file), total)
+        raise _refused(exc.code, exc.message) from None
+    try:
+        job = services.jobs.create(str(file), total)
+    except sqlite3.Error as exc:
+        raise full(exc) from None
     bar = None if quiet else ProgressBar()
     click.echo(f"import job {job.id}", err=True)
     try:
@@ -133,7 +153,7 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
     except BundleRefused as exc:
         if bar is not None:
             bar.close()
-        raise click.ClickException(f"bundle refused: {exc.message}") from None
+        raise _refused(exc.code, exc.message.encode("utf-8", "backslashreplace").decode()) from None
     if bar is not None:
         bar.close()
     if as_json:
@@ -147,7 +167,7 @@ def _job_line(job: Any) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
     line = f"{job.id}  {when}  {job.state:<9} {pct}  {job.source}"
     if job.error:
-        line += f"\n    {job.error}"
+        line += f"\n    {job.error}" + (f" [{job.error_code}]" if job.error_code else "")
     return line
 
 

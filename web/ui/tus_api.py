@@ -67,6 +67,7 @@ EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration,conc
 PREFIX = "/api/v1/uploads"
 _UPLOAD_PATH = re.compile(rf"^{re.escape(PREFIX)}/([0-9a-f]{{32}})$")
 MAX_SIGNATURE_BYTES = 64 << 10
+_REFUSED_STATUS = {"NOT_FOUND": 410, "DISK_FULL": 507}  # an import that cannot start; anything else is 500
 KINDS = ("bundle", "signature")
 
 
@@ -186,7 +187,7 @@ def _start_import(upload: TusUpload) -> None:
         if sig is None or not sig.complete:
             job = jobs.create(path.name, upload.length)
             jobs.fail(job.id, f"the signature upload {sig_id} is gone or incomplete; upload the bundle and its "
-                      "signature again")
+                      "signature again", "SIGNATURE")
             ui.uploads.set_job(upload.id, job.id)
             return
         with ui.uploads.data_path(sig).open("rb") as f:
@@ -270,8 +271,9 @@ def create_blueprint() -> Blueprint:
                                             owner=who.username)
         except TusError as exc:
             return _fail(exc.status, exc.message)
-        except BundleRefused as exc:  # the bundle vanished between its assembly and the import's start
-            return _fail(500 if exc.code != "NOT_FOUND" else 410, exc.message)
+        except BundleRefused as exc:  # the bundle vanished between its assembly and the import's start, or the
+            # database is too full to record the import's job
+            return _fail(_REFUSED_STATUS.get(exc.code, 500), exc.message)
         resp = Response(status=201)
         resp.headers["Location"] = f"{PREFIX}/{upload.id}"
         return _tus(_upload_headers(resp, upload))
@@ -311,8 +313,9 @@ def create_blueprint() -> Blueprint:
                                           owner=who.username)
         except TusError as exc:
             return _fail(exc.status, exc.message)
-        except BundleRefused as exc:  # the bundle vanished between its last byte and the import's start
-            return _fail(500 if exc.code != "NOT_FOUND" else 410, exc.message)
+        except BundleRefused as exc:  # the bundle vanished between its last byte and the import's start, or the
+            # database is too full to record the import's job
+            return _fail(_REFUSED_STATUS.get(exc.code, 500), exc.message)
         return _tus(_upload_headers(Response(status=204), upload))
 
     @bp.delete(f"{PREFIX}/<upload_id>")
