@@ -100,13 +100,28 @@ def test_a_hostile_manifest_is_refused_in_bounded_memory_by_the_cli(tmp_path: Pa
     before = snapshot(data)
     code, stderr, peak_kib = _import_measured(bundle, data)
     assert code == 1, stderr
+    assert peak_kib < PEAK_LIMIT_KIB, f"peak RSS {peak_kib // 1024} MiB refusing a {shape} manifest"
     assert "Traceback" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("Error: bundle refused: cargohold-bundle.json ") and last.endswith("[MANIFEST_TOO_LARGE]")
-    assert peak_kib < PEAK_LIMIT_KIB, f"peak RSS {peak_kib // 1024} MiB refusing a {shape} manifest"
     job = _job_of(stderr, data)
     assert job["state"] == "failed" and job["errorCode"] == "MANIFEST_TOO_LARGE", job
     assert snapshot(data) == before
+
+
+def test_a_hostile_index_json_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """A plain layout's index.json of 15 MiB of ``[],[]``, imported where the policy allows unsigned bundles."""
+    body = HOSTILE_MANIFESTS["15 MiB of [],[]"]()
+    bundle = craft.write_bundle(tmp_path / "index.tar.zst", [
+        craft.Entry.file("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+        craft.Entry.file("index.json", body)], level=19)
+    data = tmp_path / "data"
+    code, stderr, peak_kib = _import_measured(bundle, data, "--allow-unsigned")
+    assert code == 1, stderr
+    assert peak_kib < PEAK_LIMIT_KIB, f"peak RSS {peak_kib // 1024} MiB refusing a hostile index.json"
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("Error: bundle refused: index.json holds ")
+    assert stderr.strip().endswith("[MANIFEST_TOO_LARGE]"), stderr
 
 
 def test_a_member_name_that_is_not_utf8_is_refused_with_a_code(tmp_path: Path) -> None:
@@ -149,7 +164,8 @@ def test_many_tiny_members_behind_a_junk_detached_signature_are_refused_before_u
         body = f"{i}\n".encode()
         members.append(craft.Entry.file(f"blobs/sha256/{hashlib.sha256(body).hexdigest()}", body))
     bundle = craft.write_bundle(tmp_path / "tiny.tar.zst", members, level=19)
-    assert bundle.stat().st_size < 2 << 20
+    # One read chunk (1 MiB): the job's first progress write is also its last, so bytesDone below is exact.
+    assert bundle.stat().st_size < 1 << 20
     junk = tmp_path / "junk.sig"
     junk.write_bytes(os.urandom(256))
     data = few_inodes / "data"
@@ -157,8 +173,9 @@ def test_many_tiny_members_behind_a_junk_detached_signature_are_refused_before_u
     (tmp_path / "rsa.pub").write_bytes(keys.public_pem(signer))
     cli("keys", "add", str(tmp_path / "rsa.pub"), "--data-dir", str(data))
     before = snapshot(data)
+    # No free-space reserve: the small volume must not refuse the import for space before its inodes matter.
     proc = cli("bundle", "import", str(bundle), "--signature", str(junk), "--data-dir", str(data), "--quiet",
-               check=False)
+               env={"CARGOHOLD_IMPORT_RESERVE_BYTES": "0"}, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().endswith("[SIGNATURE]"), proc.stderr
     assert "detached signature does not verify" in proc.stderr
@@ -224,11 +241,11 @@ def test_hostile_uploads_fail_their_http_jobs_with_the_code(appliance_factory: C
     # A good detached signature gets the plain layout past the signature check to its bad member name.
     run("openssl", "dgst", "-sha256", "-sign", str(tmp_path / "rsa.pem"), "-out", str(tmp_path / "bad.sig"),
         str(bad_name))
-    cases = [(_manifest_bundle(tmp_path / "brackets.tar.zst", HOSTILE_MANIFESTS["64 MiB of [],[]"]()), None,
+    cases = [(bad_name, tmp_path / "bad.sig", "UNSAFE_MEMBER"),
+             (_manifest_bundle(tmp_path / "brackets.tar.zst", HOSTILE_MANIFESTS["64 MiB of [],[]"]()), None,
               "MANIFEST_TOO_LARGE"),
              (_manifest_bundle(tmp_path / "nested.tar.zst", HOSTILE_MANIFESTS["200,000 nested ["]()), None,
-              "MANIFEST_TOO_LARGE"),
-             (bad_name, tmp_path / "bad.sig", "UNSAFE_MEMBER")]
+              "MANIFEST_TOO_LARGE")]
     for bundle, signature, code in cases:
         with bundle.open("rb") as f:
             files: dict[str, tuple[str, io.BufferedReader | bytes]] = {"uploadFile": (bundle.name, f)}
@@ -236,7 +253,7 @@ def test_hostile_uploads_fail_their_http_jobs_with_the_code(appliance_factory: C
                 files["signature"] = ("b.sig", signature.read_bytes())
             resp = requests.post(f"{app.url}/api/v1/bundles", files=files, auth=app.admin, timeout=60)
         assert resp.status_code == 202, resp.text
-        job = _wait_job(app, resp.json()["jobUrl"])
+        job = _wait_job(app, resp.json()["jobUrl"], timeout=30)
         assert job["state"] == "failed", job  # before: the bad name left it "verifying" for good
         assert job["errorCode"] == code, job
         assert job["error"], job
