@@ -38,7 +38,7 @@ BLOB_PREFIX = "blobs/"
 CHART_PREFIX = "charts/"
 CLUSTERDEF_PREFIX = "cluster-definitions/"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-MAX_MANIFEST_BYTES = 16 << 20  # ~90,000 members at ~180 bytes each (sha256 digests, indent=1)
+MAX_MANIFEST_BYTES = 16 << 20  # ~80,000 members at ~200 bytes each (sha256 digests, indent=1)
 # What the manifest may hold, checked on its bytes before it is parsed (bundles.boundedjson): it is read before
 # its signature is checked, so these caps, not a key, bound what parsing it costs (~70 MB at worst).
 # A manifest nests 3 deep (object, list, entry); members take one object and ~3 elements each.
