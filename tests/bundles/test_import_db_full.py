@@ -24,7 +24,7 @@ import requests
 from bundles import keys
 from tests.appliance import Appliance
 from tests.bundles import craft
-from tests.bundles.conftest import cli, snapshot, unique_layout
+from tests.bundles.conftest import big_layout, cli, snapshot, unique_layout
 
 
 @dataclass
@@ -169,3 +169,40 @@ def test_a_database_that_fills_while_publishing_records_disk_full(full_site: tup
             assert resp.status_code == 404, ref
         volume.release()
     assert "Traceback" not in app.log()
+
+
+def test_a_job_end_that_cannot_be_recorded_is_logged_and_recorded_once_there_is_room(
+        full_site: tuple[Appliance, DbVolume], tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    """The database fills while a long import runs, with no WAL slack left: not even the job's end fits.
+
+    The worker says so in its log and tries again; once space is freed the
+    job is recorded failed with DISK_FULL (before, it stayed "verifying" for
+    as long as the worker lived).
+    """
+    app, volume = full_site
+    layout, ref = big_layout(tmp_path / "layout", layers=48, layer_size=4 << 20)
+    name = "long.tar.zst"
+    craft.write_bundle(app.data_dir / "imports" / name, craft.standard_entries(layout.root, ec_key), level=1)
+    resp = requests.post(f"{app.url}/api/v1/bundles/import", json={"path": name}, auth=app.admin, timeout=30)
+    assert resp.status_code == 202, resp.text
+    url = f"{app.url}{resp.json()['jobUrl']}"
+    deadline = time.monotonic() + 60
+    while True:  # fill the database's volume while the import is still streaming
+        job = requests.get(url, auth=app.admin, timeout=10).json()
+        if job["state"] == "verifying" and job["bytesDone"] > 0:
+            break
+        assert job["state"] == "verifying" and time.monotonic() < deadline, job
+        time.sleep(0.02)
+    volume.fill()
+    deadline = time.monotonic() + 60
+    while "could not record its end" not in app.log():
+        assert time.monotonic() < deadline, app.log()[-3000:]
+        time.sleep(0.1)
+    job = requests.get(url, auth=app.admin, timeout=10).json()
+    assert job["state"] in ("verifying", "importing"), job  # its process lives: not yet shown as interrupted
+    volume.release()
+    job = _wait_job(app, resp.json()["jobUrl"], timeout=60)
+    assert job["state"] == "failed" and job["errorCode"] == "DISK_FULL", job
+    assert "database or disk is full" in str(job["error"])
+    image = requests.get(f"{app.url}/v2/spectro-images/{ref.replace(':', '/manifests/')}", auth=app.admin, timeout=10)
+    assert image.status_code == 404
