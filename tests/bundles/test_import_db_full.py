@@ -11,6 +11,7 @@ the tmpfs too. Mounting needs root; the tests skip where it is refused.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -35,7 +36,7 @@ class DbVolume:
     database: Path
 
     def free_bytes(self) -> int:
-        st = __import__("os").statvfs(self.mount)
+        st = os.statvfs(self.mount)
         return int(st.f_bavail * st.f_frsize)
 
     def fill(self, leave: int = 0) -> None:
