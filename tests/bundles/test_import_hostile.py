@@ -30,7 +30,7 @@ from bundles import format as fmt
 from bundles import keys
 from tests.appliance import Appliance
 from tests.bundles import craft
-from tests.bundles.conftest import REPO_ROOT, cli, run, snapshot, unique_layout
+from tests.bundles.conftest import REPO_ROOT, cli, make_site, run, snapshot, unique_layout
 
 # The CLI process alone (Python, Flask, zstd, cryptography) peaks around 50 MiB; before the caps, the 64 MiB
 # manifest of `[],[],...` below took it to 1.7 GB.
@@ -96,7 +96,7 @@ def test_a_hostile_manifest_is_refused_in_bounded_memory_by_the_cli(tmp_path: Pa
     bundle = _manifest_bundle(tmp_path / "hostile.tar.zst", HOSTILE_MANIFESTS[shape]())
     assert bundle.stat().st_size < 64 << 10
     data = tmp_path / "data"
-    cli("bundle", "list", "--data-dir", str(data))  # a data directory with its database
+    make_site(data)  # a data directory with its database (read-only CLI commands refuse an empty one)
     before = snapshot(data)
     code, stderr, peak_kib = _import_measured(bundle, data)
     assert code == 1, stderr
