@@ -14,6 +14,11 @@ or when its total grows past a cap, so a hostile archive costs at most the
 caps in memory. Images are discovered (`bundles.discovery`) at import and
 stored with the definition, so a check never parses manifests again.
 
+A definition may carry a signed envelope (two top-level members,
+`ENVELOPE_MEMBERS`); parsing leaves them out, and `bundles.clusterdef_trust`
+checks them: a standalone definition is only stored through its
+`import_archive`, which verifies the signature first.
+
 `ClusterDefinitions` keeps definitions (by name; importing a name again
 replaces it) and the history of checks in SQLite.
 """
@@ -53,6 +58,11 @@ DEFINITION_FILES = ("definition.yaml", "definition.yml", "definition.json")
 PROFILE_TYPES = ("infra", "add-on", "system", "app")
 INFRA = "infra"
 DEFAULT_ARCHITECTURES = ("amd64",)
+
+# The signed envelope (bundles.clusterdef_trust): a list of every other member's digest, and a signature over it.
+ENVELOPE_MANIFEST = "cargohold-definition.json"
+ENVELOPE_SIGNATURE = "cargohold-definition.sig"
+ENVELOPE_MEMBERS = (ENVELOPE_MANIFEST, ENVELOPE_SIGNATURE)
 
 MAX_ARCHIVE_BYTES = 64 << 20  # compressed
 MAX_MEMBER_BYTES = 16 << 20
@@ -174,6 +184,7 @@ class ClusterDefinition:
     digest: str = ""  # sha256 of the archive
     source: str = ""
     imported_at: float = 0.0
+    signed_by: str = ""  # id of the trusted key that signed a standalone definition ("" inside a bundle, or unsigned)
 
     @property
     def required_variables(self) -> list[dict[str, Any]]:
@@ -185,14 +196,15 @@ class ClusterDefinition:
         return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "version": self.version,
                 "architectures": list(self.architectures), "profiles": [p.to_json() for p in self.profiles],
                 "images": [i.to_json() for i in self.images], "warnings": list(self.warnings),
-                "digest": self.digest, "source": self.source, "importedAt": self.imported_at}
+                "digest": self.digest, "source": self.source, "importedAt": self.imported_at,
+                "signedBy": self.signed_by or None}
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architectures": list(self.architectures),
                 "profiles": [{"name": p.name, "type": p.type, "packs": len(p.packs)} for p in self.profiles],
                 "images": len(self.images), "requiredVariables": self.required_variables,
                 "warnings": list(self.warnings), "digest": self.digest, "source": self.source,
-                "importedAt": self.imported_at}
+                "importedAt": self.imported_at, "signedBy": self.signed_by or None}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ClusterDefinition:
@@ -214,7 +226,7 @@ class ClusterDefinition:
                    tuple(RequiredImage(i["reference"], tuple(i["sources"]), i.get("kind", "image"))
                          for i in doc.get("images", [])),
                    tuple(doc.get("warnings", [])), doc.get("digest", ""), doc.get("source", ""),
-                   float(doc.get("importedAt", 0.0)))
+                   float(doc.get("importedAt", 0.0)), doc.get("signedBy") or "")
 
 
 # -- reading the archive ----------------------------------------------------------------------
@@ -372,7 +384,8 @@ def parse_archive(archive: IO[bytes] | Path | str, source: str = "") -> ClusterD
 
 
 def parse_members(members: dict[str, bytes], digest: str, source: str = "") -> ClusterDefinition:
-    """Parse an archive already read into memory by `read_members`."""
+    """Parse an archive already read into memory by `read_members` (a signed envelope is left out, unchecked)."""
+    members = {k: v for k, v in members.items() if k not in ENVELOPE_MEMBERS}
     candidates = [m for m in members if posixpath.basename(m) in DEFINITION_FILES and m.count("/") <= 1]
     top = [m for m in candidates if "/" not in m] or candidates
     if not top:
@@ -603,11 +616,3 @@ class ClusterDefinitions:
         if row is None:
             raise DefinitionNotFound(f"{name} check {check_id}")
         return {"id": row[0], **json.loads(row[1])}
-
-
-def import_archive(store: ClusterDefinitions, archive: IO[bytes] | Path | str, source: str) -> ClusterDefinition:
-    """Parse, validate and store a definition archive; the bundle importer calls this per member.
-
-    Raises DefinitionError (and stores nothing) when the archive is refused.
-    """
-    return store.put(parse_archive(archive, source))

@@ -4,7 +4,8 @@ Route table (JSON unless said otherwise; who may call what is `bundles.api_acces
 rule: POST and DELETE need a system administrator, GETs any signed-in principal
 that may pull from the default project; credentials are Basic or Bearer):
 
-    POST    /api/cargohold/v1/cluster-definitions                  upload a .tgz (multipart `file` or `uploadFile`)
+    POST    /api/cargohold/v1/cluster-definitions                  upload a .tgz (multipart `file` or `uploadFile`,
+                                                                   optional detached `signature`)
     GET     /api/cargohold/v1/cluster-definitions                  list (summaries)
     GET     /api/cargohold/v1/cluster-definitions/<name>           one definition in full
     DELETE  /api/cargohold/v1/cluster-definitions/<name>           remove it and its check history
@@ -15,7 +16,11 @@ that may pull from the default project; credentials are Basic or Bearer):
     GET     /ui/cluster-definitions/<name>                         302 to the UI's page /ui/definitions/<name>
 
 Errors answer ``{"errors": [{"code", "message"}]}`` with the status the
-problem calls for; a refused upload leaves the store as it was. Uploads,
+problem calls for; a refused upload leaves the store as it was. An upload
+no trusted key signs is refused (`bundles.clusterdef_trust`: codes
+``DEFINITION_UNSIGNED``, ``DEFINITION_KEY_UNTRUSTED``,
+``DEFINITION_SIGNATURE_INVALID``) unless the policy allows unsigned
+definitions. Uploads,
 deletes and recorded checks land in the audit log (``cluster-definition``
 ``<name>:<version>``, ``check`` ``<name>/checks/<id>``).
 """
@@ -35,9 +40,10 @@ from bundles.clusterdef import (
     ClusterDefinitions,
     DefinitionError,
     DefinitionNotFound,
-    import_archive,
 )
+from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
 from bundles.mirror import for_registry, write_tar_gz
+from bundles.trust import TrustStore
 from registry.model import Registry
 from registry.names import MappingRule
 
@@ -50,6 +56,7 @@ class ClusterDefApiConfig:
 
     project: str
     rules: tuple[MappingRule, ...] = ()
+    allow_unsigned: bool = False  # allow_unsigned_definitions: store definitions no trusted key signs
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -59,13 +66,15 @@ def _error(status: int, code: str, message: str) -> Response:
 
 
 def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard: ApiAccess,
-                     config: ClusterDefApiConfig) -> Blueprint:
-    """The cluster definition endpoints over one data directory."""
+                     config: ClusterDefApiConfig, trust: TrustStore) -> Blueprint:
+    """The cluster definition endpoints over one data directory; uploads are checked against `trust`."""
     bp = Blueprint("clusterdefs", __name__)
+    policy = SignaturePolicy(trust, config.allow_unsigned)
 
     @bp.errorhandler(DefinitionError)
     def _invalid(exc: DefinitionError) -> Response:
-        return _error(400, "DEFINITION_INVALID", str(exc))
+        # A signature refusal names its own code; any other refusal is an invalid archive.
+        return _error(400, getattr(exc, "code", "DEFINITION_INVALID"), str(exc))
 
     @bp.errorhandler(ApiDenied)
     def _denied(exc: ApiDenied) -> Response:
@@ -92,7 +101,14 @@ def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard:
         if upload is None:
             return _error(400, "DEFINITION_INVALID",
                           "expected a multipart form with the .tgz in the field 'file' (or 'uploadFile')")
-        definition = import_archive(definitions, upload.stream, f"upload:{upload.filename or 'unnamed'}")
+        signature: bytes | None = None
+        sig_file = request.files.get("signature")
+        if sig_file is not None and sig_file.filename:
+            signature = sig_file.stream.read(MAX_SIGNATURE_BYTES + 1)
+        elif request.form.get("signature"):
+            signature = request.form["signature"].encode()  # base64 or hex text in a plain form field
+        definition = import_archive(definitions, upload.stream, f"upload:{upload.filename or 'unnamed'}", policy,
+                                    signature)
         guard.record("create", "cluster-definition", f"{definition.name}:{definition.version}")
         resp = jsonify(definition.summary())
         resp.status_code = 201

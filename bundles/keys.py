@@ -218,6 +218,22 @@ def verify_detached(key: PublicKey, signature: bytes, sha256_digest: bytes) -> s
                     "use the bundle's embedded signature or an RSA/ECDSA key")
 
 
+def sign_detached(key: PrivateKey, sha256_digest: bytes) -> bytes:
+    """A detached signature over a whole file, given its SHA-256, as `openssl dgst -sha256 -sign` makes it.
+
+    RSA signs PKCS#1 v1.5 (openssl's default), ECDSA a DER signature over
+    the SHA-256; `verify_detached` accepts both. Raises SignatureError for
+    an Ed25519 key, which cannot sign a pre-hashed file.
+    """
+    prehashed = utils.Prehashed(hashes.SHA256())
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(sha256_digest, padding.PKCS1v15(), prehashed)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(sha256_digest, ec.ECDSA(prehashed))
+    raise SignatureError("an Ed25519 key cannot make a detached signature over a whole file; "
+                         "use an embedded signature or an RSA/ECDSA key")
+
+
 def read_signature_file(data: bytes) -> bytes:
     """The raw signature bytes of a detached signature file: raw, base64 or hex.
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlite_utils import Database
 
 from bundles.check import check_definition
-from bundles.clusterdef import ClusterDefinitions, import_archive
+from bundles.clusterdef import ClusterDefinitions, parse_archive
 from registry.blobstore import BlobInfo
 from registry.db import write_transaction
 from registry.digest import Digest
@@ -137,7 +137,8 @@ def main() -> int:
     write_definition(archive, chosen, args.architectures.split(","))
     store = ClusterDefinitions(paths)
     t0 = time.perf_counter()
-    definition = import_archive(store, archive, "bench")
+    # Straight into the store: this measures the check, not signature checks (a throwaway data directory).
+    definition = store.put(parse_archive(archive, "bench"))
     imported = time.perf_counter() - t0
 
     registry = Registry(paths)

@@ -45,19 +45,75 @@ def clusterdef() -> None:
 @clusterdef.command("import")
 @data_dir_option
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-def import_cmd(data_dir: Path | None, file: Path) -> None:
-    """Import a cluster definition .tgz (replaces an earlier one of the same name)."""
-    from bundles.clusterdef import DefinitionError, import_archive
+@click.option("--signature", "signature_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Detached signature over the whole file (raw, base64 or hex), from "
+                                 "`cargohold clusterdef sign --detached` or `openssl dgst -sha256 -sign`.")
+@click.option("--allow-unsigned", is_flag=True, default=False,
+              help="Accept a definition no trusted key signs (the default policy refuses it).")
+def import_cmd(data_dir: Path | None, file: Path, signature_file: Path | None, allow_unsigned: bool) -> None:
+    """Verify and import a cluster definition .tgz (replaces an earlier one of the same name)."""
+    from bundles.clusterdef import DefinitionError
+    from bundles.clusterdef_trust import SignaturePolicy, SignatureRefused, import_archive
+    from bundles.trust import TrustStore
 
-    _, _, definitions = _services(data_dir)
+    config, _, definitions = _services(data_dir)
+    signature = None
+    if signature_file is not None:
+        with signature_file.open("rb") as f:
+            signature = f.read(64 * 1024 + 1)  # read_signature_file refuses anything larger
+    policy = SignaturePolicy(TrustStore(config.paths), allow_unsigned or config.allow_unsigned_definitions)
     try:
-        d = import_archive(definitions, file, f"file:{file.name}")
+        d = import_archive(definitions, file, f"file:{file.name}", policy, signature)
+    except SignatureRefused as exc:
+        raise click.ClickException(f"{file}: refused ({exc.code}): {exc}") from None
     except DefinitionError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     click.echo(f"imported {d.name} {d.version}: {len(d.profiles)} profiles, "
-               f"{sum(len(p.packs) for p in d.profiles)} packs, {len(d.images)} images")
+               f"{sum(len(p.packs) for p in d.profiles)} packs, {len(d.images)} images; "
+               + (f"signed by {d.signed_by}" if d.signed_by else "UNSIGNED (allowed by policy)"))
     for w in d.warnings:
         click.echo(f"warning: {w}", err=True)
+
+
+@clusterdef.command("sign")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--sign-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="PEM private key to sign with (its public half must be trusted on site).")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the signing key's passphrase [or env CARGOHOLD_KEY_PASSPHRASE, or a prompt].")
+@click.option("--detached", is_flag=True,
+              help="Write a detached signature FILE.sig (RSA/ECDSA) instead of a signed copy of the archive.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write [default: NAME.signed.tgz beside FILE; with --detached, FILE.sig].")
+def sign_cmd(file: Path, sign_key: Path, passphrase_file: Path | None, detached: bool, output: Path | None) -> None:
+    """Sign the cluster definition FILE so a site accepts it; prints the signing key's id."""
+    from bundles import keys as keymod
+    from bundles.clusterdef import DefinitionError
+    from bundles.clusterdef_trust import detached_signature, signed_archive
+    from web.cli_build import _load_sign_key
+
+    key = _load_sign_key(sign_key, passphrase_file)
+    try:
+        if detached:
+            data = detached_signature(file, key)
+            target = output or file.with_name(file.name + ".sig")
+        else:
+            with file.open("rb") as f:
+                data = signed_archive(f, key)
+            stem = file.name[:-4] if file.name.endswith(".tgz") else file.name
+            target = output or file.with_name(f"{stem}.signed.tgz")
+    except (DefinitionError, keymod.SignatureError) as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {target}: {exc.strerror}") from None
+    click.echo(f"wrote {target}", err=True)
+    click.echo(keymod.key_id(key))
 
 
 @clusterdef.command("list")

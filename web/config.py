@@ -75,6 +75,9 @@ class Config:
     # Bundle import (docs/bundle-import.md). Unsigned bundles are refused
     # unless this is turned on: a site must not run content nobody vouched for.
     allow_unsigned_bundles: bool = False
+    # Cluster definitions uploaded on their own (docs/cluster-definition-format.md) likewise need a
+    # trusted key's signature unless this is turned on; those inside a bundle are covered by its signature.
+    allow_unsigned_definitions: bool = False
     # Largest bundle file (or upload) accepted, compressed.
     bundle_max_bytes: int = 512 << 30
     # Largest total a bundle may decompress to, and the largest ratio of

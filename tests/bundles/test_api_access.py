@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from bundles import keys
+from bundles.clusterdef_trust import detached_signature
 from tests.appliance import Appliance
 from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
@@ -125,17 +126,20 @@ def test_bearer_tokens_read_but_never_import(trusted: Appliance, tmp_path: Path)
     assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers
 
 
-def test_cluster_definition_changes_need_a_system_admin_and_are_audited(appliance: Appliance,
-                                                                       tmp_path: Path) -> None:
+def test_cluster_definition_changes_need_a_system_admin_and_are_audited(trusted: Appliance, tmp_path: Path,
+                                                                       ec_key: keys.PrivateKey) -> None:
+    appliance = trusted
     name = f"acl-{uuid.uuid4().hex[:8]}"
     archive = build_archive(tmp_path / "d.tgz", simple_definition(name, ["nginx:1"]))
+    signature = detached_signature(archive, ec_key)  # by a key the appliance trusts
     system = _robot(appliance, "system", SYSTEM_ADMIN)
     project = _project_robot(appliance)
 
     def post_definition(auth: Any) -> requests.Response:
         with archive.open("rb") as f:
             return requests.post(f"{appliance.url}{DEFS}/cluster-definitions", auth=auth,
-                                 files={"file": (archive.name, f, "application/gzip")}, timeout=30)
+                                 files={"file": (archive.name, f, "application/gzip"),
+                                        "signature": ("d.tgz.sig", signature)}, timeout=30)
 
     before = requests.get(f"{appliance.url}{DEFS}/cluster-definitions", auth=project.auth, timeout=10)
     assert before.status_code == 200

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import requests
 
+from bundles import keys
+from bundles.clusterdef_trust import detached_signature
 from tests.appliance import Appliance
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.images import Blob, OciLayout
@@ -75,10 +77,12 @@ def site(appliance: Appliance, tmp_path: Path) -> Site:
     return Site(domain, layout, blobs)
 
 
-def upload(appliance: Appliance, archive: Path) -> requests.Response:
+def upload(appliance: Appliance, archive: Path, key: keys.PrivateKey) -> requests.Response:
+    """Upload a definition with a detached signature by `key` (the appliance must trust it: `trusted`)."""
     with archive.open("rb") as f:
         return requests.post(f"{appliance.url}{API}/cluster-definitions", auth=appliance.admin,
-                             files={"file": (archive.name, f, "application/gzip")}, timeout=30)
+                             files={"file": (archive.name, f, "application/gzip"),
+                                    "signature": ("d.sig", detached_signature(archive, key))}, timeout=30)
 
 
 def check(appliance: Appliance, name: str) -> dict[str, Any]:
@@ -104,14 +108,15 @@ def layout_size(layout: OciLayout, digest: str, arches: tuple[str, ...]) -> int:
     return total + int(doc["config"]["size"]) + sum(int(layer["size"]) for layer in doc["layers"])
 
 
-def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(appliance: Appliance, site: Site,
-                                                                     tmp_path: Path) -> None:
+def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(trusted: Appliance, site: Site,
+                                                                     tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    appliance = trusted
     refs = list(site.blobs)
     name = f"site-{site.domain.split('.')[0]}"
     definition = simple_definition(name, refs, architectures=("amd64", "arm64"),
                                    variables=[{"name": "vip", "required": True, "format": "ipv4"},
                                               {"name": "dns", "required": True, "default": "10.0.0.10"}])
-    r = upload(appliance, build_archive(tmp_path / "d.tgz", definition))
+    r = upload(appliance, build_archive(tmp_path / "d.tgz", definition), ec_key)
     assert r.status_code == 201, r.text
     assert r.json()["images"] == 5
 
@@ -189,7 +194,9 @@ def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(appliance:
     assert mb in page.text
 
 
-def test_pinned_digest_mismatch_and_missing_repository(appliance: Appliance, site: Site, tmp_path: Path) -> None:
+def test_pinned_digest_mismatch_and_missing_repository(trusted: Appliance, site: Site, tmp_path: Path,
+                                                       ec_key: keys.PrivateKey) -> None:
+    appliance = trusted
     one, two, ma, _, _ = list(site.blobs)
     other = site.blobs[two].digest
     pinned_wrong = f"{one}@{other}"  # tag one:1.0 serves another manifest than the pinned one
@@ -201,7 +208,7 @@ def test_pinned_digest_mismatch_and_missing_repository(appliance: Appliance, sit
     name = f"pin-{site.domain.split('.')[0]}"
     definition = simple_definition(name, [pinned_wrong, pinned_right, by_digest_only, absent, ma,
                                           untagged_but_stored, neither])
-    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition)).status_code == 201
+    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition), ec_key).status_code == 201
     result = check(appliance, name)
     assert not_present(result) == {pinned_wrong: "digest_mismatch", by_digest_only: "digest_mismatch",
                                    absent: "repository_missing", neither: "tag_missing"}
@@ -213,19 +220,21 @@ def test_pinned_digest_mismatch_and_missing_repository(appliance: Appliance, sit
     assert result["architectures"] == ["amd64"]
 
 
-def test_upload_refusals_leave_the_store_unchanged(appliance: Appliance, tmp_path: Path) -> None:
+def test_upload_refusals_leave_the_store_unchanged(trusted: Appliance, tmp_path: Path,
+                                                   ec_key: keys.PrivateKey) -> None:
+    appliance = trusted
     before = requests.get(f"{appliance.url}{API}/cluster-definitions", auth=appliance.admin, timeout=10).json()
     bad = simple_definition("refused-def", ["nginx:1"])
     bad["profiles"].append({**bad["profiles"][0], "name": "second-infra", "packs": []})
     archive = build_archive(tmp_path / "bad.tgz", bad)
-    r = upload(appliance, archive)
+    r = upload(appliance, archive, ec_key)
     assert r.status_code == 400
     assert r.json()["errors"][0]["code"] == "DEFINITION_INVALID"
     assert "at most one infrastructure profile" in r.json()["errors"][0]["message"]
 
     junk = tmp_path / "junk.tgz"
     junk.write_bytes(b"not gzip at all")
-    r = upload(appliance, junk)
+    r = upload(appliance, junk, ec_key)
     assert r.status_code == 400 and "gzip" in r.json()["errors"][0]["message"]
 
     with archive.open("rb") as f:
@@ -247,7 +256,8 @@ def test_upload_refusals_leave_the_store_unchanged(appliance: Appliance, tmp_pat
     assert missing.status_code == 404 and "no-such" in missing.json()["errors"][0]["message"]
 
 
-def test_cli_import_check_and_list(appliance: Appliance, site: Site, tmp_path: Path) -> None:
+def test_cli_import_check_and_list(trusted: Appliance, site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    appliance = trusted
     one, two, *_ = list(site.blobs)
     name = f"cli-{site.domain.split('.')[0]}"
     archive = build_archive(tmp_path / "d.tgz", simple_definition(name, [one, two, f"{site.domain}/gone/x:1"]))
@@ -256,9 +266,12 @@ def test_cli_import_check_and_list(appliance: Appliance, site: Site, tmp_path: P
         return subprocess.run([sys.executable, "-m", "web.cli", *args, "--data-dir", str(appliance.data_dir)],
                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
 
-    imported = cli("clusterdef", "import", str(archive))
+    signature = tmp_path / "d.tgz.sig"
+    signature.write_bytes(detached_signature(archive, ec_key))
+    imported = cli("clusterdef", "import", str(archive), "--signature", str(signature))
     assert imported.returncode == 0, imported.stderr
-    assert f"imported {name} 1.0.0: 1 profiles, 1 packs, 3 images" in imported.stdout
+    assert (f"imported {name} 1.0.0: 1 profiles, 1 packs, 3 images; signed by {keys.key_id(ec_key)}"
+            in imported.stdout)
     assert name in cli("clusterdef", "list").stdout
     table = cli("clusterdef", "check", name)
     assert table.returncode == 1  # not ready
@@ -274,11 +287,13 @@ def test_cli_import_check_and_list(appliance: Appliance, site: Site, tmp_path: P
     assert refused.returncode != 0 and "not a readable gzip-compressed tar" in refused.stderr
 
 
-def test_images_from_a_registry_with_a_port_are_found_where_they_nest(appliance: Appliance, tmp_path: Path) -> None:
+def test_images_from_a_registry_with_a_port_are_found_where_they_nest(trusted: Appliance, tmp_path: Path,
+                                                                      ec_key: keys.PrivateKey) -> None:
     """``host:5000/apps/one:1`` is checked against ``spectro-images/host_5000/apps/one`` and found present."""
     host = f"u{uuid.uuid4().hex[:10]}.example.com"
     layout = OciLayout(tmp_path / "layout")
     base = seed_base()
+    appliance = trusted
     one = layout.add_image([2_000], seed=base, ref="one")
     local = layout.add_image([1_000], seed=base + 1, ref="local")
     skopeo_copy(appliance, layout.root, "one", f"{PROJECT}/{host}_5000/apps/one:1", tmp_path)
@@ -287,7 +302,7 @@ def test_images_from_a_registry_with_a_port_are_found_where_they_nest(appliance:
     other_port, absent = f"{host}:5001/apps/one:1", f"{host}:5000/gone/x:1"
     name = f"port-{host.split('.')[0]}"
     definition = simple_definition(name, [present, by_localhost, other_port, absent])
-    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition)).status_code == 201
+    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition), ec_key).status_code == 201
     result = check(appliance, name)
     assert not_present(result) == {other_port: "repository_missing", absent: "repository_missing"}
     found = {f["reference"]: f for f in result["findings"]}
@@ -297,5 +312,5 @@ def test_images_from_a_registry_with_a_port_are_found_where_they_nest(appliance:
     assert found[other_port]["repository"] == f"{PROJECT}/{host}_5001/apps/one"
     # An IPv6 literal host cannot be nested: the definition is refused at upload, naming why.
     ipv6 = simple_definition(f"v6-{host.split('.')[0]}", ["[fd00::1]:5000/apps/one:1"])
-    refused = upload(appliance, build_archive(tmp_path / "v6.tgz", ipv6))
+    refused = upload(appliance, build_archive(tmp_path / "v6.tgz", ipv6), ec_key)
     assert refused.status_code == 400 and "IPv6 literal hosts are not supported" in refused.text, refused.text

@@ -10,19 +10,36 @@ from typing import Any
 
 import pytest
 
+from bundles import keys
 from bundles.clusterdef import (
     MAX_MEMBER_BYTES,
     MAX_TOTAL_BYTES,
+    ClusterDefinition,
     ClusterDefinitions,
     DefinitionError,
     DefinitionNotFound,
-    import_archive,
     parse_archive,
 )
+from bundles.clusterdef_trust import SignaturePolicy, detached_signature, import_archive
+from bundles.trust import TrustStore
 from registry.paths import DataPaths
 from tests.bundles.clusterdefs import build_archive, simple_definition
 
 DIGEST = "sha256:" + "c" * 64
+
+
+def _store(tmp_path: Path, key: keys.PrivateKey) -> tuple[ClusterDefinitions, SignaturePolicy]:
+    """A definition store whose trust store trusts `key` (the default policy: unsigned is refused)."""
+    paths = DataPaths(tmp_path / "data")
+    trust = TrustStore(paths)
+    trust.add(keys.public_pem(key), "test key")
+    return ClusterDefinitions(paths), SignaturePolicy(trust)
+
+
+def _import(store: ClusterDefinitions, policy: SignaturePolicy, archive: Path, key: keys.PrivateKey,
+            source: str) -> ClusterDefinition:
+    """Import through the verified path, with a detached signature made by `key`."""
+    return import_archive(store, archive, source, policy, detached_signature(archive, key))
 
 
 def full_definition() -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
@@ -90,14 +107,16 @@ def test_definition_under_a_top_level_directory(tmp_path: Path) -> None:
     assert len(d.images) == 6
 
 
-def test_store_round_trip_replace_and_delete(tmp_path: Path) -> None:
+def test_store_round_trip_replace_and_delete(tmp_path: Path, ec_key: keys.PrivateKey) -> None:
     definition, profiles, files = full_definition()
-    store = ClusterDefinitions(DataPaths(tmp_path / "data"))
-    first = import_archive(store, build_archive(tmp_path / "a.tgz", definition, files, profiles), "file:a.tgz")
+    store, policy = _store(tmp_path, ec_key)
+    first = _import(store, policy, build_archive(tmp_path / "a.tgz", definition, files, profiles), ec_key,
+                    "file:a.tgz")
     again = store.get("edge-site")
     assert again.to_json() == first.to_json()
+    assert again.signed_by == keys.key_id(ec_key)
     definition["version"] = "2.2.0"
-    import_archive(store, build_archive(tmp_path / "b.tgz", definition, files, profiles), "file:b.tgz")
+    _import(store, policy, build_archive(tmp_path / "b.tgz", definition, files, profiles), ec_key, "file:b.tgz")
     assert store.names() == ["edge-site"]
     assert store.get("edge-site").version == "2.2.0"
     store.delete("edge-site")
@@ -107,9 +126,10 @@ def test_store_round_trip_replace_and_delete(tmp_path: Path) -> None:
 
 def _refused(tmp_path: Path, definition: dict[str, Any], files: dict[str, str] | None = None,
              profiles: dict[str, dict[str, Any]] | None = None) -> str:
-    store = ClusterDefinitions(DataPaths(tmp_path / "data"))
-    with pytest.raises(DefinitionError) as exc:
-        import_archive(store, build_archive(tmp_path / "bad.tgz", definition, files, profiles), "test")
+    key = keys.generate("ecdsa-p256")
+    store, policy = _store(tmp_path, key)
+    with pytest.raises(DefinitionError) as exc:  # signed by a trusted key: refused for its content alone
+        _import(store, policy, build_archive(tmp_path / "bad.tgz", definition, files, profiles), key, "test")
     assert store.names() == []  # nothing stored
     return str(exc.value)
 

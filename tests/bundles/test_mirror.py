@@ -17,6 +17,7 @@ import pytest
 import requests
 import yaml
 
+from bundles import keys
 from bundles.mirror import MirrorSettings, for_registry, mirror_files, write_directory
 from registry.db import write_transaction
 from registry.model import Registry
@@ -126,14 +127,15 @@ def mirror_config_cli(app: Appliance, out: Path) -> Path:
     return out
 
 
-def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Appliance, containerd: Containerd,
-                                                                tmp_path: Path) -> None:
+def test_containerd_pulls_a_ready_definition_by_original_names(trusted: Appliance, containerd: Containerd,
+                                                                tmp_path: Path, ec_key: keys.PrivateKey) -> None:
     """The generated ns-mode hosts.toml makes a real containerd pull every image through the appliance.
 
     The images' upstream is 127.0.0.2 (loopback): nothing listens on its
     port 443, so a pull can only succeed through the appliance. Docker Hub
     names are pulled too, with no network to reach Docker Hub.
     """
+    appliance = trusted  # it trusts ec_key, which signs the definition
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.2", 443)) != 0, "something listens on 127.0.0.2:443"
     tag = uuid.uuid4().hex[:8]
@@ -153,8 +155,8 @@ def test_containerd_pulls_a_ready_definition_by_original_names(appliance: Applia
                 f"      initContainers: [{{name: init, image: 'ctrtest{tag}:1'}}]\n")
     definition = simple_definition(name, [f"127.0.0.2/edge/multi:{tag}"], architectures=("amd64", "arm64"))
     definition["profiles"][0]["packs"][0]["manifests"] = ["agent.yaml"]
-    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition, {"agent.yaml": manifest})).status_code \
-        == 201
+    assert upload(appliance, build_archive(tmp_path / "d.tgz", definition, {"agent.yaml": manifest}),
+                  ec_key).status_code == 201
     result = check(appliance, name)
     assert result["ready"] is True, result["findings"]
     assert {f["reference"] for f in result["findings"]} == set(images)

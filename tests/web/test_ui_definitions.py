@@ -21,7 +21,8 @@ def test_definition_check_report_names_what_is_missing_and_records_checks(
     bundle, _ = build_bundle(tmp_path, private, "defs", "1", {present: 50_000}, seed=131)
     cargohold("bundle", "import", bundle, "--data-dir", ui_app.data_dir, "--quiet")
     archive = build_archive(tmp_path / "edge.tgz", simple_definition("edge-site", [present, missing]))
-    cargohold("clusterdef", "import", "--data-dir", ui_app.data_dir, archive)
+    cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")
+    cargohold("clusterdef", "import", "--data-dir", ui_app.data_dir, archive, "--signature", f"{archive}.sig")
 
     page = context.new_page()
     login(page, ui_app)

@@ -9,7 +9,8 @@ Route table (HTML; every page needs a signed-in admin, every POST its CSRF token
     GET        /ui/repositories                    repositories (?q= filter)
     GET        /ui/repositories/<name>             a repository's artifacts and tags
     GET        /ui/artifact?repository=&reference= an artifact: platforms, size, layers, referrers, pull command
-    GET        /ui/definitions                     cluster definitions with their latest verdict
+    GET, POST  /ui/definitions                     cluster definitions with their latest verdict; upload one
+                                                   (.tgz and optional detached signature; must be signed)
     GET        /ui/definitions/<name>              one definition's readiness check report
     POST       /ui/definitions/<name>/check        run and record a check
     GET, POST  /ui/keys                            trusted keys; add one (PEM)
@@ -30,7 +31,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 
 from bundles.check import run_check
-from bundles.clusterdef import DefinitionNotFound
+from bundles.clusterdef import DefinitionError, DefinitionNotFound
+from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
 from bundles.trust import TrustError
 from registry import hashstate
 from registry.access import AccessError
@@ -213,14 +215,35 @@ def create_blueprint() -> Blueprint:
 
     # -- cluster definitions
 
-    @bp.get("/definitions")
-    def definitions() -> str:
+    @bp.route("/definitions", methods=["GET", "POST"])
+    def definitions() -> Any:
         ui = _ui()
+        status = 200
+        if request.method == "POST":
+            upload = request.files.get("definition")
+            sig_file = request.files.get("signature")
+            signature = sig_file.stream.read(MAX_SIGNATURE_BYTES + 1) if sig_file and sig_file.filename else None
+            config = services_of().config
+            try:
+                if upload is None or not upload.filename:
+                    raise DefinitionError("choose a cluster definition (.tgz) to upload")
+                stored = import_archive(ui.definitions, upload.stream, f"upload:{upload.filename}",
+                                        SignaturePolicy(ui.imports.trust, config.allow_unsigned_definitions),
+                                        signature)
+                _audit("create", "cluster-definition", f"{stored.name}:{stored.version}")
+                flash(f"Imported {stored.name} {stored.version}: {len(stored.images)} images, "
+                      + (f"signed by {stored.signed_by}." if stored.signed_by else "UNSIGNED (allowed by policy)."),
+                      "ok")
+                return redirect(url_for("ui.definition", name=stored.name))
+            except DefinitionError as exc:
+                code = getattr(exc, "code", "DEFINITION_INVALID")
+                flash(f"Refused ({code}): {exc}", "error")
+                status = 400
         rows = []
         for definition in ui.definitions.all():
             latest = ui.definitions.checks(definition.name, limit=1)
             rows.append({"summary": definition.summary(), "check": latest[0] if latest else None})
-        return render_template("ui/definitions.html", rows=rows)
+        return Response(render_template("ui/definitions.html", rows=rows), status=status)
 
     @bp.get("/definitions/<name>")
     def definition(name: str) -> Any:

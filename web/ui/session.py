@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
 
+from bundles.clusterdef import MAX_ARCHIVE_BYTES
 from registry.access import Access, TooManyAttempts
 from registry.auth import Principal
 from registry.errors import RegistryError
@@ -41,6 +42,9 @@ from registry.token_api import (
 
 # Largest UI form post: the biggest field is a pasted or uploaded public key (64 KiB).
 MAX_FORM_BYTES = 1 << 20
+# The cluster definition upload form (a signed-in admin only): an archive and its signature.
+DEFINITION_FORM_PATH = "/ui/definitions"
+MAX_DEFINITION_FORM_BYTES = MAX_ARCHIVE_BYTES + MAX_FORM_BYTES
 
 
 def access() -> Access:
@@ -83,6 +87,15 @@ def page_principal() -> Principal:
     return principal
 
 
+def _signed_in_admin() -> bool:
+    """Does the session cookie name a current admin? (No CSRF check: nothing is done on its word alone.)"""
+    try:
+        principal = session_principal(access(), csrf_checked=True)
+    except RegistryError:
+        return False
+    return principal is not None and principal.admin
+
+
 _SAFE_NEXT = re.compile(r"/ui/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*\Z")  # printable ASCII URL characters, no "\\"
 
 
@@ -107,6 +120,10 @@ def create_blueprint() -> Blueprint:
         # before anyone is signed in: cap every UI body first (413), so an anonymous POST cannot fill the disk.
         if request.path.startswith("/ui/"):
             request.max_content_length = MAX_FORM_BYTES
+            if request.path == DEFINITION_FORM_PATH and request.method == "POST" and _signed_in_admin():
+                # Only the session cookie is looked at here (the body is not read); the page still checks
+                # the form's CSRF token before it acts.
+                request.max_content_length = MAX_DEFINITION_FORM_BYTES
 
     @bp.app_context_processor
     def _globals() -> dict[str, Any]:
