@@ -64,6 +64,8 @@ from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest
 from registry.names import ImageReference
+from registry.platforms import IMAGE_CONFIG_TYPES
+from registry.platforms import Platform as ImagePlatform
 
 CHUNK = 1 << 20
 # zstd worker job size (at least one window): zstd's default, 4 windows, cost ~60 MB of buffers per thread.
@@ -73,7 +75,6 @@ MAX_LEVEL = 19
 PULL_WORKERS = 4  # concurrent blob downloads from a registry
 MAX_LAYOUT_MANIFEST = 4 << 20
 ORIGINAL_DIGEST_ANNOTATION = "io.cargohold.bundle.original-digest"
-IMAGE_CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
@@ -106,16 +107,22 @@ class Platform:
         return cls(os_name, arch, variant if isinstance(variant, str) and variant else None)
 
     def matches(self, other: Platform) -> bool:
-        """True if `other` (an image's platform) is what this filter asks for; no variant means any."""
-        return (self.os == other.os and self.architecture == other.architecture
-                and (self.variant is None or self.variant == (other.variant or _default_variant(other))))
+        """True if `other` (an image's platform) is what this filter asks for; no variant means any.
+
+        Variants compare as the readiness check compares them (`registry.platforms`: an arm64 image
+        without a variant is arm64/v8, arm is arm/v7, amd64 is amd64/v1), so a bundle built for a
+        cluster's platforms holds what its check looks for.
+        """
+        if self.os != other.os or self.architecture != other.architecture:
+            return False
+        return self.variant is None or _normalised(self) == _normalised(other)
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-def _default_variant(p: Platform) -> str | None:
-    return "v8" if p.architecture == "arm64" else None
+def _normalised(p: Platform) -> str:
+    return ImagePlatform(p.os, p.architecture, p.variant or "").normalised().variant
 
 
 def parse_size(text: str) -> int:

@@ -9,16 +9,22 @@ project, a host with a port as ``host_port``) and gets exactly one finding, the 
                         pinned manifest too, since runtimes pull that by digest)
     digest_mismatch     the pinned digest is not what is served (the tag points
                         elsewhere, or no manifest with that digest is stored)
-    platform_missing    an index lacks one of the cluster's architectures
+    platform_missing    the image does not run on one of the cluster's architectures:
+                        an index has no entry for it, or a single-platform image's
+                        config names another platform
     blob_missing        the manifests are there, but a blob (layer, config, child
                         manifest or the manifest's own bytes) is not
     present             everything needed to pull it for every architecture
 
-Platforms are checked for indexes only: a single-platform manifest is taken
-as the image for whichever architecture it was built for. A definition is
-ready iff every required image is present. Lookups go through
-`registry.inventory` in batches, and blob files are checked with a stat,
-never read, so a thousand images cost a few queries and a few thousand stats.
+Platforms are matched by `registry.platforms` (variants as runtimes
+normalise them: ``arm64`` is ``arm64/v8``). An index's entries name their
+platforms; a single-platform image's platform is its config's ``os``,
+``architecture`` and ``variant``, read from the store (bounded: a config is
+small). Charts and other artifacts (a config that is not an image config)
+run anywhere. A definition is ready iff every required image is present.
+Lookups go through `registry.inventory` in batches, and layer files are
+checked with a stat, never read, so a thousand images cost a few queries,
+a few thousand stats and one small read per single-platform image.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from registry.blobstore import BlobStore, FilesystemBlobStore
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.inventory import Inventory, RefRow
-from registry.manifests import INDEX_TYPES
+from registry.manifests import IMAGE_TYPES, INDEX_TYPES
 from registry.model import Registry
 from registry.names import ImageReference, MappingRule, map_reference
+from registry.platforms import IMAGE_CONFIG_TYPES, Platform, PlatformError, best_match, read_config_platform, runs_on
 
 PRESENT = "present"
 REPOSITORY_MISSING = "repository_missing"
@@ -62,11 +69,13 @@ class ImageFinding:
     missing: tuple[str, ...] = ()  # missing platforms or blob digests
     kind: str = "image"
     sources: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()  # what the image is built for (an index: every entry's), when known
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "repository": self.repository, "finding": self.finding,
                 "detail": self.detail, "digest": self.digest, "bytes": self.bytes, "missingBytes": self.missing_bytes,
-                "missing": list(self.missing), "kind": self.kind, "sources": list(self.sources)}
+                "missing": list(self.missing), "platforms": list(self.platforms), "kind": self.kind,
+                "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -77,16 +86,6 @@ class _Wanted:
     digest: str | None
     kind: str
     sources: tuple[str, ...]
-
-
-def _platform_matches(platform: dict[str, object] | None, arch: str) -> bool:
-    """Does an index entry's platform serve `arch` (``amd64`` or ``arm64/v8``) on linux?"""
-    if not platform or platform.get("os") not in (None, "linux"):
-        return False
-    want_arch, _, want_variant = arch.partition("/")
-    if platform.get("architecture") != want_arch:
-        return False
-    return not want_variant or platform.get("variant") in (None, want_variant)
 
 
 def check_definition(definition: ClusterDefinition, inventory: Inventory, store: BlobStore, project: str,
@@ -153,19 +152,41 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
 
     # Indexes: pick the child per architecture; then everything each pulled manifest references.
     refs = inventory.references(targets.values())
+    on_disk = _presence(store)
+    machines = [(arch, Platform.for_cluster(arch)) for arch in definition.architectures]
     pulled: dict[int, list[tuple[int, str, int]]] = {}  # image -> manifests to pull: (repo_id, digest, size)
     missing_platforms: dict[int, list[str]] = {}
+    platforms: dict[int, tuple[str, ...]] = {}  # image -> what it is built for
+    unreadable: dict[int, str] = {}  # image -> why its config does not tell its platform
+    configs: dict[str, Platform | str] = {}  # config digest -> its platform, or why it has none (memoised)
     for i, key in targets.items():
         top = manifests[key]
         pulled[i] = [(key[0], key[1], top.size)]
         if top.media_type in INDEX_TYPES:
-            children = [r for r in refs[key] if r.kind == "manifest"]
-            for arch in definition.architectures:
-                child = next((c for c in children if _platform_matches(c.platform, arch)), None)
-                if child is None:
+            children = [(p, r) for r in refs[key] if r.kind == "manifest" and (p := Platform.of(r.platform))]
+            platforms[i] = tuple(sorted({str(p) for p, _ in children}))
+            by_digest = {r.child: r for _, r in children}
+            for arch, machine in machines:
+                chosen = best_match([(p, r.child) for p, r in children], machine)
+                if chosen is None:
                     missing_platforms.setdefault(i, []).append(arch)
-                elif all(child.child != d for _, d, _ in pulled[i]):
-                    pulled[i].append((key[0], child.child, child.size))
+                elif all(chosen != d for _, d, _ in pulled[i]):
+                    pulled[i].append((key[0], chosen, by_digest[chosen].size))
+        elif top.media_type in IMAGE_TYPES and wanted[i].kind == "image":
+            config = next((r for r in refs[key] if r.kind == "blob" and r.media_type in IMAGE_CONFIG_TYPES), None)
+            if config is None or not on_disk(config.child):
+                continue  # an artifact runs anywhere; a config that is not here is blob_missing below
+            platform = configs.get(config.child)
+            if platform is None:
+                platform = configs[config.child] = _config_platform(store, config.child, config.size)
+            if isinstance(platform, str):
+                unreadable[i] = platform
+                missing_platforms[i] = list(definition.architectures)
+                continue
+            platforms[i] = (str(platform),)
+            lacking = [arch for arch, machine in machines if not runs_on(platform, machine)]
+            if lacking:
+                missing_platforms[i] = lacking
     child_keys = [(r, d) for i in targets for r, d, _ in pulled[i][1:]]
     child_manifests = inventory.manifests(child_keys)
     refs.update(inventory.references(child_keys))
@@ -174,7 +195,6 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
     for i in targets:
         blob_refs[i] = [b for r, d, _ in pulled[i] for b in refs.get((r, d), []) if b.kind == "blob"]
     linked = inventory.linked_blobs((targets[i][0], b.child) for i in targets for b in blob_refs[i])
-    on_disk = _presence(store)
 
     sizes: dict[str, int] = {}  # every digest the cluster pulls, counted once however many images share it
     absent: set[str] = set()
@@ -201,15 +221,25 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
                 missing.append(b.child)
                 missing_bytes += b.size
                 absent.add(b.child)
+        built_for = platforms.get(i, ())
         if i in missing_platforms:
-            findings.append(_finding(w, PLATFORM_MISSING,
-                                     f"index {digest} has no linux/{', linux/'.join(missing_platforms[i])} image",
-                                     digest=digest, missing=tuple(missing_platforms[i]), total=total))
+            needed = ", ".join(str(Platform.for_cluster(a)) for a in missing_platforms[i])
+            if i in unreadable:
+                detail = f"image {digest}: {unreadable[i]}, so it cannot be shown to run on {needed}"
+            elif manifests[targets[i]].media_type in INDEX_TYPES:
+                detail = (f"index {digest} has no image for {needed}; it has "
+                          f"{', '.join(built_for) if built_for else 'no platform entries'}")
+            else:
+                detail = f"image {digest} is a single-platform {built_for[0]} image; the cluster needs {needed}"
+            findings.append(_finding(w, PLATFORM_MISSING, detail, digest=digest,
+                                     missing=tuple(missing_platforms[i]), total=total, platforms=built_for))
         elif missing:
             findings.append(_finding(w, BLOB_MISSING, f"{len(missing)} of the blobs of {digest} are missing",
-                                     digest=digest, missing=tuple(missing), total=total, missing_bytes=missing_bytes))
+                                     digest=digest, missing=tuple(missing), total=total, missing_bytes=missing_bytes,
+                                     platforms=built_for))
         else:
-            findings.append(_finding(w, PRESENT, "", digest=digest, total=total, missing_bytes=0))
+            findings.append(_finding(w, PRESENT, "", digest=digest, total=total, missing_bytes=0,
+                                     platforms=built_for))
 
     counts = Counter(f.finding for f in findings)
     required = sum(sizes.values())
@@ -266,9 +296,22 @@ def _presence(store: BlobStore) -> Callable[[str], bool]:
 
 
 def _finding(w: _Wanted, finding: str, detail: str, digest: str | None = None, missing: tuple[str, ...] = (),
-             total: int | None = None, missing_bytes: int | None = None) -> ImageFinding:
+             total: int | None = None, missing_bytes: int | None = None,
+             platforms: tuple[str, ...] = ()) -> ImageFinding:
     return ImageFinding(w.reference, w.repository, finding, detail, digest, total, missing_bytes, missing, w.kind,
-                        w.sources)
+                        w.sources, platforms)
+
+
+def _config_platform(store: BlobStore, digest_text: str, size: int) -> Platform | str:
+    """The platform an image config names, or why it cannot be known (a bounded read of a stored blob)."""
+    try:
+        digest = Digest.parse(digest_text)
+        with store.open(digest) as stream:
+            return read_config_platform(stream, size)
+    except PlatformError as exc:
+        return str(exc)
+    except (RegistryError, OSError):
+        return f"its config {digest_text} cannot be read"
 
 
 def run_check(definitions: ClusterDefinitions, registry: Registry, name: str, project: str,

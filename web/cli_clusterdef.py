@@ -148,8 +148,9 @@ def check_cmd(data_dir: Path | None, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        _table(("IMAGE", "FINDING", "DETAIL"),
-               [(f["reference"], f["finding"], f["detail"]) for f in result["findings"]])
+        _table(("IMAGE", "FINDING", "PLATFORMS", "DETAIL"),
+               [(f["reference"], f["finding"], ",".join(f.get("platforms") or []) or "-", f["detail"])
+                for f in result["findings"]])
         counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items() if v)
         b = result["bytes"]
         click.echo(f"\n{name}: {'READY' if result['ready'] else 'NOT READY'} ({result['images']} images: {counts}; "

@@ -156,6 +156,23 @@ def test_platform_filter_rewrites_the_index(tmp_path: Path, layout: OciLayout, k
     assert not list(tmp_path.glob("pinned*"))
 
 
+def test_platform_filter_matches_variants_as_the_readiness_check_does(tmp_path: Path, keydir: Path) -> None:
+    """``--platform linux/arm/v7`` keeps an arm entry that names no variant (arm means arm/v7 to runtimes and to
+    `clusterdef check`), and ``linux/arm64/v8`` keeps a variant-less arm64 one."""
+    lay = OciLayout(tmp_path / "oci")
+    lay.add_multiarch([5_000], ref=MULTI, seed=7, platforms=("linux/amd64", "linux/arm", "linux/arm64"))
+    for wanted, arch in (("linux/arm/v7", "arm"), ("linux/arm64/v8", "arm64")):
+        out = tmp_path / f"{arch}.tar.zst"
+        build(out, "--layout", f"{lay.root}:{MULTI}", "--platform", wanted, key=keydir / "ecdsa-p256.pem")
+        image = manifest_of(out)["images"][0]
+        index = json.loads((extract(out, tmp_path / f"x-{arch}") / "blobs" / "sha256" /
+                            image["digest"].split(":")[1]).read_bytes())
+        assert [m["platform"]["architecture"] for m in index["manifests"]] == [arch]
+    bad = build(tmp_path / "v6.tar.zst", "--layout", f"{lay.root}:{MULTI}", "--platform", "linux/arm/v6",
+                key=keydir / "ecdsa-p256.pem", check=False)
+    assert bad.returncode != 0 and "no manifest for linux/arm/v6" in bad.stderr
+
+
 def test_split_parts_concatenate_to_the_same_bundle(tmp_path: Path, layout: OciLayout, keydir: Path) -> None:
     # Ed25519 signatures and a fixed time make two builds of the same content byte-identical.
     env = {"SOURCE_DATE_EPOCH": "1767225600"}

@@ -24,7 +24,7 @@ from bundles import keys
 from bundles.clusterdef_trust import detached_signature
 from tests.appliance import Appliance
 from tests.bundles.clusterdefs import build_archive, simple_definition
-from tests.images import Blob, OciLayout
+from tests.images import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, OciLayout, layer_bytes
 from tests.web.uiutil import signed_in
 
 API = "/api/cargohold/v1"
@@ -113,7 +113,8 @@ def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(trusted: A
     appliance = trusted
     refs = list(site.blobs)
     name = f"site-{site.domain.split('.')[0]}"
-    definition = simple_definition(name, refs, architectures=("amd64", "arm64"),
+    # amd64: what the single-platform images are built for (and one entry of each index).
+    definition = simple_definition(name, refs, architectures=("amd64",),
                                    variables=[{"name": "vip", "required": True, "format": "ipv4"},
                                               {"name": "dns", "required": True, "default": "10.0.0.10"}])
     r = upload(appliance, build_archive(tmp_path / "d.tgz", definition), ec_key)
@@ -124,7 +125,7 @@ def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(trusted: A
     assert ready["ready"] is True, not_present(ready)
     assert ready["counts"] == {"present": 5, "repository_missing": 0, "tag_missing": 0, "digest_mismatch": 0,
                                "platform_missing": 0, "blob_missing": 0}
-    expected_bytes = sum(layout_size(site.layout, b.digest, ("amd64", "arm64")) for b in site.blobs.values())
+    expected_bytes = sum(layout_size(site.layout, b.digest, ("amd64",)) for b in site.blobs.values())
     assert ready["bytes"] == {"required": expected_bytes, "present": expected_bytes, "missing": 0,
                               "imagesOfUnknownSize": 0}
     assert ready["requiredVariables"] == [{"profile": "infra", "name": "vip", "format": "ipv4"}]
@@ -151,25 +152,26 @@ def test_all_present_is_ready_then_each_defect_is_exactly_its_finding(trusted: A
 
     # 2b. A blob unlinked from the repository (DELETE /v2/<name>/blobs/<digest>) is missing too.
     index = json.loads(site.layout.read(site.blobs[mc]))
-    arm = next(m for m in index["manifests"] if m["platform"]["architecture"] == "arm64")
-    arm_layer = json.loads(site.layout.blob_path(arm["digest"]).read_bytes())["layers"][0]["digest"]
-    d = requests.delete(f"{appliance.url}/v2/{PROJECT}/{mc.split(':')[0]}/blobs/{arm_layer}",
+    amd_child = next(m for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
+    amd_layer = json.loads(site.layout.blob_path(amd_child["digest"]).read_bytes())["layers"][0]["digest"]
+    d = requests.delete(f"{appliance.url}/v2/{PROJECT}/{mc.split(':')[0]}/blobs/{amd_layer}",
                         auth=appliance.admin, timeout=10)
     assert d.status_code == 202, d.text
     result = check(appliance, name)
     assert not_present(result) == {one: "tag_missing", two: "blob_missing", mc: "blob_missing"}
-    assert next(f for f in result["findings"] if f["reference"] == mc)["missing"] == [arm_layer]
+    assert next(f for f in result["findings"] if f["reference"] == mc)["missing"] == [amd_layer]
 
-    # 3. Remove one platform: `ma` is re-tagged to an index that lacks arm64.
-    amd = next(m for m in json.loads(site.layout.read(site.blobs[ma]))["manifests"]
-               if m["platform"]["architecture"] == "amd64")
-    amd_blob = Blob(amd["mediaType"], amd["digest"], amd["size"])
-    site.layout.add_index([(amd_blob, "amd64", "linux")], ref="ma-amd64-only")
-    skopeo_copy(appliance, site.layout.root, "ma-amd64-only", f"{PROJECT}/{ma}", tmp_path)
+    # 3. Remove one platform: `ma` is re-tagged to an index that lacks amd64.
+    arm = next(m for m in json.loads(site.layout.read(site.blobs[ma]))["manifests"]
+               if m["platform"]["architecture"] == "arm64")
+    arm_blob = Blob(arm["mediaType"], arm["digest"], arm["size"])
+    site.layout.add_index([(arm_blob, "arm64", "linux")], ref="ma-arm64-only")
+    skopeo_copy(appliance, site.layout.root, "ma-arm64-only", f"{PROJECT}/{ma}", tmp_path)
     result = check(appliance, name)
     assert not_present(result) == {one: "tag_missing", two: "blob_missing", mc: "blob_missing",
                                    ma: "platform_missing"}
-    assert next(f for f in result["findings"] if f["reference"] == ma)["missing"] == ["arm64"]
+    ma_finding = next(f for f in result["findings"] if f["reference"] == ma)
+    assert ma_finding["missing"] == ["amd64"] and ma_finding["platforms"] == ["linux/arm64"]
     assert result["ready"] is False
     assert result["counts"]["present"] == 1
 
@@ -276,8 +278,9 @@ def test_cli_import_check_and_list(trusted: Appliance, site: Site, tmp_path: Pat
     table = cli("clusterdef", "check", name)
     assert table.returncode == 1  # not ready
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["IMAGE", "FINDING", "DETAIL"]
+    assert lines[0].split() == ["IMAGE", "FINDING", "PLATFORMS", "DETAIL"]
     assert any(line.startswith(f"{site.domain}/gone/x:1") and "repository_missing" in line for line in lines)
+    assert any(line.startswith(one) and line.split()[1:3] == ["present", "linux/amd64"] for line in lines)
     assert f"{name}: NOT READY (3 images: present 2, repository_missing 1;" in table.stdout
     as_json = cli("clusterdef", "check", name, "--json")
     assert json.loads(as_json.stdout)["counts"]["present"] == 2
@@ -290,6 +293,7 @@ def test_cli_import_check_and_list(trusted: Appliance, site: Site, tmp_path: Pat
 def test_images_from_a_registry_with_a_port_are_found_where_they_nest(trusted: Appliance, tmp_path: Path,
                                                                       ec_key: keys.PrivateKey) -> None:
     """``host:5000/apps/one:1`` is checked against ``spectro-images/host_5000/apps/one`` and found present."""
+    appliance = trusted
     host = f"u{uuid.uuid4().hex[:10]}.example.com"
     layout = OciLayout(tmp_path / "layout")
     base = seed_base()
@@ -314,3 +318,96 @@ def test_images_from_a_registry_with_a_port_are_found_where_they_nest(trusted: A
     ipv6 = simple_definition(f"v6-{host.split('.')[0]}", ["[fd00::1]:5000/apps/one:1"])
     refused = upload(appliance, build_archive(tmp_path / "v6.tgz", ipv6), ec_key)
     assert refused.status_code == 400 and "IPv6 literal hosts are not supported" in refused.text, refused.text
+
+
+def image_for(layout: OciLayout, platform: str, seed: int, ref: str) -> Blob:
+    """A single-platform image whose config names `platform` (``os/arch[/variant]``), tagged `ref`."""
+    os_name, arch, *variant = platform.split("/")
+    layer = layout.add_blob(layer_bytes(1_000, seed), OCI_LAYER)
+    config: dict[str, Any] = {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": []},
+                              "config": {"Labels": {"seed": str(seed)}}}
+    if variant:
+        config["variant"] = variant[0]
+    config_blob = layout.add_blob(json.dumps(config).encode(), OCI_CONFIG)
+    manifest = layout.add_blob(json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                           "config": config_blob.descriptor(),
+                                           "layers": [layer.descriptor()]}).encode(), OCI_MANIFEST)
+    layout.tag(manifest, ref)  # no platform on the layout's entry: only the config says what it is
+    return manifest
+
+
+def index_for(layout: OciLayout, platforms: list[str], seed: int, ref: str) -> Blob:
+    """An index with one image per platform (entries with os, architecture and variant), tagged `ref`."""
+    entries = []
+    for i, platform in enumerate(platforms):
+        os_name, arch, *variant = platform.split("/")
+        child = image_for(layout, platform, seed * 100 + i, f"{ref}-child-{i}")
+        entries.append(child.descriptor(platform={"os": os_name, "architecture": arch,
+                                                  **({"variant": variant[0]} if variant else {})}))
+    index = layout.add_blob(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode(),
+                            OCI_INDEX)
+    layout.tag(index, ref)
+    return index
+
+
+def test_single_platform_images_and_indexes_must_run_on_the_clusters_architectures(
+        trusted: Appliance, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    """An amd64-only image is not present for an arm64 cluster: its config says so, and the finding shows it."""
+    appliance = trusted
+    domain = f"u{uuid.uuid4().hex[:10]}.example.com"
+    layout = OciLayout(tmp_path / "layout")
+    base = seed_base()
+    images = {
+        "amd-only": image_for(layout, "linux/amd64", base + 1, "amd-only"),
+        "arm64": image_for(layout, "linux/arm64", base + 2, "arm64"),
+        "arm64-v8": image_for(layout, "linux/arm64/v8", base + 3, "arm64-v8"),
+        "arm-v7": image_for(layout, "linux/arm/v7", base + 4, "arm-v7"),
+        "windows-arm64": image_for(layout, "windows/arm64", base + 5, "windows-arm64"),
+        "idx-no-arm64": index_for(layout, ["linux/amd64", "linux/s390x"], base + 6, "idx-no-arm64"),
+        "idx-arm64-v8": index_for(layout, ["linux/amd64", "linux/arm64/v8"], base + 7, "idx-arm64-v8"),
+    }
+    refs = {}
+    for name in images:
+        refs[name] = f"{domain}/apps/{name}:1"
+        skopeo_copy(appliance, layout.root, name, f"{PROJECT}/{refs[name]}", tmp_path)
+
+    def checked(arches: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
+        definition = f"arch-{uuid.uuid4().hex[:10]}"
+        r = upload(appliance, build_archive(tmp_path / f"{definition}.tgz",
+                                            simple_definition(definition, [refs[n] for n in names],
+                                                              architectures=arches)), ec_key)
+        assert r.status_code == 201, r.text
+        result = check(appliance, definition)
+        by_name = {n: next(f for f in result["findings"] if f["reference"] == refs[n]) for n in names}
+        assert result["ready"] is all(f["finding"] == "present" for f in by_name.values())
+        return by_name
+
+    found = checked(("arm64",), list(images))
+    assert {n: f["finding"] for n, f in found.items()} == {
+        "amd-only": "platform_missing", "arm64": "present", "arm64-v8": "present", "arm-v7": "platform_missing",
+        "windows-arm64": "platform_missing", "idx-no-arm64": "platform_missing", "idx-arm64-v8": "present"}
+    amd = found["amd-only"]
+    assert amd["platforms"] == ["linux/amd64"] and amd["missing"] == ["arm64"]
+    assert amd["digest"] == images["amd-only"].digest
+    assert "linux/amd64" in amd["detail"] and "linux/arm64" in amd["detail"]
+    assert found["windows-arm64"]["platforms"] == ["windows/arm64"]
+    assert found["arm64-v8"]["platforms"] == ["linux/arm64/v8"]
+    idx = found["idx-no-arm64"]
+    assert idx["platforms"] == ["linux/amd64", "linux/s390x"] and idx["missing"] == ["arm64"]
+    assert "linux/amd64, linux/s390x" in idx["detail"]
+    assert found["idx-arm64-v8"]["platforms"] == ["linux/amd64", "linux/arm64/v8"]
+
+    # arm64/v8 is arm64: the variant-less image and the v8 index entry serve it; amd64 still does not.
+    found = checked(("arm64/v8",), ["arm64", "arm64-v8", "idx-arm64-v8", "amd-only"])
+    assert {n: f["finding"] for n, f in found.items()} == {
+        "arm64": "present", "arm64-v8": "present", "idx-arm64-v8": "present", "amd-only": "platform_missing"}
+
+    # A two-architecture cluster: the single-platform image lacks the other one; the full index is present.
+    found = checked(("amd64", "arm64"), ["amd-only", "idx-arm64-v8", "idx-no-arm64"])
+    assert found["amd-only"]["finding"] == "platform_missing" and found["amd-only"]["missing"] == ["arm64"]
+    assert found["idx-arm64-v8"]["finding"] == "present"
+    assert found["idx-no-arm64"]["missing"] == ["arm64"]
+
+    # An amd64 cluster: the amd64 image is present, and says what it is built for.
+    found = checked(("amd64",), ["amd-only"])
+    assert found["amd-only"]["finding"] == "present" and found["amd-only"]["platforms"] == ["linux/amd64"]

@@ -35,6 +35,7 @@ def test_definition_check_report_names_what_is_missing_and_records_checks(
     row = page.locator("#findings tr", has_text=missing)
     assert "present" not in row.inner_text()
     assert page.locator("#findings tr", has_text=present).get_by_text("present", exact=True).is_visible()
+    assert page.locator("#findings tr", has_text=present).locator("td.platforms").inner_text() == "linux/amd64"
     assert "No checks recorded yet." in page.locator("#history").inner_text()
 
     page.get_by_role("button", name="Run and record a check").click()
@@ -44,3 +45,37 @@ def test_definition_check_report_names_what_is_missing_and_records_checks(
     page.goto(f"{ui_app.url}/ui/")
     readiness = page.locator("#readiness").inner_text()
     assert "edge-site" in readiness and "not ready" in readiness
+
+
+def test_upload_form_refuses_an_unsigned_definition_and_takes_a_signed_one(
+        ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    amd64_only = "docker.io/cargotest/amd64-only:1"
+    bundle, _ = build_bundle(tmp_path, private, "arm-site", "1", {amd64_only: 40_000}, seed=151)
+    cargohold("bundle", "import", bundle, "--data-dir", ui_app.data_dir, "--quiet")
+    archive = build_archive(tmp_path / "arm-site.tgz",
+                            simple_definition("arm-site", [amd64_only], architectures=("arm64",)))
+
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/definitions")
+    page.set_input_files("#definition", str(archive))
+    page.get_by_role("button", name="Upload and verify").click()
+    flash = page.locator(".flashes").inner_text()
+    assert "Refused (DEFINITION_UNSIGNED)" in flash and "not signed" in flash
+    assert page.get_by_role("link", name="arm-site").count() == 0  # nothing stored
+
+    cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")
+    page.set_input_files("#definition", str(archive))
+    page.set_input_files("#signature", f"{archive}.sig")
+    page.get_by_role("button", name="Upload and verify").click()
+    page.wait_for_url(f"{ui_app.url}/ui/definitions/arm-site")
+    assert "Imported arm-site 1.0.0: 1 images, signed by sha256:" in page.locator(".flashes").inner_text()
+    # amd64 content for an arm64 cluster: not ready, and the report says what the image is built for.
+    assert page.locator("#verdict").inner_text() == "NOT READY"
+    row = page.locator("#findings tr", has_text=amd64_only)
+    assert "platform_missing" in row.inner_text()
+    assert row.locator("td.platforms").inner_text() == "linux/amd64"
+    screenshot(page, "17-definition-upload")
