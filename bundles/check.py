@@ -163,7 +163,9 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
         top = manifests[key]
         pulled[i] = [(key[0], key[1], top.size)]
         if top.media_type in INDEX_TYPES:
-            children = [(p, r) for r in refs[key] if r.kind == "manifest" and (p := Platform.of(r.platform))]
+            # Attestation entries (buildx writes them as unknown/unknown) are no platform of the image.
+            children = [(p, r) for r in refs[key] if r.kind == "manifest" and (p := Platform.of(r.platform))
+                        and (p.os, p.architecture) != ("unknown", "unknown")]
             platforms[i] = tuple(sorted({str(p) for p, _ in children}))
             by_digest = {r.child: r for _, r in children}
             for arch, machine in machines:

@@ -344,6 +344,12 @@ def index_for(layout: OciLayout, platforms: list[str], seed: int, ref: str) -> B
         child = image_for(layout, platform, seed * 100 + i, f"{ref}-child-{i}")
         entries.append(child.descriptor(platform={"os": os_name, "architecture": arch,
                                                   **({"variant": variant[0]} if variant else {})}))
+    # An attestation entry, as buildx writes one: unknown/unknown is no platform of the image.
+    attestation = layout.add_blob(json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                              "config": layout.add_blob(b"{}", "application/vnd.oci.empty.v1+json")
+                                              .descriptor(), "layers": []}).encode(), OCI_MANIFEST)
+    entries.append(attestation.descriptor(platform={"os": "unknown", "architecture": "unknown"},
+                                          annotations={"vnd.docker.reference.type": "attestation-manifest"}))
     index = layout.add_blob(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode(),
                             OCI_INDEX)
     layout.tag(index, ref)
