@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from bundles.api_access import ApiAccess, ApiDenied
@@ -75,6 +76,12 @@ def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard:
     def _invalid(exc: DefinitionError) -> Response:
         # A signature refusal names its own code; any other refusal is an invalid archive.
         return _error(400, getattr(exc, "code", "DEFINITION_INVALID"), str(exc))
+
+    @bp.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        # werkzeug's limit on a form's text fields (a signature pasted as text is at most a few KiB).
+        return _error(413, "PAYLOAD_TOO_LARGE", "a form field of the upload is too large: send the definition "
+                                                "and its signature as file parts")
 
     @bp.errorhandler(ApiDenied)
     def _denied(exc: ApiDenied) -> Response:

@@ -125,6 +125,9 @@ def test_unsigned_and_untrusted_definitions_are_refused_and_signed_ones_stored(
     # Detached, from `clusterdef sign --detached` (FILE.sig beside it): the same.
     cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")
     assert upload(app, archive, tmp_path / "edge.tgz.sig").status_code == 201
+    as_text = requests.post(f"{app.url}{DEFS}", auth=app.admin, files={"file": (archive.name, archive.read_bytes())},
+                            data={"signature": openssl_sign(archive, private).read_bytes().hex()}, timeout=30)
+    assert as_text.status_code == 201 and as_text.json()["signedBy"] == kid  # hex text in a plain field works
     # Embedded (a signed copy, NAME.signed.tgz): no separate file to carry.
     printed = cargohold("clusterdef", "sign", archive, "--sign-key", private).stdout.strip()
     assert printed == kid
@@ -158,6 +161,11 @@ def test_unsigned_and_untrusted_definitions_are_refused_and_signed_ones_stored(
     assert code == "DEFINITION_SIGNATURE_INVALID" and "incomplete" in message
     garbage = upload(app, archive, b"not a signature at all\n")
     assert refusal(garbage)[0] == "DEFINITION_SIGNATURE_INVALID"
+    oversized = upload(app, archive, b"\0" * (65 << 10))
+    assert refusal(oversized)[0] == "DEFINITION_SIGNATURE_INVALID" and "64 KiB" in oversized.text
+    pasted = requests.post(f"{app.url}{DEFS}", auth=app.admin, files={"file": (archive.name, archive.read_bytes())},
+                           data={"signature": "A" * 700_000}, timeout=30)  # a text field werkzeug will not hold
+    assert pasted.status_code == 413 and pasted.json()["errors"][0]["code"] == "PAYLOAD_TOO_LARGE"
     cli = cargohold("clusterdef", "import", changed, *data, check=False)
     assert cli.returncode == 1 and "refused (DEFINITION_SIGNATURE_INVALID)" in cli.stderr
     # --allow-unsigned lets a definition with NO signature in; never one whose signature fails.
