@@ -67,10 +67,10 @@ def _error(status: int, code: str, message: str) -> Response:
 
 
 def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard: ApiAccess,
-                     config: ClusterDefApiConfig, trust: TrustStore) -> Blueprint:
-    """The cluster definition endpoints over one data directory; uploads are checked against `trust`."""
+                     config: ClusterDefApiConfig) -> Blueprint:
+    """The cluster definition endpoints over one data directory; uploads are checked against its trusted keys."""
     bp = Blueprint("clusterdefs", __name__)
-    policy = SignaturePolicy(trust, config.allow_unsigned)
+    policy = SignaturePolicy(TrustStore(definitions.paths), config.allow_unsigned)  # the keys that vouch for bundles
 
     @bp.errorhandler(DefinitionError)
     def _invalid(exc: DefinitionError) -> Response:

@@ -110,16 +110,15 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(tls_api.create_blueprint(config))
     # The bundle and cluster-definition APIs authenticate, limit, refuse and audit as the Harbor API does.
     guard = ApiAccess(services.access, signer, services.audit, config.project, config.external_url)
-    imports = import_services(config, services.registry)
     app.register_blueprint(clusterdef_api.create_blueprint(
         ClusterDefinitions(config.paths), services.registry, guard,
         clusterdef_api.ClusterDefApiConfig(config.project, parse_mapping_rules(config.mapping_rules),
-                                           config.allow_unsigned_definitions),
-        imports.trust))
+                                           config.allow_unsigned_definitions)))
     app.register_blueprint(releases_api.create_blueprint(
         Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit),
         guard, services.uploads))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
+    imports = import_services(config, services.registry)
     app.register_blueprint(bundles_api.create_blueprint(
         imports.importer, imports.jobs, guard, config.paths,
         bundles_api.BundleApiConfig(config.bundle_max_bytes, config.import_reserve_bytes)))

@@ -70,6 +70,15 @@ def check_form_csrf() -> None:
                                        "was stale. Reload the page and try again."), status=400))
 
 
+def _signed_in_admin() -> bool:
+    """Does the session cookie name a current admin? (No CSRF check: nothing is done on its word alone.)"""
+    try:
+        principal = session_principal(access(), csrf_checked=True)
+    except RegistryError:
+        return False
+    return principal is not None and principal.admin
+
+
 def page_principal() -> Principal:
     """The signed-in admin for a page; redirects to sign-in or answers 403 otherwise."""
     if request.method == "POST":
@@ -85,15 +94,6 @@ def page_principal() -> Principal:
         abort(Response(render_template("ui/error.html", status=403, title="Not allowed",
                                        message=f"{principal.username} is not an administrator."), status=403))
     return principal
-
-
-def _signed_in_admin() -> bool:
-    """Does the session cookie name a current admin? (No CSRF check: nothing is done on its word alone.)"""
-    try:
-        principal = session_principal(access(), csrf_checked=True)
-    except RegistryError:
-        return False
-    return principal is not None and principal.admin
 
 
 _SAFE_NEXT = re.compile(r"/ui/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*\Z")  # printable ASCII URL characters, no "\\"
