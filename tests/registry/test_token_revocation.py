@@ -63,7 +63,7 @@ def _refused(r: requests.Response, *words: str) -> None:
 def _user(appliance: Appliance, admin: Harbor, project: str, role: int) -> tuple[tuple[str, str], int]:
     """A new user (through the real CLI) who is a member of `project` with `role`: (credentials, member id)."""
     name = f"u{uuid.uuid4().hex[:8]}"
-    cargohold("admin", "set-password", "--data-dir", appliance.data_dir, "--username", name,
+    cargohold("admin", "add-user", "--data-dir", appliance.data_dir, name,
               env={"CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD})
     r = admin("POST", f"/projects/{project}/members", json={"role_id": role, "member_user": {"username": name}})
     assert r.status_code == 201, r.text
