@@ -43,7 +43,7 @@ from bundles.clusterdef import (
     DefinitionNotFound,
 )
 from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
-from bundles.mirror import for_registry, write_tar_gz
+from bundles.mirror import ca_certificate, for_registry, write_tar_gz
 from bundles.trust import TrustStore
 from registry.model import Registry
 from registry.names import MappingRule
@@ -169,8 +169,14 @@ def create_blueprint(definitions: ClusterDefinitions, registry: Registry, guard:
         fmt = request.args.get("format", "tar")
         if fmt not in ("tar", "json"):
             return _error(400, "INVALID", f"format must be tar or json, not {fmt!r}")
+        scheme = body.get("scheme")
+        if scheme is None and ca_certificate(registry.paths) is None:
+            # As the CLI: edge hosts are never pointed at plain http:// without someone choosing it.
+            return _error(400, "INVALID", 'no "scheme" given and the appliance has no local CA to choose https '
+                                          'by: pass "scheme": "https" if it serves HTTPS with your own '
+                                          'certificate, or "scheme": "http" to have edge hosts pull in plain text')
         try:
-            files = for_registry(registry, config.project, body["address"], body.get("scheme"),
+            files = for_registry(registry, config.project, body["address"], scheme,
                                  body.get("username"), body.get("password"))
         except (ValueError, TypeError) as exc:
             return _error(400, "INVALID", str(exc))

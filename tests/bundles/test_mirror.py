@@ -104,17 +104,20 @@ def test_https_with_ca_and_credentials(tmp_path: Path) -> None:
 
 def test_mirror_config_over_http(appliance: Appliance) -> None:
     url = f"{appliance.url}/api/cargohold/v1/mirror-config"
-    r = requests.post(url, json={"address": "edge.example:5000"}, auth=appliance.admin, timeout=10)
+    # This appliance serves plain HTTP (no local CA): the scheme must be chosen, never defaulted to http.
+    unchosen = requests.post(url, json={"address": "edge.example:5000"}, auth=appliance.admin, timeout=10)
+    assert unchosen.status_code == 400 and '"scheme": "http"' in unchosen.json()["errors"][0]["message"]
+    r = requests.post(url, json={"address": "edge.example:5000", "scheme": "http"}, auth=appliance.admin, timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
         names = tar.getnames()
     assert "mirror-config/k3s/registries.yaml" in names
     assert "mirror-config/containerd/mirror/edge.example:5000/hosts.toml" in names
-    as_json = requests.post(url + "?format=json", json={"address": "edge.example:5000"}, auth=appliance.admin,
-                            timeout=10).json()
+    as_json = requests.post(url + "?format=json", json={"address": "edge.example:5000", "scheme": "http"},
+                            auth=appliance.admin, timeout=10).json()
     assert set(as_json["files"]) == {n.removeprefix("mirror-config/") for n in names}
     assert requests.post(url, json={"address": "x:1"}, timeout=10).status_code == 401
-    bad = requests.post(url, json={"address": "a b"}, auth=appliance.admin, timeout=10)
+    bad = requests.post(url, json={"address": "a b", "scheme": "http"}, auth=appliance.admin, timeout=10)
     assert bad.status_code == 400 and "host:port" in bad.json()["errors"][0]["message"]
 
 
