@@ -117,6 +117,8 @@ class Config:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f"CARGOHOLD_{f.name.upper()}")
+            if raw == "" and f.name == "admin_password":
+                raw = None  # set but empty (an env file's `CARGOHOLD_ADMIN_PASSWORD=`): generate one, as when unset
             if raw is not None:
                 values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from tests.appliance import ADMIN_PASSWORD, Appliance, restart_on
+from tests.appliance import ADMIN_PASSWORD, Appliance, restart_on, start_appliance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[..., Appliance]
@@ -120,3 +120,15 @@ def test_a_weak_first_start_password_is_refused_before_anything_is_created(tmp_p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Error: CARGOHOLD_ADMIN_PASSWORD: the password is too short" in proc.stderr
     assert not data.exists()
+
+
+def test_an_empty_first_start_password_means_generate_one(tmp_path: Path) -> None:
+    # An env file's `CARGOHOLD_ADMIN_PASSWORD=` is "not set", not a too-short password.
+    app = start_appliance(tmp_path / "data", env={"CARGOHOLD_ADMIN_PASSWORD": ""})
+    try:
+        log = app.log()
+        assert "Created user 'admin' with password: " in log and "too short" not in log
+        generated = log.split("Created user 'admin' with password: ", 1)[1].split()[0]
+        assert works(app, "admin", generated)
+    finally:
+        app.stop()
