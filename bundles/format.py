@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bundles import boundedjson
+from registry import boundedjson
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.names import ImageReference
@@ -39,7 +39,7 @@ CHART_PREFIX = "charts/"
 CLUSTERDEF_PREFIX = "cluster-definitions/"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 MAX_MANIFEST_BYTES = 16 << 20  # ~80,000 members at ~200 bytes each (sha256 digests, indent=1)
-# What the manifest may hold, checked on its bytes before it is parsed (bundles.boundedjson): it is read before
+# What the manifest may hold, checked on its bytes before it is parsed (registry.boundedjson): it is read before
 # its signature is checked, so these caps, not a key, bound what parsing it costs (~70 MB at worst).
 # A manifest nests 3 deep (object, list, entry); members take one object and ~3 elements each.
 MANIFEST_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_MANIFEST_BYTES, max_depth=16,

@@ -8,7 +8,7 @@ total and on the ratio), and `tarfile` in streaming mode, member by member:
 
 1. ``cargohold-bundle.json`` first: the bundle manifest, refused over the
    caps of `bundles.format.MANIFEST_LIMITS` on its bytes, before it is
-   parsed (`bundles.boundedjson`); then ``cargohold-bundle.sig``, whose
+   parsed (`registry.boundedjson`); then ``cargohold-bundle.sig``, whose
    signature is checked against the trusted keys (`bundles.trust`) before a
    single blob is written. A "plain" bundle (an OCI image layout tarred by
    other tooling, no manifest member) can only be vouched for by a detached
@@ -56,11 +56,12 @@ from typing import IO, Any, cast
 
 import zstandard
 
-from bundles import boundedjson, keys, releases
 from bundles import format as fmt
+from bundles import keys, releases
 from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
+from registry import boundedjson
 from registry.blobstore import BlobInfo, fsync_dir
 from registry.db import is_disk_full, write_transaction
 from registry.digest import Descriptor, Digest

@@ -8,10 +8,10 @@ MANIFEST_INVALID error that names the field.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry import boundedjson
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 
@@ -107,6 +107,13 @@ def _content_type(header: str | None) -> str | None:
     return header.split(";", 1)[0].strip().lower() or None
 
 
+# The byte size is capped before this (Registry.max_manifest_bytes); these caps bound what parsing may build.
+# A real index of a few thousand platforms holds tens of thousands of objects; 4 MiB of "[]" would be two
+# million lists (about 130 MB in one worker) and thousands of "[" a RecursionError.
+_MANIFEST_JSON_LIMITS = boundedjson.JsonLimits(max_bytes=1 << 30, max_depth=32, max_containers=200_000,
+                                               max_elements=500_000)
+
+
 def parse_manifest(body: bytes, content_type: str | None, digest: Digest | None = None) -> ParsedManifest:
     """Validate manifest bytes pushed with `content_type`.
 
@@ -114,12 +121,9 @@ def parse_manifest(body: bytes, content_type: str | None, digest: Digest | None 
     for schema1 manifests.
     """
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _invalid(f"manifest is not valid JSON: {exc}") from None
-    except RecursionError:
-        # json.loads recurses per nesting level; a few thousand '[' would otherwise be a 500.
-        raise _invalid("manifest is not valid JSON: nested too deeply") from None
+        doc = boundedjson.loads(body, "manifest", _MANIFEST_JSON_LIMITS)
+    except boundedjson.JsonRefused as exc:
+        raise _invalid(exc.message) from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
     header_type = _content_type(content_type)

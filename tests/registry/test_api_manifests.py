@@ -380,3 +380,15 @@ def test_index_referrer_and_filter_without_matches(v2: V2, repo: str) -> None:
     r = v2.request("GET", f"/v2/{repo}/referrers/{image.digest}", params={"artifactType": "application/none"})
     assert r.status_code == 200 and r.json()["manifests"] == []
     assert r.headers["OCI-Filters-Applied"] == "artifactType"
+
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    # 3.8 MB of "[]," (under the 4 MiB manifest limit): 1.3 million lists, about 90 MB built in one worker.
+    (b"[" + b"[]," * 1_300_000 + b"[]]", "objects and arrays"),
+    # json.loads recurses per level: a RecursionError.
+    (b"[" * 200_000 + b"]" * 200_000, "nests deeper"),
+], ids=["1.3 million [] lists", "200,000 nested ["])
+def test_a_hostile_manifest_is_refused_before_it_is_parsed(v2: V2, repo: str, body: bytes, problem: str) -> None:
+    refused = assert_refused(v2, repo, body, OCI_MANIFEST, 400, "MANIFEST_INVALID")
+    assert problem in refused["message"]

@@ -77,7 +77,7 @@ def loads(data: bytes, what: str, limits: JsonLimits) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise JsonRefused(f"{what} is not valid UTF-8 (byte {exc.start})", False) from None
+        raise JsonRefused(f"{what} is not valid JSON: not UTF-8 (byte {exc.start})", False) from None
     check(data, what, limits)
     try:
         return json.loads(text)
