@@ -59,6 +59,10 @@ UPLOAD_LOCATIONS = (
     "= /api/v1/bundles",
     "= /api/cargohold/v1/cluster-definitions",
 )
+# Of those, the ones whose app handler needs a Content-Length (411 otherwise). nginx must refuse a chunked
+# body there itself: when it has already read a small chunked body whole, it forwards it with a
+# Content-Length, so the app alone would answer 411 or parse the body depending on timing.
+LENGTH_REQUIRED_LOCATIONS = ("= /api/cargohold/v1/cluster-definitions",)
 _PR_SET_PDEATHSIG = 1
 _UNSAFE_PATH = re.compile(r'["\\$;{}\n\r]')
 
@@ -223,6 +227,10 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             proxy_pass http://cargohold_app;"""
     per_address = f"limit_conn cargohold_per_address {c.max_requests_per_address};" \
         if c.max_requests_per_address > 0 else ""
+    length_required = """
+            if ($http_transfer_encoding) {
+                return 411;
+            }"""
     uploads = "\n".join(f"""
         location {where} {{
             client_max_body_size 0;
@@ -235,7 +243,7 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             # When the app answers before it has read the body (a 401 before credentials), nginx cannot
             # reuse the connection and may close it after an answer that said keep-alive: a client sending
             # its next request on it then gets no answer at all. Upload answers say Connection: close.
-            keepalive_timeout 0;
+            keepalive_timeout 0;{length_required if where in LENGTH_REQUIRED_LOCATIONS else ""}
             {per_address}{proxy}
         }}""" for where in UPLOAD_LOCATIONS)
     errors = "\n".join(f"""
@@ -356,6 +364,7 @@ http {{
 _ERRORS = (
     (400, "UNSUPPORTED", "malformed request"),
     (405, "UNSUPPORTED", "method not allowed"),
+    (411, "LENGTH_REQUIRED", "send the upload with a Content-Length header"),
     (413, "SIZE_INVALID", "request body too large for this endpoint"),
     (429, "TOOMANYREQUESTS", "too many requests in flight from this address, or uploads at once; retry later"),
     (414, "UNSUPPORTED", "request line too long"),
