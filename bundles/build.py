@@ -58,12 +58,12 @@ from bundles.format import (
     Member,
 )
 from bundles.inventory import INVENTORY_MEDIA_TYPE
-from bundles.registry_client import PullError, RegistryClient
+from bundles.registry_client import NotFound, PullError, RegistryClient
 from registry.blobstore import fsync_dir
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest
-from registry.names import ImageReference
+from registry.names import ImageReference, looks_like_host
 from registry.platforms import IMAGE_CONFIG_TYPES
 from registry.platforms import Platform as ImagePlatform
 
@@ -82,6 +82,10 @@ Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
 class BuildError(RuntimeError):
     """The build cannot go on; the message names the input at fault."""
+
+
+class SourceMissing(BuildError):
+    """The registry asked does not hold the image (a 404): another source may."""
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,8 @@ class BundleBuilder:
 
     def __init__(self, name: str, version: str, *, platforms: Sequence[Platform] = (),
                  client: RegistryClient | None = None, work_dir: Path | None = None,
-                 progress: Progress | None = None, created: datetime | None = None) -> None:
+                 progress: Progress | None = None, created: datetime | None = None,
+                 default_registry: str | None = None) -> None:
         if not name.strip() or not version.strip():
             raise BuildError("a bundle needs a non-empty --name and --version")
         self.name, self.version = name, version
@@ -294,6 +299,9 @@ class BundleBuilder:
         self._base: dict[str, str] | None = None
         self._base_blobs: dict[Digest, int] = {}
         self._counters = {"pulled": 0}
+        # A layout's short names (`pause:3.9`) are recorded under this host, never guessed as docker.io.
+        self.default_registry = default_registry.strip().rstrip("/") if default_registry else None
+        self._definitions: list[Any] = []  # parsed ClusterDefinitions, for the readiness check
 
     def __enter__(self) -> BundleBuilder:
         return self
@@ -312,6 +320,16 @@ class BundleBuilder:
     def images(self) -> dict[str, _Image]:
         return dict(self._images)
 
+    @property
+    def contents(self) -> dict[Digest, _Content]:
+        """Every manifest and blob gathered so far, by digest (what `bundles.buildcheck` checks)."""
+        return dict(self._content)
+
+    @property
+    def definitions(self) -> list[Any]:
+        """The parsed cluster definitions added so far."""
+        return list(self._definitions)
+
     def _spool_dir(self) -> Path:
         if self._spool is None:
             # Beside the output, not in /tmp: /tmp may be memory, and layers are large.
@@ -327,28 +345,7 @@ class BundleBuilder:
         full original reference FULL (for layouts whose ref names are bare tags).
         Returns the references added.
         """
-        if not root.is_dir():
-            raise BuildError(f"layout {root} does not exist or is not a directory")
-        try:
-            layout = json.loads((root / "oci-layout").read_text())
-            index = json.loads((root / "index.json").read_text())
-        except FileNotFoundError as exc:
-            raise BuildError(f"{root} is not an OCI image layout: {Path(exc.filename).name} is missing") from None
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"layout {root}: cannot read oci-layout/index.json: {exc}") from None
-        if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
-            raise BuildError(f"layout {root}: oci-layout has no imageLayoutVersion")
-        entries = index.get("manifests") if isinstance(index, dict) else None
-        if not isinstance(entries, list):
-            raise BuildError(f"layout {root}: index.json has no manifests array")
-        tagged: list[tuple[str, Descriptor]] = []
-        for i, entry in enumerate(entries):
-            desc = self._descriptor(entry, f"layout {root}: index.json manifests[{i}]")
-            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
-            if name:
-                tagged.append((name, desc))
-        if not tagged:
-            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
+        tagged = self.layout_entries(root)
         source = _LayoutSource(root)
         selected: list[tuple[str, Descriptor]] = []
         if not refs:
@@ -366,10 +363,52 @@ class BundleBuilder:
                 # `skopeo copy ... oci:DIR:1.0` names entries by bare tag: no repository to record.
                 raise BuildError(f"layout {root}: entry {name!r} is a bare tag, not a full image reference; "
                                  f"name it with --layout {root}:{name}=REGISTRY/REPOSITORY:TAG")
-            reference = self._reference(name, f"layout {root}")
+            reference = self._reference(self.qualify(name, f"layout {root}"), f"layout {root}")
             self._add_root(source, reference, desc)
             added.append(reference)
         return added
+
+    def qualify(self, name: str, where: str) -> str:
+        """`name` if it starts with a registry host; else under --default-registry; else BuildError.
+
+        `skopeo copy ... oci:DIR:pause:3.9` names an entry ``pause:3.9``: which
+        registry it came from is not written anywhere, so it is never guessed.
+        """
+        first, sep, _ = name.partition("/")
+        if sep and looks_like_host(first):
+            return name
+        if self.default_registry:
+            return f"{self.default_registry}/{name}"
+        raise BuildError(f"{where}: {name!r} is a short name (no registry host), so where it comes from is "
+                         f"unknown; record it under a full reference with DIR:{name}=REGISTRY/REPOSITORY:TAG, "
+                         "or give --default-registry HOST to put every short name under HOST")
+
+    @staticmethod
+    def layout_entries(root: Path) -> list[tuple[str, Descriptor]]:
+        """(ref name, descriptor) of every tagged entry of an OCI image layout; BuildError if it is not one."""
+        if not root.is_dir():
+            raise BuildError(f"layout {root} does not exist or is not a directory")
+        try:
+            layout = json.loads((root / "oci-layout").read_text())
+            index = json.loads((root / "index.json").read_text())
+        except FileNotFoundError as exc:
+            raise BuildError(f"{root} is not an OCI image layout: {Path(exc.filename).name} is missing") from None
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"layout {root}: cannot read oci-layout/index.json: {exc}") from None
+        if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+            raise BuildError(f"layout {root}: oci-layout has no imageLayoutVersion")
+        entries = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(entries, list):
+            raise BuildError(f"layout {root}: index.json has no manifests array")
+        tagged: list[tuple[str, Descriptor]] = []
+        for i, entry in enumerate(entries):
+            desc = _descriptor(entry, f"layout {root}: index.json manifests[{i}]")
+            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
+            if name:
+                tagged.append((name, desc))
+        if not tagged:
+            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
+        return tagged
 
     def add_image(self, text: str) -> str:
         """Pull an image from its registry: ``REF`` or ``REF=RECORDED`` (pull REF, record it as RECORDED)."""
@@ -382,6 +421,8 @@ class BundleBuilder:
         tag_or_digest = str(ref.digest) if ref.digest else str(ref.tag)
         try:
             body, media_type = self.client.manifest(ref.domain, ref.path, tag_or_digest)
+        except NotFound as exc:
+            raise SourceMissing(str(exc)) from None
         except PullError as exc:
             raise BuildError(str(exc)) from None
         digest = Digest.of_bytes(body, ref.digest.algorithm if ref.digest else "sha256")
@@ -428,6 +469,7 @@ class BundleBuilder:
             definition = parse_archive(path)
         except DefinitionError as exc:
             raise BuildError(f"cluster definition {path}: {exc}") from None
+        self._definitions.append(definition)
         return self._add_file(path, CLUSTERDEF_PREFIX, definition.name, definition.version)
 
     def set_base(self, path: Path) -> dict[str, str]:
@@ -450,14 +492,6 @@ class BundleBuilder:
         return dict(self._base)
 
     # -- gathering ----------------------------------------------------------------
-
-    def _descriptor(self, doc: Any, where: str) -> Descriptor:
-        from registry.manifests import parse_descriptor
-
-        try:
-            return parse_descriptor(doc, where)
-        except RegistryError as exc:
-            raise BuildError(exc.message) from None
 
     def _reference(self, text: str, where: str) -> str:
         try:
@@ -625,7 +659,8 @@ class BundleBuilder:
             members.append((Member(member, f.size, f.digest), f))
         return members, external
 
-    def manifest(self, members: Sequence[Member], external: Sequence[ExternalBlob]) -> BundleManifest:
+    def manifest(self, members: Sequence[Member], external: Sequence[ExternalBlob],
+                 incomplete: dict[str, Any] | None = None) -> BundleManifest:
         """The bundle manifest for a plan."""
         images = tuple(ImageEntry(i.reference, i.descriptor.digest, i.descriptor.media_type, i.descriptor.size)
                        for i in sorted(self._images.values(), key=lambda i: i.reference))
@@ -637,15 +672,19 @@ class BundleBuilder:
             platforms=platforms, images=images, members=tuple(members),
             charts=tuple(f for f in files if f.path.startswith(CHART_PREFIX)),
             cluster_definitions=tuple(f for f in files if f.path.startswith(CLUSTERDEF_PREFIX)),
-            base=self._base, external_blobs=tuple(external))
+            base=self._base, external_blobs=tuple(external), incomplete=incomplete)
 
     def write(self, out: Path, sign_key: keys.PrivateKey | None, *, level: int = 3, threads: int = -1,
-              split: int | None = None) -> BuildResult:
-        """Write the bundle to `out` (or `out`.partNNN); raises BuildError and leaves no output on failure."""
+              split: int | None = None, incomplete: dict[str, Any] | None = None) -> BuildResult:
+        """Write the bundle to `out` (or `out`.partNNN); raises BuildError and leaves no output on failure.
+
+        `incomplete` (the findings of a readiness check the operator chose to
+        ship anyway) is recorded in the manifest.
+        """
         if not 1 <= level <= MAX_LEVEL:
             raise BuildError(f"zstd level {level} is out of range 1..{MAX_LEVEL}")
         planned, external = self.plan()
-        manifest = self.manifest([m for m, _ in planned], external)
+        manifest = self.manifest([m for m, _ in planned], external, incomplete)
         manifest_bytes = manifest.encode()
         if len(manifest_bytes) > MAX_MANIFEST_BYTES:
             raise BuildError(f"the bundle manifest would be {len(manifest_bytes)} bytes, over the "
@@ -708,6 +747,15 @@ class BundleBuilder:
         if size != member.size or hasher.hexdigest() != member.digest.encoded:
             raise BuildError(f"{origin}: {member.path} changed or is damaged: its bytes do not match "
                              f"{member.digest} ({member.size} bytes)")
+
+
+def _descriptor(doc: Any, where: str) -> Descriptor:
+    from registry.manifests import parse_descriptor
+
+    try:
+        return parse_descriptor(doc, where)
+    except RegistryError as exc:
+        raise BuildError(exc.message) from None
 
 
 def _is_attestation(desc: Descriptor) -> bool:
@@ -941,5 +989,5 @@ class _Output:
             tmp.unlink(missing_ok=True)
 
 
-__all__ = ["BuildError", "BuildResult", "BundleBuilder", "Platform", "bundle_parts", "parse_size",
+__all__ = ["BuildError", "BuildResult", "BundleBuilder", "Platform", "SourceMissing", "bundle_parts", "parse_size",
            "read_bundle_manifest"]

@@ -140,6 +140,9 @@ class BundleManifest:
     base: dict[str, str] | None = None  # delta bundles: {"name", "version"} of what they build on
     external_blobs: tuple[ExternalBlob, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
+    # Built with --allow-incomplete: {"findings": [...]} of the build's readiness check (optional in every
+    # version; a reader that does not know it ignores it, and it is covered by the signature like the rest).
+    incomplete: dict[str, Any] | None = None
 
     @property
     def total_size(self) -> int:
@@ -165,6 +168,8 @@ class BundleManifest:
             doc["externalBlobs"] = [b.to_json() for b in self.external_blobs]
         if self.annotations:
             doc["annotations"] = dict(self.annotations)
+        if self.incomplete is not None:
+            doc["incomplete"] = self.incomplete
         return doc
 
     def encode(self) -> bytes:
@@ -207,7 +212,19 @@ class BundleManifest:
         if not isinstance(annotations, dict):
             raise FormatError("annotations must be an object")
         return cls(name, version, created, platforms, images, members, charts, defs, base, external,
-                   {str(k): str(v) for k, v in annotations.items()})
+                   {str(k): str(v) for k, v in annotations.items()}, _incomplete(doc.get("incomplete")))
+
+
+def _incomplete(value: Any) -> dict[str, Any] | None:
+    """The optional ``incomplete`` record: ``{"findings": [{kind, reference, code, detail, ...}]}``."""
+    if value is None:
+        return None
+    findings = value.get("findings") if isinstance(value, dict) else None
+    if not isinstance(findings, list) or not all(
+            isinstance(f, dict) and all(isinstance(f.get(k), str) for k in ("kind", "reference", "code"))
+            for f in findings):
+        raise FormatError("incomplete must be an object whose findings list objects with kind, reference and code")
+    return dict(value)
 
 
 def _str(doc: dict[str, Any], key: str) -> str:

@@ -40,6 +40,10 @@ class PullError(RuntimeError):
     """A registry could not be reached or did not give what was asked; the message says which and why."""
 
 
+class NotFound(PullError):
+    """The registry answered 404: it does not hold what was asked (another source may)."""
+
+
 Credentials = Callable[[str], "tuple[str, str] | None"]
 
 
@@ -157,7 +161,7 @@ class RegistryClient:
 
     def _fail(self, resp: requests.Response, what: str, host: str) -> PullError:
         if resp.status_code == 404:
-            return PullError(f"{what} not found in registry {host}")
+            return NotFound(f"{what} not found in registry {host}")
         if resp.status_code in (401, 403):
             return PullError(f"registry {host} refused access to {what} ({resp.status_code}); check the credentials")
         return PullError(f"registry {host} answered {resp.status_code} for {what}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +16,8 @@ from web.cli import _config, bundle, existing_data_dir_option, inventory, keys
 
 PASSPHRASE_ENV = "CARGOHOLD_KEY_PASSPHRASE"
 CREDS_ENV = "CARGOHOLD_REGISTRY_CREDS"
+# `bundle build` exit status when the bundle would not hold what its cluster definitions need (nothing written).
+EXIT_INCOMPLETE = 3
 
 
 def _human(n: float) -> str:
@@ -111,7 +115,23 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
               help="Keep only these platforms of multi-arch images (rewrites their index). Repeatable.")
 @click.option("--chart", "charts", multiple=True, metavar="FILE.tgz|oci://REF", help="Helm chart. Repeatable.")
 @click.option("--cluster-definition", "definitions", multiple=True, type=click.Path(path_type=Path),
-              help="Cluster definition archive (.tgz). Repeatable.")
+              help="Cluster definition archive (.tgz): what it needs is resolved from the sources and the bundle "
+                   "is checked against it before it is written. Repeatable.")
+@click.option("--source-layout", "source_layouts", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="OCI layout to take what the cluster definitions need from (only that). Repeatable.")
+@click.option("--from-registry", "from_registries", multiple=True, metavar="HOST[/PREFIX]|origin",
+              help="Registry to pull what the cluster definitions need from: HOST/PREFIX/<original reference>, "
+                   "or 'origin' for each image's own registry. Repeatable, tried in order.")
+@click.option("--default-registry", default=None, metavar="HOST",
+              help="Record a layout's short names (pause:3.9) under HOST (HOST/pause:3.9); without it they are "
+                   "refused.")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Write the bundle even if it lacks what its cluster definitions need; the findings are "
+                   "recorded in the bundle and shown at import.")
+@click.option("--missing-out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Write what the cluster definitions need and the bundle lacks as an --images-file.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the outcome and the readiness findings as JSON on stdout.")
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None, help="PEM private key to sign with.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path), default=None,
               help=f"File holding the signing key's passphrase [or env {PASSPHRASE_ENV}, or a prompt].")
@@ -129,11 +149,25 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
               images_files: tuple[Path, ...], registry_insecure: bool, registry_ca: Path | None,
               registry_creds: str | None,
               authfile: Path | None, platforms: tuple[str, ...], charts: tuple[str, ...],
-              definitions: tuple[Path, ...], sign_key: Path | None, passphrase_file: Path | None, no_sign: bool,
+              definitions: tuple[Path, ...], source_layouts: tuple[Path, ...], from_registries: tuple[str, ...],
+              default_registry: str | None, allow_incomplete: bool, missing_out: Path | None, as_json: bool,
+              sign_key: Path | None, passphrase_file: Path | None, no_sign: bool,
               level: int, threads: int, split: str | None, base: Path | None, output: Path) -> None:
-    """Build a signed content bundle from layouts, registries, charts and cluster definitions."""
+    """Build a signed content bundle from layouts, registries, charts and cluster definitions.
+
+    With --cluster-definition, what the definitions need is taken from the
+    sources, and the bundle is checked as a site would check it before
+    anything is written. Exit status: 0 written (complete, or incomplete with
+    --allow-incomplete), 3 refused because it is incomplete (nothing written),
+    1 any other failure, 2 a usage error.
+    """
     from bundles.build import BuildError, BundleBuilder, Platform, parse_size
+    from bundles.buildsources import RegistrySource
     from bundles.registry_client import Credentials, PullError, RegistryClient, auth_file_credentials
+
+    if (source_layouts or from_registries) and not definitions:
+        raise click.UsageError("--source-layout and --from-registry resolve what --cluster-definition needs: "
+                               "give a cluster definition, or name images with --layout/--image")
 
     if sign_key is None and not no_sign:
         raise click.UsageError("give --sign-key PEM, or --no-sign to write an unsigned bundle")
@@ -147,6 +181,10 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     try:
         split_size = parse_size(split) if split else None
         filters = [Platform.parse(p) for p in platforms]
+        registry_sources = [RegistrySource.parse(r) for r in from_registries]
+        if default_registry is not None and (not default_registry.strip() or "/" in default_registry.strip("/")
+                                             or "://" in default_registry):
+            raise click.UsageError(f"--default-registry {default_registry!r}: expected a registry HOST[:PORT]")
         if registry_creds:
             user, sep, password = registry_creds.partition(":")
             if not sep:
@@ -174,7 +212,7 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     client = RegistryClient(insecure=registry_insecure, credentials=credentials, ca_file=registry_ca)
     try:
         with BundleBuilder(name, version, platforms=filters, client=client, work_dir=output.parent,
-                           progress=progress, created=created) as builder:
+                           progress=progress, created=created, default_registry=default_registry) as builder:
             for spec in layouts:
                 directory, sep, refs = spec.partition(":")
                 builder.add_layout(Path(directory), [r for r in refs.split(",") if r] if sep else [])
@@ -189,20 +227,79 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
             if base is not None:
                 b = builder.set_base(base)
                 click.echo(f"delta over {b['name']} {b['version']}", err=True)
-            result = builder.write(output, key, level=level, threads=threads, split=split_size)
+            incomplete = _check_definitions(builder, source_layouts, registry_sources, allow_incomplete,
+                                            missing_out, as_json, progress)
+            result = builder.write(output, key, level=level, threads=threads, split=split_size,
+                                   incomplete=incomplete)
             progress.end()
     except BuildError as exc:
         progress.end()
         raise click.ClickException(str(exc)) from None
     m = result.manifest
-    for f in result.files:
-        click.echo(str(f))
+    if as_json:
+        click.echo(json.dumps({"written": True, "files": [str(f) for f in result.files], "sha256": result.sha256,
+                               "complete": m.incomplete is None,
+                               "findings": (m.incomplete or {}).get("findings", [])}, indent=2))
+    else:
+        for f in result.files:
+            click.echo(str(f))
     click.echo(f"{m.name} {m.version}: {len(m.images)} images, {len(m.charts)} charts, "
                f"{len(m.cluster_definitions)} cluster definitions, {len(m.members)} members, "
                f"{_human(m.total_size)} -> {_human(result.compressed_size)} in {len(result.files)} file(s)"
                + (f", {len(m.external_blobs)} blobs left to the base" if m.base else ""), err=True)
     click.echo(f"sha256 {result.sha256}" + (f"; signed by {result.key_id}" if result.key_id else "; UNSIGNED"),
                err=True)
+
+
+def _check_definitions(builder: Any, source_layouts: tuple[Path, ...], registries: list[Any],
+                       allow_incomplete: bool, missing_out: Path | None, as_json: bool,
+                       progress: _ProgressLine) -> dict[str, Any] | None:
+    """Resolve the definitions' needs, check the planned bundle; the manifest's `incomplete` record or None.
+
+    Exits with EXIT_INCOMPLETE (before anything is written) when the bundle
+    lacks something and --allow-incomplete was not given.
+    """
+    from bundles.buildcheck import check_build, findings_table, missing_images_text
+    from bundles.buildsources import resolve
+
+    if not builder.definitions:
+        if missing_out is not None:
+            _write_text(missing_out, missing_images_text([]))
+        return None
+    resolution = resolve(builder, source_layouts, registries)
+    progress.end()
+    for warning in resolution.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for reference, source in resolution.added:
+        click.echo(f"needed by a cluster definition: {reference} (from {source})", err=True)
+    check = check_build(builder)
+    if missing_out is not None:
+        _write_text(missing_out, missing_images_text(check.findings))
+    if check.complete:
+        click.echo(f"readiness: the bundle holds everything its {len(check.results)} cluster definition(s) need",
+                   err=True)
+        return None
+    for line in findings_table(check.findings):
+        click.echo(line, err=True)
+    verdict = (f"readiness: {len(check.findings)} thing(s) the cluster definitions need are not in the bundle "
+               "as needed")
+    if allow_incomplete:
+        click.echo(f"warning: {verdict}; writing it anyway (--allow-incomplete): the findings are recorded "
+                   "in the bundle and shown when it is imported", err=True)
+        return check.record()
+    if as_json:
+        click.echo(json.dumps({"written": False, **check.to_json()}, indent=2))
+    click.echo(f"error: {verdict}; nothing was written. Add the missing content"
+               + (f" (listed in {missing_out}, an --images-file)" if missing_out else " (--missing-out FILE lists it)")
+               + ", or give --allow-incomplete to ship it anyway.", err=True)
+    raise SystemExit(EXIT_INCOMPLETE)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
 
 
 @keys.command("generate")
