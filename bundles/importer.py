@@ -1119,6 +1119,9 @@ class Importer:
                       "manifestDigest": str(state.manifest_digest)}
             if manifest.base:
                 bundle["base"] = dict(manifest.base)
+            if manifest.incomplete is not None:
+                # Built with --allow-incomplete: what its cluster definitions lacked at build time.
+                bundle["incomplete"] = manifest.incomplete
         signatures = []
         if state.embedded_key:
             signatures.append({"kind": "embedded", "keyId": state.embedded_key})

@@ -85,6 +85,14 @@ def _print_report(report: dict[str, Any]) -> None:
             click.echo(f"  verified: {s['kind']} signature by key {s['keyId']}")
     else:
         click.echo("  UNSIGNED: imported because unsigned bundles are allowed")
+    incomplete = b.get("incomplete")
+    if incomplete is not None:
+        findings = incomplete.get("findings") or []
+        click.echo(f"  INCOMPLETE: built with --allow-incomplete; {len(findings)} thing(s) its cluster "
+                   "definitions need were not in it:")
+        for f in findings:
+            click.echo(f"    {f.get('definition', '?')}: {f.get('kind', '?')} {f.get('reference', '?')} "
+                       f"{f.get('code', '?')}" + (f" ({f['detail']})" if f.get("detail") else ""))
     for image in report["images"]:
         click.echo(f"  {image['reference']} -> {image['repository']}"
                    f"{':' + image['tag'] if image['tag'] else ''}@{image['digest']}")
