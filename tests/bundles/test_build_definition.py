@@ -8,8 +8,10 @@ appliance as the source registry; the import side through the real
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -186,8 +188,42 @@ def test_short_names_in_a_layout_are_refused_or_mapped(tmp_path: Path) -> None:
     proc = build(fresh, "--source-layout", lay.root, "--cluster-definition", edge, "--json", check=False)
     refused(proc, fresh)
     assert "not matched (pause:3.9)" in proc.stderr
+    # A refused build leaves an earlier bundle at the output path exactly as it was.
+    before = out.read_bytes()
+    proc = build(out, "--source-layout", lay.root, "--cluster-definition", edge, check=False)
+    assert proc.returncode == INCOMPLETE and out.read_bytes() == before
     build(out, "--source-layout", lay.root, "--default-registry", "registry.k8s.io", "--cluster-definition", edge)
     assert [i["reference"] for i in manifest_of(out)["images"]] == ["registry.k8s.io/pause:3.9"]
+
+
+def test_an_oci_chart_the_definition_needs_is_resolved_and_checked(tmp_path: Path) -> None:
+    lay = OciLayout(tmp_path / "charts")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        data = b"apiVersion: v2\nname: demo\nversion: 1.2.3\n"
+        info = tarfile.TarInfo("demo/Chart.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer = lay.add_blob(raw.getvalue(), "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+    config = lay.add_blob(json.dumps({"name": "demo", "version": "1.2.3", "apiVersion": "v2"}).encode(),
+                          "application/vnd.cncf.helm.config.v1+json")
+    manifest = lay.add_blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                        "config": config.descriptor(), "layers": [layer.descriptor()]}).encode(),
+                            "application/vnd.oci.image.manifest.v1+json")
+    chart = "ghcr.io/acme/charts/demo:1.2.3"
+    lay.tag(manifest, chart)
+    doc = simple_definition("charted", [], architectures=("arm64",))
+    doc["profiles"][0]["packs"][0]["charts"] = [{"name": "demo", "version": "1.2.3",
+                                                 "repository": "oci://ghcr.io/acme/charts"}]
+    charted = build_archive(tmp_path / "charted.tgz", doc)
+    out = tmp_path / "b.tar.zst"
+    proc = build(out, "--cluster-definition", charted, "--json", check=False)
+    refused(proc, out)
+    [finding] = json.loads(proc.stdout)["findings"]
+    assert (finding["kind"], finding["reference"], finding["code"]) == ("chart", chart, "repository_missing")
+    # From a source layout it travels as an artifact; a chart runs on any architecture.
+    build(out, "--source-layout", lay.root, "--cluster-definition", charted)
+    assert [(i["reference"], i["digest"]) for i in manifest_of(out)["images"]] == [(chart, manifest.digest)]
 
 
 def test_sources_without_a_definition_are_a_usage_error(tmp_path: Path, layout: OciLayout) -> None:
@@ -242,9 +278,23 @@ def test_from_registry_pulls_what_the_definition_needs(appliance: Appliance, tmp
 
     # The amd64-only definition is complete from the registry alone; the bundle holds exactly its two images.
     amd = definition(tmp_path, [NGINX, MULTI], name="amd")
-    build(out, *registry, "--from-registry", f"{appliance.host}/{project}", "--cluster-definition", amd)
+    proc = build(out, *registry, "--from-registry", f"{appliance.host}/{project}", "--cluster-definition", amd,
+                 "--missing-out", missing, "--json")
+    outcome = json.loads(proc.stdout)
+    assert outcome["written"] is True and outcome["complete"] is True and outcome["findings"] == []
+    assert outcome["files"] == [str(out)]
+    assert [ln for ln in missing.read_text().splitlines() if not ln.startswith("#")] == []
     doc = manifest_of(out)
     assert sorted(i["reference"] for i in doc["images"]) == [NGINX, MULTI] and "incomplete" not in doc
+
+    # A reference pinned by tag and digest is pulled by its digest and recorded as pinned; it imports and is READY.
+    digest = next(i["digest"] for i in doc["images"] if i["reference"] == NGINX)
+    pinned = definition(tmp_path, [f"{NGINX}@{digest}"], name="pinned")
+    build(out, *registry, "--from-registry", f"{appliance.host}/{project}", "--cluster-definition", pinned)
+    assert [(i["reference"], i["digest"]) for i in manifest_of(out)["images"]] == [(f"{NGINX}@{digest}", digest)]
+    site = tmp_path / "site"
+    cargohold("bundle", "import", out, "--data-dir", site, "--allow-unsigned", "--quiet")
+    assert json.loads(cargohold("clusterdef", "check", "pinned", "--data-dir", site, "--json").stdout)["ready"]
 
 
 def test_missing_out_round_trip_through_a_registry(appliance: Appliance, tmp_path: Path,
