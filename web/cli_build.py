@@ -99,7 +99,7 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
 @click.option("--version", "version", required=True, help="Bundle version.")
 @click.option("--layout", "layouts", multiple=True, metavar="DIR[:REF[=FULL],...]",
               help="OCI image layout: every tagged image, or the comma-separated refs after ':' "
-                   "(REF=FULL records a bare tag under a full reference). Repeatable.")
+                   "(REF=FULL records a bare tag or short name under a full reference). Repeatable.")
 @click.option("--image", "images", multiple=True, metavar="REF[=RECORDED]",
               help="Image to pull from its registry (recorded as RECORDED if given). Repeatable.")
 @click.option("--images-file", "images_files", multiple=True, type=click.Path(path_type=Path),
