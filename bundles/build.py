@@ -368,48 +368,6 @@ class BundleBuilder:
             added.append(reference)
         return added
 
-    def qualify(self, name: str, where: str) -> str:
-        """`name` if it starts with a registry host; else under --default-registry; else BuildError.
-
-        `skopeo copy ... oci:DIR:pause:3.9` names an entry ``pause:3.9``: which
-        registry it came from is not written anywhere, so it is never guessed.
-        """
-        first, sep, _ = name.partition("/")
-        if sep and looks_like_host(first):
-            return name
-        if self.default_registry:
-            return f"{self.default_registry}/{name}"
-        raise BuildError(f"{where}: {name!r} is a short name (no registry host), so where it comes from is "
-                         f"unknown; record it under a full reference with DIR:{name}=REGISTRY/REPOSITORY:TAG, "
-                         "or give --default-registry HOST to put every short name under HOST")
-
-    @staticmethod
-    def layout_entries(root: Path) -> list[tuple[str, Descriptor]]:
-        """(ref name, descriptor) of every tagged entry of an OCI image layout; BuildError if it is not one."""
-        if not root.is_dir():
-            raise BuildError(f"layout {root} does not exist or is not a directory")
-        try:
-            layout = json.loads((root / "oci-layout").read_text())
-            index = json.loads((root / "index.json").read_text())
-        except FileNotFoundError as exc:
-            raise BuildError(f"{root} is not an OCI image layout: {Path(exc.filename).name} is missing") from None
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"layout {root}: cannot read oci-layout/index.json: {exc}") from None
-        if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
-            raise BuildError(f"layout {root}: oci-layout has no imageLayoutVersion")
-        entries = index.get("manifests") if isinstance(index, dict) else None
-        if not isinstance(entries, list):
-            raise BuildError(f"layout {root}: index.json has no manifests array")
-        tagged: list[tuple[str, Descriptor]] = []
-        for i, entry in enumerate(entries):
-            desc = _descriptor(entry, f"layout {root}: index.json manifests[{i}]")
-            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
-            if name:
-                tagged.append((name, desc))
-        if not tagged:
-            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
-        return tagged
-
     def add_image(self, text: str) -> str:
         """Pull an image from its registry: ``REF`` or ``REF=RECORDED`` (pull REF, record it as RECORDED)."""
         source_text, _, recorded = text.strip().partition("=")
@@ -491,7 +449,56 @@ class BundleBuilder:
                     raise BuildError(f"inventory {path}: blobs[{i}] is not a {{digest, size}} object") from None
         return dict(self._base)
 
+    def qualify(self, name: str, where: str) -> str:
+        """`name` if it starts with a registry host; else under --default-registry; else BuildError.
+
+        `skopeo copy ... oci:DIR:pause:3.9` names an entry ``pause:3.9``: which
+        registry it came from is not written anywhere, so it is never guessed.
+        """
+        first, sep, _ = name.partition("/")
+        if sep and looks_like_host(first):
+            return name
+        if self.default_registry:
+            return f"{self.default_registry}/{name}"
+        raise BuildError(f"{where}: {name!r} is a short name (no registry host), so where it comes from is "
+                         f"unknown; record it under a full reference with DIR:{name}=REGISTRY/REPOSITORY:TAG, "
+                         "or give --default-registry HOST to put every short name under HOST")
+
+    def layout_entries(self, root: Path) -> list[tuple[str, Descriptor]]:
+        """(ref name, descriptor) of every tagged entry of an OCI image layout; BuildError if it is not one."""
+        if not root.is_dir():
+            raise BuildError(f"layout {root} does not exist or is not a directory")
+        try:
+            layout = json.loads((root / "oci-layout").read_text())
+            index = json.loads((root / "index.json").read_text())
+        except FileNotFoundError as exc:
+            raise BuildError(f"{root} is not an OCI image layout: {Path(exc.filename).name} is missing") from None
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"layout {root}: cannot read oci-layout/index.json: {exc}") from None
+        if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+            raise BuildError(f"layout {root}: oci-layout has no imageLayoutVersion")
+        entries = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(entries, list):
+            raise BuildError(f"layout {root}: index.json has no manifests array")
+        tagged: list[tuple[str, Descriptor]] = []
+        for i, entry in enumerate(entries):
+            desc = self._descriptor(entry, f"layout {root}: index.json manifests[{i}]")
+            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
+            if name:
+                tagged.append((name, desc))
+        if not tagged:
+            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
+        return tagged
+
     # -- gathering ----------------------------------------------------------------
+
+    def _descriptor(self, doc: Any, where: str) -> Descriptor:
+        from registry.manifests import parse_descriptor
+
+        try:
+            return parse_descriptor(doc, where)
+        except RegistryError as exc:
+            raise BuildError(exc.message) from None
 
     def _reference(self, text: str, where: str) -> str:
         try:
@@ -747,15 +754,6 @@ class BundleBuilder:
         if size != member.size or hasher.hexdigest() != member.digest.encoded:
             raise BuildError(f"{origin}: {member.path} changed or is damaged: its bytes do not match "
                              f"{member.digest} ({member.size} bytes)")
-
-
-def _descriptor(doc: Any, where: str) -> Descriptor:
-    from registry.manifests import parse_descriptor
-
-    try:
-        return parse_descriptor(doc, where)
-    except RegistryError as exc:
-        raise BuildError(exc.message) from None
 
 
 def _is_attestation(desc: Descriptor) -> bool:
