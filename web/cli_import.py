@@ -174,6 +174,9 @@ def _job_line(job: Any) -> str:
     pct = f"{100.0 * job.bytes_done / job.bytes_total:5.1f}%" if job.bytes_total else "    -"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
     line = f"{job.id}  {when}  {job.state:<9} {pct}  {job.source}"
+    incomplete = ((job.report or {}).get("bundle") or {}).get("incomplete")
+    if incomplete is not None:
+        line += f"  INCOMPLETE ({len(incomplete.get('findings') or [])} finding(s))"
     if job.error:
         line += f"\n    {job.error}" + (f" [{job.error_code}]" if job.error_code else "")
     return line

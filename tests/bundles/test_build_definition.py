@@ -146,6 +146,8 @@ def test_allow_incomplete_is_recorded_and_shown_at_import(tmp_path: Path, layout
     assert job["report"]["bundle"]["incomplete"] == record
     status = cargohold("bundle", "status", report["jobId"], "--data-dir", site).stdout
     assert "INCOMPLETE" in status and REDIS in status
+    listed = cargohold("bundle", "list", "--data-dir", site).stdout
+    assert f"{report['jobId']}" in listed and "INCOMPLETE (1 finding(s))" in listed
     # The site's own check of the imported definition finds exactly what the build found.
     check = cargohold("clusterdef", "check", "edge", "--data-dir", site, "--json", check=False)
     assert check.returncode == 1
