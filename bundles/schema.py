@@ -13,6 +13,9 @@ release_images             the images of a release: local repository, tag, manif
                            tag move waits for promotion (pending)
 release_definitions        the cluster definitions a release carries (a copy of each document, JSON)
 release_files              charts and definition archives a release brought (blobs served by no repository)
+seed_files                 one row per file set found in a seed directory (bundles.seed): its identity (path, total
+                           size, newest mtime), the outcome of its one import, and the process working on it
+seed_scans                 every scan of a seed directory: who started it, the process running it, its report (JSON)
 """
 
 from __future__ import annotations
@@ -93,3 +96,23 @@ def m005_import_job_error_code(db: Database) -> None:
     # import_jobs.error_code: the refusal code of a failed import (bundles.importer.BundleRefused.code, INTERNAL,
     # INTERRUPTED), which the HTTP API and `bundle status --json` give as errorCode.
     db.table("import_jobs").add_column("error_code", str)
+
+
+@clusterdef_migrations()
+def m006_seed(db: Database) -> None:
+    # bundles.seed: what the zero-touch scan of a seed directory found and did. seed_files.path is the bundle
+    # (or definition) path as found; size and mtime_ns identify the file set (all parts and the detached
+    # signature), so a changed file is considered anew. state: importing (pid/pid_start own it), imported,
+    # refused (error_code), interrupted. seed_scans.serve: the `cargohold serve` a start-up scan belongs to.
+    db.table("seed_files").create(
+        {"path": str, "kind": str, "size": int, "mtime_ns": int, "parts": int, "signature": str, "state": str,
+         "job_id": str, "error_code": str, "error": str, "digest": str, "result": str, "pid": int,
+         "pid_start": str, "scan_id": int, "updated_at": float},
+        pk="path", not_null={"kind", "size", "mtime_ns", "state", "updated_at"},
+    )
+    db.table("seed_scans").create(
+        {"id": int, "seed_dir": str, "trigger": str, "requested_by": str, "serve": str, "state": str, "pid": int,
+         "pid_start": str, "report": str, "started_at": float, "finished_at": float},
+        pk="id", not_null={"seed_dir", "trigger", "state", "started_at"},
+    )
+    db.table("seed_scans").create_index(["serve", "trigger"])

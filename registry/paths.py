@@ -17,6 +17,8 @@
                               (token-binding.key, ui-session.key, login-fingerprint.key)
       tls/                    CA and server certificate and key
       imports/                bundles uploaded for import, and import scratch space
+      seed/                   the default seed directory: bundles and definitions an installer placed
+                              here are imported at start (bundles.seed); never written by the appliance
       front/                  request bodies the nginx front buffers (small ones only) and
                               its scratch for responses (web/front.py); disposable
 
@@ -87,6 +89,10 @@ class DataPaths:
     @property
     def imports(self) -> Path:
         return self.root / "imports"
+
+    @property
+    def seed(self) -> Path:
+        return self.root / "seed"
 
     @property
     def front_scratch(self) -> Path:

@@ -95,9 +95,14 @@ existing_data_dir_option = click.option(
               help="Extra comma-separated DNS names/IPs for the generated certificate (e.g. the cluster VIP).")
 @click.option("--front", type=click.Choice(FRONTS), default=None,
               help="nginx: Debian's nginx in front of gunicorn [default]; none: gunicorn alone (development only).")
+@click.option("--seed-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Seed directory whose bundles and definitions are imported at start [default: <data>/seed].")
+@click.option("--seed-scan/--no-seed-scan", default=None,
+              help="Scan the seed directory at start [default: on, or CARGOHOLD_SEED_SCAN].")
 def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_class: str | None,
           threads: int | None, project: str | None, tls: bool | None, tls_cert: Path | None,
-          tls_key: Path | None, tls_san: str | None, front: str | None) -> None:
+          tls_key: Path | None, tls_san: str | None, front: str | None, seed_dir: Path | None,
+          seed_scan: bool | None) -> None:
     """Run the appliance: the nginx front and the app under gunicorn.
 
     Only one serve runs on a data directory: a second one stops at once,
@@ -109,7 +114,8 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
     from web.server import ApplianceServer, BindError, check_bind
 
     config = _config(data_dir=data_dir, bind=bind, workers=workers, worker_class=worker_class, threads=threads,
-                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san, front=front)
+                     project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san, front=front,
+                     seed_dir=seed_dir, seed_scan=seed_scan)
     try:
         check_bind(config.bind)
     except BindError as exc:
@@ -401,6 +407,9 @@ cli_release.register(main)
 from web import cli_tags  # noqa: E402
 
 cli_tags.register(main)
+from web import cli_seed  # noqa: E402
+
+cli_seed.register(main)
 
 if __name__ == "__main__":
     # Under `python -m web.cli` this file is __main__, while the command modules

@@ -87,6 +87,13 @@ class Config:
     bundle_max_ratio: int = 100
     # Free space an import must leave on the data volume.
     import_reserve_bytes: int = 256 << 20
+    # Zero-touch first start (docs/bundle-import.md, "Seed directory"): bundles and signed definitions in
+    # this directory (default <data>/seed) are imported once, under the policy above; scanned at start
+    # unless seed_scan is off, and on demand. A file counts once unchanged for seed_settle_seconds (a copy
+    # still being written is left for the next round).
+    seed_dir: Path | None = None
+    seed_scan: bool = True
+    seed_settle_seconds: int = 2
     # Image name mapping rules, ``prefix=replacement,...``: a matched reference prefix is replaced (the
     # rest of the path kept) before nesting under the project (registry.names.MappingRule).
     mapping_rules: str = ""
@@ -101,6 +108,11 @@ class Config:
     @property
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir.resolve())
+
+    @property
+    def seed_directory(self) -> Path:
+        """The seed directory: `seed_dir` as configured, else <data>/seed."""
+        return self.seed_dir.resolve() if self.seed_dir is not None else self.paths.seed
 
     @property
     def own_hosts(self) -> frozenset[str]:
