@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, protection_api, releases_api
+from bundles import clusterdef_api, protection_api, releases_api, seed_api
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
 from bundles.release_protection import promoted_release_tags
@@ -33,6 +33,7 @@ from registry.uploads import Uploads
 from web import hardening, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
+from web.seed import scan_in_background, seed_scanner
 from web.tls import generated_ca
 
 
@@ -122,6 +123,10 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(bundles_api.create_blueprint(
         imports.importer, imports.jobs, guard, config.paths,
         bundles_api.BundleApiConfig(config.bundle_max_bytes, config.import_reserve_bytes)))
+    scanner = seed_scanner(config, imports)
+    app.extensions["cargohold.seed"] = scanner  # the UI's seed page uses the same scanner
+    app.register_blueprint(seed_api.create_blueprint(
+        scanner, guard, seed_api.SeedApiConfig(config.seed_scan, scan_in_background)))
     # The operator UI (web.ui): sign-in, resumable upload (tus), pages.
     ui.init_app(app, imports, ClusterDefinitions(config.paths), signer)
 

@@ -33,6 +33,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web.config import Config
 from web.front import ACCEL_PREFIX, Front, FrontLayout, find_nginx, set_parent_death_signal
+from web.seed import start_up_thread
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -125,6 +126,9 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
             # appliances (tests, benchmarks) on one host would fight over it.
             "control_socket_disable": True,
             "post_fork": _post_fork,
+            # Each booted worker offers to run the seed directory's start-up scan; the first to claim it in the
+            # database does (web/seed.py). Not in the master: it holds no database handle.
+            "post_worker_init": lambda worker: start_up_thread(self.config),
         }
         if self.front:
             # nginx logs every request (with the bytes of blob bodies it sends itself).

@@ -6,6 +6,8 @@ Route table (HTML; every page needs a signed-in admin, every POST its CSRF token
     GET        /ui/upload                          bundle upload form (tus, resumable; web/static/upload.js)
     GET        /ui/imports                         import jobs, newest first
     GET        /ui/imports/<id>                    one import: live progress, then its report or error
+    GET        /ui/seed                            the seed directory: latest scan's report, every file set
+    POST       /ui/seed/scan                       start a scan (retry_refused=1 tries refused files again)
     GET        /ui/repositories                    repositories (?q= filter)
     GET        /ui/repositories/<name>             a repository's artifacts and tags
     GET        /ui/artifact?repository=&reference= an artifact: platforms, size, layers, referrers, pull command
@@ -33,6 +35,7 @@ from flask import Blueprint, Response, abort, current_app, flash, redirect, rend
 from bundles.check import run_check
 from bundles.clusterdef import DefinitionError, DefinitionNotFound
 from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
+from bundles.seed import SeedScanner
 from bundles.trust import TrustError
 from registry import hashstate
 from registry.access import AccessError
@@ -42,6 +45,7 @@ from registry.errors import RegistryError
 from registry.names import parse_mapping_rules
 from registry.numbers import NumberInvalid, parse_number
 from web.app_services import services_of
+from web.seed import scan_in_background
 from web.ui import UiServices
 from web.ui.session import page_principal
 
@@ -51,6 +55,10 @@ MAX_PAGE = 1_000_000  # keeps (page - 1) * PAGE_SIZE well inside SQLite's INTEGE
 
 def _ui() -> UiServices:
     return current_app.extensions["cargohold.ui"]  # type: ignore[no-any-return]
+
+
+def _seed() -> SeedScanner:
+    return current_app.extensions["cargohold.seed"]  # type: ignore[no-any-return]
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -143,6 +151,7 @@ def create_blueprint() -> Blueprint:
              if hashstate.available() else "uploads re-hash on completion instead"),
             ("free space", disk.free > services.config.import_reserve_bytes,
              f"{human_bytes(disk.free)} free, {human_bytes(services.config.import_reserve_bytes)} kept in reserve"),
+            _seed_health(counts["trusted keys"]),
         ]
         return render_template("ui/dashboard.html", counts=counts, disk=disk, stored=stored, health=health,
                                imports=ui.imports.jobs.list(5), readiness=readiness)
@@ -155,7 +164,31 @@ def create_blueprint() -> Blueprint:
 
     @bp.get("/imports")
     def imports() -> str:
-        return render_template("ui/imports.html", jobs=_ui().imports.jobs.list(100))
+        scanner = _seed()
+        return render_template("ui/imports.html", jobs=_ui().imports.jobs.list(100), seed_dir=scanner.seed_dir,
+                               seed_scan=scanner.latest_scan())
+
+    # -- the seed directory
+
+    @bp.get("/seed")
+    def seed() -> str:
+        scanner = _seed()
+        return render_template("ui/seed.html", seed_dir=scanner.seed_dir, scan=scanner.latest_scan(),
+                               files=scanner.files(), trusted_keys=len(scanner.trust.list()),
+                               scan_at_start=services_of().config.seed_scan)
+
+    @bp.post("/seed/scan")
+    def seed_scan() -> Any:
+        scanner = _seed()
+        who = page_principal().username
+        claimed = scanner.claim_scan("ui", who)
+        assert claimed is not None  # only a start-up scan is ever turned away
+        if claimed[1]:
+            scan_in_background(scanner, claimed[0], who, request.form.get("retry_refused") == "1")
+            flash(f"Scanning {scanner.seed_dir} (scan {claimed[0]}); reload to follow its report.", "ok")
+        else:
+            flash(f"Scan {claimed[0]} is already running; its report is below.", "ok")
+        return redirect(url_for("ui.seed"))
 
     @bp.get("/imports/<job_id>")
     def import_detail(job_id: str) -> Any:
@@ -364,6 +397,22 @@ def create_blueprint() -> Blueprint:
                                pages=max(1, -(-total // PAGE_SIZE)), filters={k: v[1] for k, v in filters.items()})
 
     return bp
+
+
+def _seed_health(trusted_keys: int) -> tuple[str, bool, str]:
+    """The dashboard's seed-directory line: what the latest scan did, and why seed files were refused."""
+    scan = _seed().latest_scan()
+    if scan is None or scan.report is None:
+        return "seed directory", True, "not scanned yet"
+    counts = scan.report.get("counts") or {}
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "nothing to import"
+    refused = [f for f in scan.report.get("files") or [] if f.get("outcome") == "refused"]
+    if not refused:
+        return "seed directory", True, f"scan {scan.id} ({scan.state}): {summary}"
+    codes = ", ".join(sorted({str(f.get("errorCode")) for f in refused}))
+    why = (" — no key is trusted: add the signing key (Trusted keys, or `cargohold keys add`), then scan again "
+           "retrying refused" if trusted_keys == 0 else "")
+    return "seed directory", False, f"scan {scan.id}: {summary}; refused: {codes}{why}"
 
 
 def _audit(operation: str, resource_type: str, resource: str) -> None:
