@@ -89,6 +89,10 @@ BUSY = "busy"                    # another process is importing it right now
 WAITING = "waiting"              # still being written, or a part set with a gap: looked at again later
 
 
+class SeedDirError(Exception):
+    """The seed directory (or a file in it) cannot be read; the message names it and why."""
+
+
 @dataclass(frozen=True)
 class SeedEntry:
     """One bundle (with its parts and detached signature) or definition found in a seed directory."""
@@ -114,20 +118,27 @@ def discover(seed_dir: Path, settle_seconds: float, now: float | None = None) ->
         names = sorted(n for n in os.listdir(seed_dir) if not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:  # unreadable (permissions, an unplugged stick): said, not a traceback
+        raise SeedDirError(f"cannot read the seed directory {seed_dir}: {exc.strerror or exc}") from None
     now = time.time() if now is None else now
     files = {n for n in names if (seed_dir / n).is_file()}
     entries: list[SeedEntry] = []
     seen_bases: set[str] = set()
     for name in sorted(files):
         part = _PART.match(name)
-        if name.endswith(BUNDLE_SUFFIX) or part:
-            base = part.group("base") if part else name
-            if base in seen_bases or (part and base in files):
-                continue  # a part set is one entry; parts beside the whole file are not what is imported
-            seen_bases.add(base)
-            entries.append(_entry("bundle", seed_dir, base, files, settle_seconds, now))
-        elif name.endswith(DEFINITION_SUFFIX):
-            entries.append(_entry("definition", seed_dir, name, files, settle_seconds, now))
+        try:
+            if name.endswith(BUNDLE_SUFFIX) or part:
+                base = part.group("base") if part else name
+                if base in seen_bases or (part and base in files):
+                    continue  # a part set is one entry; parts beside the whole file are not what is imported
+                seen_bases.add(base)
+                entries.append(_entry("bundle", seed_dir, base, files, settle_seconds, now))
+            elif name.endswith(DEFINITION_SUFFIX):
+                entries.append(_entry("definition", seed_dir, name, files, settle_seconds, now))
+        except FileNotFoundError:  # removed since it was listed: it is simply not there
+            continue
+        except OSError as exc:
+            raise SeedDirError(f"cannot read {seed_dir / name}: {exc.strerror or exc}") from None
     return entries
 
 
@@ -202,13 +213,14 @@ class _Report:
     seed_dir: str
     files: list[dict[str, Any]] = field(default_factory=list)
     trusted_keys: int = 0
+    error: str | None = None  # why the scan failed (SeedDirError)
 
     def to_json(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for f in self.files:
             counts[f["outcome"]] = counts.get(f["outcome"], 0) + 1
         return {"seedDir": self.seed_dir, "exists": Path(self.seed_dir).is_dir(), "trustedKeys": self.trusted_keys,
-                "files": self.files, "counts": counts}
+                "files": self.files, "counts": counts, "error": self.error}
 
 
 class SeedScanner:
@@ -271,7 +283,8 @@ class SeedScanner:
         files are still being written. The report is written to the scan's
         row after every file, so it can be followed while the scan runs.
         Never raises for a bundle or definition refused: that is recorded and
-        the scan goes on with the next.
+        the scan goes on with the next. Raises SeedDirError (recorded on the
+        scan as failed) when the directory cannot be read.
         """
         report = _Report(str(self.seed_dir), trusted_keys=len(self.trust.list()))
         handled: set[str] = set()
@@ -299,6 +312,10 @@ class SeedScanner:
                         "still being written (changed less than "
                         f"{self.settle_seconds:g} s ago); scan again once the copy has finished")))
             report.files.sort(key=lambda f: f["name"])
+        except SeedDirError as exc:
+            report.error = str(exc)
+            self._save(scan_id, report, "failed")
+            raise
         except BaseException:
             self._save(scan_id, report, "failed")
             raise

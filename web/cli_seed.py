@@ -58,6 +58,7 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def scan(data_dir: Path | None, seed_dir: Path | None, retry_refused: bool, as_json: bool) -> None:
     """Import what is new in the seed directory, wait for it, and print the report."""
+    from bundles.seed import SeedDirError
     from web.seed import seed_scanner
 
     config = _config(data_dir=data_dir, seed_dir=seed_dir)
@@ -75,7 +76,10 @@ def scan(data_dir: Path | None, seed_dir: Path | None, retry_refused: bool, as_j
         while (running := scanner.get_scan(scan_id)) is not None and running.state == "running":
             time.sleep(POLL_SECONDS)
     click.echo(f"seed scan {scan_id} of {scanner.seed_dir}", err=True)
-    report = scanner.run_scan(scan_id, "cli", retry_refused)
+    try:
+        report = scanner.run_scan(scan_id, "cli", retry_refused)
+    except SeedDirError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"scan": scan_id, **report}, indent=2))
     else:

@@ -14,7 +14,7 @@ import logging
 import threading
 
 from bundles.clusterdef import ClusterDefinitions
-from bundles.seed import SeedScanner, serve_identity
+from bundles.seed import SeedDirError, SeedScanner, discover, serve_identity
 from web.bundle_import import ImportServices, import_services
 from web.config import Config
 
@@ -31,8 +31,13 @@ def seed_scanner(config: Config, imports: ImportServices | None = None) -> SeedS
 
 
 def start_up_scan(config: Config) -> None:
-    """Run this serve's start-up scan if this worker is the first to claim it; logs, never raises."""
+    """Run this serve's start-up scan if this worker is the first to claim it; logs, never raises.
+
+    A seed directory that is missing or holds nothing to import is not scanned (nor recorded).
+    """
     try:
+        if not discover(config.seed_directory, config.seed_settle_seconds):
+            return  # nothing to import: no scan recorded, nothing in the audit log at every start
         scanner = seed_scanner(config)
         claimed = scanner.claim_scan("start", SYSTEM_USER, serve_identity())
         if claimed is None or not claimed[1]:
@@ -40,6 +45,8 @@ def start_up_scan(config: Config) -> None:
         _log.info("seed: scanning %s (scan %s)", scanner.seed_dir, claimed[0])
         report = scanner.run_scan(claimed[0], SYSTEM_USER)
         _log.info("seed: scan %s done: %s", claimed[0], report["counts"] or "nothing found")
+    except SeedDirError as exc:  # recorded on the scan; the appliance serves all the same
+        _log.error("seed: the start-up scan failed: %s", exc)
     except Exception:  # a bug or a broken database: the appliance serves all the same, and says why
         _log.exception("seed: the start-up scan failed")
 
@@ -58,6 +65,8 @@ def scan_in_background(scanner: SeedScanner, scan_id: int, requested_by: str, re
     def work() -> None:
         try:
             scanner.run_scan(scan_id, requested_by, retry_refused)
+        except SeedDirError as exc:  # recorded on the scan, which the caller follows
+            _log.error("seed: scan %s failed: %s", scan_id, exc)
         except Exception:
             _log.exception("seed: scan %s failed", scan_id)
 

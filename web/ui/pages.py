@@ -404,6 +404,9 @@ def _seed_health(trusted_keys: int) -> tuple[str, bool, str]:
     scan = _seed().latest_scan()
     if scan is None or scan.report is None:
         return "seed directory", True, "not scanned yet"
+    if scan.state in ("failed", "interrupted"):
+        return "seed directory", False, (f"scan {scan.id} {scan.state}: "
+                                         f"{scan.report.get('error') or 'see the appliance log'}")
     counts = scan.report.get("counts") or {}
     summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "nothing to import"
     refused = [f for f in scan.report.get("files") or [] if f.get("outcome") == "refused"]
