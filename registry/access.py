@@ -169,6 +169,7 @@ class Projects:
                                   "delete them first")
             db.execute("DELETE FROM project_members WHERE project_id = ?", [project.id])
             db.execute("DELETE FROM immutable_rules WHERE project_id = ?", [project.id])
+            db.execute("DELETE FROM project_metadata WHERE project_id = ?", [project.id])
             db.execute("DELETE FROM robots WHERE project_id = ?", [project.id])
             # System robots lose their grants on it, so a new project of the same name starts clean.
             for robot_id, perms in db.execute("SELECT id, permissions FROM robots WHERE level = 'system'").fetchall():

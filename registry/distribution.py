@@ -36,6 +36,7 @@ from registry.access import Access, LoginLimiter, TooManyAttempts
 from registry.auth import Principal, Users
 from registry.digest import Digest
 from registry.errors import RegistryError
+from registry.image_trust import ImageTrust
 from registry.manifests import DOCKER_LIST, OCI_INDEX
 from registry.model import Page, Registry
 from registry.names import is_digest_reference, is_manifest_reference, mirror_repository, validate_name
@@ -165,6 +166,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
     access = access or Access(registry, users, LoginLimiter(registry))
     signer = signer or TokenSigner.load_or_create(registry.paths)
     last_expiry = [0.0]
+    image_trust = ImageTrust(registry)
 
     @bp.url_value_preprocessor
     def _resolve_name(endpoint: str | None, values: dict[str, Any] | None) -> None:
@@ -225,6 +227,11 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         accept = _accepted(request.headers.get("Accept", ""))
         if accept and not accept & {"*/*", "application/*"} and record.media_type not in accept:
             record = _negotiate(record, accept)
+        # GET only, as Harbor: HEAD gives the digest and no content, and signers need the digest to sign.
+        refusal = image_trust.pull_refusal(record, reference) if request.method == "GET" else None
+        if refusal is not None:
+            raise RegistryError("PROJECT_POLICY_VIOLATION", refusal,
+                                detail={"name": name, "digest": str(record.digest)})
         headers = {"Docker-Content-Digest": str(record.digest), "ETag": f'"{record.digest}"',
                    "Content-Type": record.media_type}
         if request.method == "HEAD":

@@ -31,6 +31,8 @@ STATUS: dict[str, int] = {
     "TAG_INVALID": 400,
     "PAGINATION_NUMBER_INVALID": 400,
     "UNKNOWN": 500,
+    # Harbor's answer to a pull its project policy forbids (content trust: the image is not signed).
+    "PROJECT_POLICY_VIOLATION": 412,
 }
 
 

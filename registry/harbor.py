@@ -60,6 +60,7 @@ from registry.audit import AuditLog
 from registry.auth import Principal
 from registry.digest import Digest
 from registry.errors import RegistryError
+from registry.image_trust import METADATA_KEYS, ImageTrust, parse_flag
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.names import is_digest_reference
@@ -215,6 +216,11 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     """The /api/v2.0 blueprint."""
     bp = Blueprint("harbor", __name__, url_prefix=PREFIX)
     projects, robots, members = access.projects, access.robots, access.members
+    image_trust = ImageTrust(projects.registry)
+
+    def extra_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+        """The stored project metadata keys beyond `public` (content trust), validated."""
+        return {key: parse_flag(key, metadata[key]) for key in METADATA_KEYS if key in metadata}
 
     @bp.before_request
     def _authenticate() -> None:
@@ -374,7 +380,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                 "update_time": rfc3339(project.updated_at), "deleted": False,
                 "repo_count": projects.repository_count(project.name), "registry_id": None,
                 "current_user_role_id": role or 0, "current_user_role_ids": [role] if role else None,
-                "togglable": True, "metadata": {"public": "true" if project.public else "false"}}
+                "togglable": True, "metadata": {**image_trust.metadata(project.id),
+                                                "public": "true" if project.public else "false"}}
 
     def find_project(ref: str) -> Project:
         by_name = request.headers.get("X-Is-Resource-Name", "").lower() == "true"
@@ -460,7 +467,10 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
             raise _bad("storage_limit must be -1 (unlimited) or a number of bytes")
         if body.get("registry_id") is not None:
             raise _bad("proxy-cache projects (registry_id) are not supported on this appliance")
+        extra = extra_metadata(metadata)
         project = projects.create(name, bool(public), p.id if p.kind == "user" else None, limit)
+        if extra:
+            image_trust.set_metadata(project.id, extra)
         if p.kind == "user" and p.id is not None:
             members.add(project, p.id, 1)
         record("create", "project", project.name)
@@ -486,7 +496,10 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                                   or not -1 <= limit <= _MAX_ID):
             raise _bad("storage_limit must be -1 (unlimited) or a number of bytes")
+        extra = extra_metadata(metadata)
         projects.update(project, public, limit)
+        if extra:
+            image_trust.set_metadata(project.id, extra)
         record("update", "project", project.name)
         return Response(status=200)
 

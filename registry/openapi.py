@@ -86,10 +86,13 @@ def _schemas() -> dict[str, Any]:
         "Project": {"type": "object", "properties": {
             "project_id": _INT, "name": _STR, "owner_id": _INT, "owner_name": _STR, "creation_time": _STR,
             "update_time": _STR, "deleted": _BOOL, "repo_count": _INT, "current_user_role_id": _INT,
-            "togglable": _BOOL, "metadata": {"type": "object", "properties": {"public": _STR}}}},
+            "togglable": _BOOL, "metadata": {"type": "object", "properties": {
+                "public": _STR, "enable_content_trust_cosign": _STR}}}},
         "ProjectReq": {"type": "object", "properties": {
             "project_name": {"type": "string", "maxLength": 255}, "public": _BOOL,
-            "metadata": {"type": "object", "properties": {"public": {"type": "string", "enum": ["true", "false"]}}},
+            "metadata": {"type": "object", "properties": {
+                "public": {"type": "string", "enum": ["true", "false"]},
+                "enable_content_trust_cosign": {"type": "string", "enum": ["true", "false"]}}},
             "storage_limit": {"type": "integer", "format": "int64"}}},
         "ProjectSummary": {"type": "object", "properties": {
             "repo_count": _INT, "project_admin_count": _INT, "maintainer_count": _INT, "developer_count": _INT,

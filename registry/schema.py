@@ -21,6 +21,9 @@ immutable_rules   Harbor's per-project immutable tag rules: one repository and o
 tag_overrides     one-shot, expiring grants a system administrator gives to move or remove one protected
                   tag once; who gave it, why, and when it was used (registry.protection)
 ui_sessions       signed-in operator UI sessions by the SHA-256 of their id: sign-out deletes the row
+project_metadata  Harbor project metadata beyond `public`, key -> "true"/"false" string as Harbor stores it
+                  (enable_content_trust_cosign; registry.image_trust)
+image_signing_keys public keys whose cosign signatures the content-trust policy accepts (registry.image_trust)
 """
 
 from __future__ import annotations
@@ -149,4 +152,16 @@ def m005_ui_sessions(db: Database) -> None:
     db.table("ui_sessions").create(
         {"id": str, "user_id": int, "created_at": float, "expires_at": float}, pk="id",
         not_null={"user_id", "expires_at"},
+    )
+
+
+@migrations()
+def m006_content_trust(db: Database) -> None:
+    db.table("project_metadata").create(
+        {"project_id": int, "name": str, "value": str}, pk=("project_id", "name"),
+        foreign_keys=[("project_id", "projects", "id")],
+    )
+    db.table("image_signing_keys").create(
+        {"id": str, "key_type": str, "description": str, "public_pem": str, "added_at": float}, pk="id",
+        not_null={"public_pem", "added_at"},
     )

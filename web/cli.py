@@ -410,6 +410,9 @@ cli_tags.register(main)
 from web import cli_seed  # noqa: E402
 
 cli_seed.register(main)
+from web import cli_images  # noqa: E402
+
+cli_images.register(main)
 
 if __name__ == "__main__":
     # Under `python -m web.cli` this file is __main__, while the command modules
