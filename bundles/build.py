@@ -23,6 +23,7 @@ docs/bundle-format.md describes the result.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ from typing import IO, Any
 
 import zstandard
 
-from bundles import keys
+from bundles import keys, referrers
 from bundles.format import (
     BLOB_PREFIX,
     CHART_PREFIX,
@@ -56,13 +57,15 @@ from bundles.format import (
     FormatError,
     ImageEntry,
     Member,
+    ReferrerEntry,
 )
 from bundles.inventory import INVENTORY_MEDIA_TYPE
+from bundles.referrers import Found
 from bundles.registry_client import NotFound, PullError, RegistryClient
 from registry.blobstore import fsync_dir
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
-from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest
+from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest, referrer_artifact_type
 from registry.names import ImageReference, looks_like_host
 from registry.platforms import IMAGE_CONFIG_TYPES
 from registry.platforms import Platform as ImagePlatform
@@ -281,7 +284,7 @@ class BundleBuilder:
     def __init__(self, name: str, version: str, *, platforms: Sequence[Platform] = (),
                  client: RegistryClient | None = None, work_dir: Path | None = None,
                  progress: Progress | None = None, created: datetime | None = None,
-                 default_registry: str | None = None) -> None:
+                 default_registry: str | None = None, referrers: bool = True) -> None:
         if not name.strip() or not version.strip():
             raise BuildError("a bundle needs a non-empty --name and --version")
         self.name, self.version = name, version
@@ -302,6 +305,9 @@ class BundleBuilder:
         # A layout's short names (`pause:3.9`) are recorded under this host, never guessed as docker.io.
         self.default_registry = default_registry.strip().rstrip("/") if default_registry else None
         self._definitions: list[Any] = []  # parsed ClusterDefinitions, for the readiness check
+        self.with_referrers = referrers  # --no-referrers: signatures, SBOMs, attestations stay behind
+        self._referrers: dict[str, list[Found]] = {}
+        self.skipped_referrers: list[str] = []  # images whose referrers could not travel (rewritten index)
 
     def __enter__(self) -> BundleBuilder:
         return self
@@ -358,6 +364,7 @@ class BundleBuilder:
                                  f"{', '.join(sorted(n for n, _ in tagged))}")
             selected.append((full or matches[0][0], matches[0][1]))
         added = []
+        accessories: referrers.LayoutAccessories | None = None
         for name, desc in selected:
             if not re.search(r"[/:@]", name):
                 # `skopeo copy ... oci:DIR:1.0` names entries by bare tag: no repository to record.
@@ -365,6 +372,10 @@ class BundleBuilder:
                                  f"name it with --layout {root}:{name}=REGISTRY/REPOSITORY:TAG")
             reference = self._reference(self.qualify(name, f"layout {root}"), f"layout {root}")
             self._add_root(source, reference, desc)
+            if self.with_referrers and self._unrewritten(reference, desc):
+                if accessories is None:
+                    accessories = referrers.LayoutAccessories(self.layout_descriptors(root), source.manifest)
+                self._add_referrers(source, reference, accessories.of(desc.digest))
             added.append(reference)
         return added
 
@@ -391,8 +402,51 @@ class BundleBuilder:
         source = _RegistrySource(self.client, ref, self._spool_dir(), self.progress, self._counters)
         source.cache[digest] = body
         self._add_root(source, reference, Descriptor(parsed.media_type, digest, len(body)))
+        if self.with_referrers and self._unrewritten(reference, Descriptor(parsed.media_type, digest, len(body))):
+            try:
+                found = referrers.from_registry(self.client, ref.domain, ref.path, digest)
+            except referrers.ReferrerError as exc:
+                raise BuildError(str(exc)) from None
+            self._add_referrers(source, reference, found)
         source.flush()
         return reference
+
+    def _unrewritten(self, reference: str, desc: Descriptor) -> bool:
+        """False (and noted) when --platform rewrote the image's index: its referrers name the upstream digest."""
+        if self._images[reference].descriptor.digest == desc.digest:
+            return True
+        self.skipped_referrers.append(reference)
+        return False
+
+    def _add_referrers(self, source: _LayoutSource | _RegistrySource, reference: str, found: list[Found]) -> None:
+        """Gather each accessory's manifest and blobs (byte for byte) and remember it for index.json."""
+        described: list[Found] = []
+        for item in found:
+            what = f"{reference}: {item.kind} {item.descriptor.digest}"
+            if item.body is not None and isinstance(source, _RegistrySource):
+                source.cache[item.descriptor.digest] = item.body
+            body = source.manifest(item.descriptor)
+            try:
+                parsed = parse_manifest(body, item.descriptor.media_type, item.descriptor.digest)
+            except RegistryError as exc:
+                raise BuildError(f"{what}: {exc.message}") from None
+            # What the referrers API will report, whatever the source's descriptor said.
+            described.append(dataclasses.replace(item, body=None, descriptor=Descriptor(
+                parsed.media_type, item.descriptor.digest, item.descriptor.size, referrer_artifact_type(parsed))))
+            if parsed.is_index:
+                self._collect(source, item.descriptor, what)
+            else:
+                # Not _collect: a signature's config is an empty image config, no platform of the image's.
+                for blob in parsed.required_blobs:
+                    if blob.digest not in self._content:
+                        self._content[blob.digest] = _Content(blob.digest, blob.size, blob.media_type, False,
+                                                              path=source.blob(blob), origin=source.label)
+                if item.descriptor.digest not in self._content:
+                    self._content[item.descriptor.digest] = _Content(
+                        item.descriptor.digest, len(body), parsed.media_type, True, data=body, origin=source.label)
+        known = self._referrers.setdefault(reference, [])
+        known += [f for f in described if all(f.descriptor.digest != k.descriptor.digest or f.tag != k.tag
+                                          for k in known)]
 
     def add_images_file(self, path: Path) -> list[str]:
         """Pull every reference listed in `path`: one per line, ``#`` comments and blank lines ignored."""
@@ -466,6 +520,14 @@ class BundleBuilder:
 
     def layout_entries(self, root: Path) -> list[tuple[str, Descriptor]]:
         """(ref name, descriptor) of every tagged entry of an OCI image layout; BuildError if it is not one."""
+        tagged = [(name, desc) for desc in self.layout_descriptors(root)
+                  if (name := (desc.annotations or {}).get(REF_NAME_ANNOTATION))]
+        if not tagged:
+            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
+        return tagged
+
+    def layout_descriptors(self, root: Path) -> list[Descriptor]:
+        """Every index.json entry of an OCI image layout, tagged or not; BuildError if it is not one."""
         if not root.is_dir():
             raise BuildError(f"layout {root} does not exist or is not a directory")
         try:
@@ -480,15 +542,8 @@ class BundleBuilder:
         entries = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(entries, list):
             raise BuildError(f"layout {root}: index.json has no manifests array")
-        tagged: list[tuple[str, Descriptor]] = []
-        for i, entry in enumerate(entries):
-            desc = self._descriptor(entry, f"layout {root}: index.json manifests[{i}]")
-            name = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
-            if name:
-                tagged.append((name, desc))
-        if not tagged:
-            raise BuildError(f"layout {root} has no tagged images (no index.json entry carries {REF_NAME_ANNOTATION})")
-        return tagged
+        return [self._descriptor(entry, f"layout {root}: index.json manifests[{i}]")
+                for i, entry in enumerate(entries)]
 
     # -- gathering ----------------------------------------------------------------
 
@@ -645,6 +700,7 @@ class BundleBuilder:
                 annotations[ORIGINAL_DIGEST_ANNOTATION] = str(image.original_digest)
             entries.append(Descriptor(image.descriptor.media_type, image.descriptor.digest, image.descriptor.size,
                                       annotations=annotations, platform=image.descriptor.platform).to_json())
+        entries += self._referrer_entries()
         index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=1).encode()
         members: list[tuple[Member, _Content | _File | bytes]] = [
             (Member("oci-layout", len(layout), Digest.of_bytes(layout)), layout),
@@ -666,10 +722,33 @@ class BundleBuilder:
             members.append((Member(member, f.size, f.digest), f))
         return members, external
 
+    def _referrer_entries(self) -> list[dict[str, Any]]:
+        """index.json entries of the accessories: cosign tags named in the image's repository, referrers untagged.
+
+        An accessory shared by several references of one repository is listed once per repository.
+        """
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for reference, found in sorted(self._referrers.items()):
+            ref = ImageReference.parse(reference)
+            repository = f"{ref.domain}/{ref.path}"
+            for item in found:
+                key = (repository if item.tag else "", f"{item.tag}@{item.descriptor.digest}")
+                if key in seen:
+                    continue
+                seen.add(key)
+                annotations = {REF_NAME_ANNOTATION: f"{repository}:{item.tag}"} if item.tag else None
+                out.append(Descriptor(item.descriptor.media_type, item.descriptor.digest, item.descriptor.size,
+                                      item.descriptor.artifact_type, annotations).to_json())
+        return out
+
     def manifest(self, members: Sequence[Member], external: Sequence[ExternalBlob],
                  incomplete: dict[str, Any] | None = None) -> BundleManifest:
         """The bundle manifest for a plan."""
-        images = tuple(ImageEntry(i.reference, i.descriptor.digest, i.descriptor.media_type, i.descriptor.size)
+        images = tuple(ImageEntry(i.reference, i.descriptor.digest, i.descriptor.media_type, i.descriptor.size,
+                                  tuple(ReferrerEntry(f.descriptor.digest, f.kind, f.descriptor.media_type,
+                                                      f.descriptor.size, f.descriptor.artifact_type, f.tag)
+                                        for f in self._referrers.get(i.reference, ())))
                        for i in sorted(self._images.values(), key=lambda i: i.reference))
         platforms = tuple(map(str, self.platforms)) or tuple(sorted(self._seen_platforms))
         files = [f.entry for _, f in sorted(self._files.items())]

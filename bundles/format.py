@@ -86,6 +86,32 @@ class Member:
 
 
 @dataclass(frozen=True)
+class ReferrerEntry:
+    """A signature, SBOM or attestation travelling with an image (optional ``images[].referrers``).
+
+    `kind` is ``sig``, ``att`` or ``sbom`` for cosign's tag scheme (then `tag`
+    is the ``sha256-<hex>.<kind>`` tag it travels under) or ``referrer`` for
+    an OCI 1.1 referrer (a manifest whose subject is the image).
+    """
+
+    digest: Digest
+    kind: str
+    media_type: str
+    size: int
+    artifact_type: str | None = None
+    tag: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"digest": str(self.digest), "kind": self.kind, "mediaType": self.media_type,
+                               "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.tag:
+            out["tag"] = self.tag
+        return out
+
+
+@dataclass(frozen=True)
 class ImageEntry:
     """An image the bundle carries: full original reference and manifest digest."""
 
@@ -93,10 +119,14 @@ class ImageEntry:
     digest: Digest
     media_type: str
     size: int
+    referrers: tuple[ReferrerEntry, ...] = ()  # optional: readers that do not know it ignore it
 
     def to_json(self) -> dict[str, Any]:
-        return {"reference": self.reference, "digest": str(self.digest), "mediaType": self.media_type,
-                "size": self.size}
+        out: dict[str, Any] = {"reference": self.reference, "digest": str(self.digest),
+                               "mediaType": self.media_type, "size": self.size}
+        if self.referrers:
+            out["referrers"] = [r.to_json() for r in self.referrers]
+        return out
 
 
 @dataclass(frozen=True)
@@ -286,7 +316,31 @@ def _image(value: Any, i: int) -> ImageEntry:
     if not isinstance(media_type, str):
         raise FormatError(f"{where}.mediaType must be a string")
     return ImageEntry(reference, _digest(value.get("digest"), f"{where}.digest"), media_type,
-                      _size(value.get("size"), f"{where}.size"))
+                      _size(value.get("size"), f"{where}.size"), _referrers(value.get("referrers"), where))
+
+
+def _referrers(value: Any, image_where: str) -> tuple[ReferrerEntry, ...]:
+    if value is None:
+        return ()
+    where = f"{image_where}.referrers"
+    if not isinstance(value, list):
+        raise FormatError(f"{where} must be a list")
+    out = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise FormatError(f"{at} must be an object")
+        kind, media_type = item.get("kind"), item.get("mediaType")
+        artifact_type, tag = item.get("artifactType"), item.get("tag")
+        if not isinstance(kind, str) or not isinstance(media_type, str):
+            raise FormatError(f"{at} needs string kind and mediaType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise FormatError(f"{at}.artifactType must be a string")
+        if tag is not None and not isinstance(tag, str):
+            raise FormatError(f"{at}.tag must be a string")
+        out.append(ReferrerEntry(_digest(item.get("digest"), f"{at}.digest"), kind, media_type,
+                                 _size(item.get("size"), f"{at}.size"), artifact_type, tag))
+    return tuple(out)
 
 
 def _file(value: Any, where: str, prefix: str, members: set[str]) -> FileEntry:

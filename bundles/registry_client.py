@@ -27,7 +27,8 @@ from typing import Any
 import requests
 
 from registry.digest import Descriptor, Digest
-from registry.manifests import MANIFEST_TYPES
+from registry.errors import RegistryError
+from registry.manifests import MANIFEST_TYPES, OCI_INDEX
 
 MAX_MANIFEST_BYTES = 4 << 20
 CHUNK = 1 << 20
@@ -168,10 +169,52 @@ class RegistryClient:
 
     def manifest(self, host: str, repository: str, reference: str) -> tuple[bytes, str]:
         """(body, media type) of a manifest by tag or digest; a digest reference is verified."""
+        found = self._manifest(host, repository, reference, missing_ok=False)
+        assert found is not None
+        return found
+
+    def optional_manifest(self, host: str, repository: str, reference: str) -> tuple[bytes, str] | None:
+        """Like `manifest`, but None when the registry answers 404 (e.g. an image has no cosign tag)."""
+        return self._manifest(host, repository, reference, missing_ok=True)
+
+    def referrers(self, host: str, repository: str, digest: Digest) -> list[Descriptor] | None:
+        """Descriptors from ``GET /v2/<name>/referrers/<digest>`` (OCI 1.1); None if the registry lacks the API.
+
+        A registry without the API answers 404 (or 400/405); the caller then
+        falls back to the referrers tag schema (a ``sha256-<hex>`` index tag).
+        """
+        from registry.manifests import parse_manifest
+
+        url = f"{'http' if self.insecure else 'https'}://{_DOCKER_HUB_API if host == 'docker.io' else host}" \
+              f"/v2/{repository}/referrers/{digest}"
+        resp = self._get(host, repository, url, {"Accept": OCI_INDEX}, stream=True)
+        with resp:
+            if resp.status_code in (400, 404, 405):
+                return None
+            if resp.status_code != 200:
+                raise self._fail(resp, f"referrers of {host}/{repository}@{digest}", host)
+            body = self._read_capped(resp, f"referrers of {host}/{repository}@{digest}")
+        try:
+            return list(parse_manifest(body, OCI_INDEX).manifests)
+        except RegistryError as exc:
+            raise PullError(f"referrers of {host}/{repository}@{digest}: {exc.message}") from None
+
+    @staticmethod
+    def _read_capped(resp: requests.Response, what: str) -> bytes:
+        body = b""
+        for chunk in resp.iter_content(CHUNK):
+            body += chunk
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise PullError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+        return body
+
+    def _manifest(self, host: str, repository: str, reference: str, missing_ok: bool) -> tuple[bytes, str] | None:
         what = f"manifest {host}/{repository}{'@' if ':' in reference else ':'}{reference}"
         resp = self._get(host, repository, self._url(host, repository, "manifests", reference),
                          {"Accept": ACCEPT}, stream=True)
         with resp:
+            if resp.status_code == 404 and missing_ok:
+                return None
             if resp.status_code != 200:
                 raise self._fail(resp, what, host)
             body = b""

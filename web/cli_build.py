@@ -113,6 +113,8 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
               help="containers auth.json / docker config.json with registry credentials.")
 @click.option("--platform", "platforms", multiple=True, metavar="OS/ARCH[/VARIANT]",
               help="Keep only these platforms of multi-arch images (rewrites their index). Repeatable.")
+@click.option("--no-referrers", is_flag=True,
+              help="Leave images' signatures, SBOMs and attestations (OCI referrers, cosign tags) behind.")
 @click.option("--chart", "charts", multiple=True, metavar="FILE.tgz|oci://REF", help="Helm chart. Repeatable.")
 @click.option("--cluster-definition", "definitions", multiple=True, type=click.Path(path_type=Path),
               help="Cluster definition archive (.tgz): what it needs is resolved from the sources and the bundle "
@@ -148,7 +150,7 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
 def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[str, ...],
               images_files: tuple[Path, ...], registry_insecure: bool, registry_ca: Path | None,
               registry_creds: str | None,
-              authfile: Path | None, platforms: tuple[str, ...], charts: tuple[str, ...],
+              authfile: Path | None, platforms: tuple[str, ...], no_referrers: bool, charts: tuple[str, ...],
               definitions: tuple[Path, ...], source_layouts: tuple[Path, ...], from_registries: tuple[str, ...],
               default_registry: str | None, allow_incomplete: bool, missing_out: Path | None, as_json: bool,
               sign_key: Path | None, passphrase_file: Path | None, no_sign: bool,
@@ -212,7 +214,8 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     client = RegistryClient(insecure=registry_insecure, credentials=credentials, ca_file=registry_ca)
     try:
         with BundleBuilder(name, version, platforms=filters, client=client, work_dir=output.parent,
-                           progress=progress, created=created, default_registry=default_registry) as builder:
+                           progress=progress, created=created, default_registry=default_registry,
+                           referrers=not no_referrers) as builder:
             for spec in layouts:
                 directory, sep, refs = spec.partition(":")
                 builder.add_layout(Path(directory), [r for r in refs.split(",") if r] if sep else [])
@@ -232,6 +235,9 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
             result = builder.write(output, key, level=level, threads=threads, split=split_size,
                                    incomplete=incomplete)
             progress.end()
+            for skipped in builder.skipped_referrers:
+                click.echo(f"warning: {skipped}: --platform rewrote its index, so signatures and other referrers "
+                           "of the upstream index do not apply to it and were left behind", err=True)
     except BuildError as exc:
         progress.end()
         raise click.ClickException(str(exc)) from None
@@ -246,7 +252,8 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     click.echo(f"{m.name} {m.version}: {len(m.images)} images, {len(m.charts)} charts, "
                f"{len(m.cluster_definitions)} cluster definitions, {len(m.members)} members, "
                f"{_human(m.total_size)} -> {_human(result.compressed_size)} in {len(result.files)} file(s)"
-               + (f", {len(m.external_blobs)} blobs left to the base" if m.base else ""), err=True)
+               + (f", {len(m.external_blobs)} blobs left to the base" if m.base else "")
+               + (f", {sum(len(i.referrers) for i in m.images)} referrers" if not no_referrers else ""), err=True)
     click.echo(f"sha256 {result.sha256}" + (f"; signed by {result.key_id}" if result.key_id else "; UNSIGNED"),
                err=True)
 
