@@ -649,6 +649,7 @@ class Importer:
                 raise BundleRefused("UNSIGNED", "the bundle is not signed and unsigned bundles are refused by "
                                     "policy (allow_unsigned_bundles)")
             plan = self._plan(state, staging)
+            self._check_content_trust(plan, staging)
             definitions = self._parse_definitions(state, staging)
             compressed.state = "importing"
             if progress is not None:
@@ -982,6 +983,19 @@ class Importer:
                 self._walk(entry.digest, entry.media_type, f"referrer {entry.digest}", staging, cache,
                            plans[repository], state)
         return plans
+
+    def _check_content_trust(self, plans: dict[str, _RepoPlan], staging: _Staging) -> None:
+        """Refuse (IMAGE_UNSIGNED) images a content-trust project would not serve; see bundles.image_policy."""
+        from bundles.image_policy import unsigned_images
+        from registry.image_trust import CONTENT_TRUST_COSIGN, ImageTrust
+
+        findings = unsigned_images(ImageTrust(self.registry), plans, lambda d: self._locate(d, staging),
+                                   self.registry.max_manifest_bytes)
+        if findings:
+            projects = sorted({f.repository.split("/", 1)[0] for f in findings})
+            raise BundleRefused("IMAGE_UNSIGNED", f"project {', '.join(projects)} enables {CONTENT_TRUST_COSIGN} "
+                                "and these images carry no valid cosign signature by a trusted image-signing key: "
+                                + "; ".join(map(str, findings)))
 
     def _place(self, ref_text: str, digest: Digest) -> tuple[ImageReference, str]:
         tail = ref_text.rsplit("/", 1)[-1]
