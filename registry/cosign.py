@@ -58,7 +58,7 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
-class KeyError_(ValueError):
+class KeyRefused(ValueError):
     """A key cannot be used for image signatures; the message says why."""
 
 
@@ -76,25 +76,25 @@ def parse_cosign_tag(tag: str) -> tuple[Digest, str] | None:
 
 
 def load_public_key(pem: bytes) -> PublicKey:
-    """A PEM public key usable for image signatures; raises KeyError_ naming what is wrong."""
+    """A PEM public key usable for image signatures; raises KeyRefused naming what is wrong."""
     if b"PRIVATE KEY" in pem:
-        raise KeyError_("this is a private key; the appliance stores only public keys "
+        raise KeyRefused("this is a private key; the appliance stores only public keys "
                         "(cosign writes the public half to cosign.pub)")
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"not a PEM public key: {exc}") from None
+        raise KeyRefused(f"not a PEM public key: {exc}") from None
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise KeyError_(f"ECDSA curve {key.curve.name} is not accepted (use P-256, as cosign does, or P-384)")
+            raise KeyRefused(f"ECDSA curve {key.curve.name} is not accepted (use P-256, as cosign does, or P-384)")
         return key
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
-            raise KeyError_(f"RSA keys need at least 2048 bits, this one has {key.key_size}")
+            raise KeyRefused(f"RSA keys need at least 2048 bits, this one has {key.key_size}")
         return key
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
-    raise KeyError_(f"{type(key).__name__} keys are not accepted (ECDSA P-256/P-384, RSA >= 2048, Ed25519)")
+    raise KeyRefused(f"{type(key).__name__} keys are not accepted (ECDSA P-256/P-384, RSA >= 2048, Ed25519)")
 
 
 def key_id(key: PublicKey | PrivateKey) -> str:

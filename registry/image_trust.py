@@ -96,13 +96,13 @@ class ImageTrust:
     # -- keys ----------------------------------------------------------------------------------------------
 
     def add_key(self, pem: bytes, description: str = "") -> SigningKey:
-        """Trust a PEM public key for image signatures; raises cosign.KeyError_ (private, weak, duplicate)."""
+        """Trust a PEM public key for image signatures; raises cosign.KeyRefused (private, weak, duplicate)."""
         public = cosign.load_public_key(pem)
         from cryptography.hazmat.primitives import serialization
 
         kid = cosign.key_id(public)
         if self.get_key(kid) is not None:
-            raise cosign.KeyError_(f"image-signing key {kid} is already trusted")
+            raise cosign.KeyRefused(f"image-signing key {kid} is already trusted")
         text = public.public_bytes(serialization.Encoding.PEM,
                                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         entry = SigningKey(kid, _key_type(public), description, text, time.time())
@@ -123,11 +123,11 @@ class ImageTrust:
         return [SigningKey(r[0], r[1], r[2] or "", r[3], r[4]) for r in rows]
 
     def remove_key(self, prefix: str) -> SigningKey:
-        """Stop trusting a key (id or unique prefix); raises cosign.KeyError_ if none or several match."""
+        """Stop trusting a key (id or unique prefix); raises cosign.KeyRefused if none or several match."""
         wanted = prefix if prefix.startswith("sha256:") else f"sha256:{prefix}"
         matches = [k for k in self.list_keys() if k.id.startswith(wanted)]
         if len(matches) != 1:
-            raise cosign.KeyError_(f"no image-signing key has id {prefix}" if not matches
+            raise cosign.KeyRefused(f"no image-signing key has id {prefix}" if not matches
                                    else f"key id {prefix} is ambiguous: it starts {len(matches)} keys' ids")
         with write_transaction(self.registry.db) as db:
             db.execute("DELETE FROM image_signing_keys WHERE id = ?", [matches[0].id])

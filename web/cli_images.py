@@ -37,14 +37,14 @@ def image_keys() -> None:
 @data_dir_option
 def add_cmd(pem: Path, description: str, data_dir: Path | None) -> None:
     """Trust the PEM public key PEM (e.g. cosign.pub) for image signatures."""
-    from registry.cosign import KeyError_
+    from registry.cosign import KeyRefused
 
     with pem.open("rb") as f:
         data = f.read(1 << 20)
     _, trust = _trust(data_dir)
     try:
         entry = trust.add_key(data, description)
-    except KeyError_ as exc:
+    except KeyRefused as exc:
         raise click.ClickException(f"key refused: {exc}") from None
     click.echo(f"trusted {entry.key_type} image-signing key {entry.id}"
                + (f" ({entry.description})" if entry.description else ""))
@@ -73,12 +73,12 @@ def list_cmd(data_dir: Path | None, as_json: bool) -> None:
 @existing_data_dir_option
 def remove_cmd(key_id: str, data_dir: Path | None) -> None:
     """Stop trusting the image-signing key KEY_ID (full id or unique prefix)."""
-    from registry.cosign import KeyError_
+    from registry.cosign import KeyRefused
 
     _, trust = _trust(data_dir)
     try:
         entry = trust.remove_key(key_id)
-    except KeyError_ as exc:
+    except KeyRefused as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"removed image-signing key {entry.id}" + (f" ({entry.description})" if entry.description else ""))
 

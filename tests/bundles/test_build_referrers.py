@@ -181,6 +181,13 @@ def test_protected_project_refuses_unsigned_and_wrongly_signed_images_at_import(
     code, _, err = _import(forged, site)
     assert code == 1 and f"over {source.digest}, not over {bare_digest}" in err, err
 
+    # Once the signed bundle is in, the same image without its signature in the bundle is accepted:
+    # the signature already in the repository on the appliance vouches for it.
+    code, _, err = _import(signed, site)
+    assert code == 0, err
+    code, _, err = _import(unsigned, site)
+    assert code == 0, err
+
     # Without the policy the unsigned bundle imports as before.
     open_site = _site(tmp_path, "open", None, protect=False)
     code, report, err = _import(unsigned, open_site)

@@ -74,11 +74,11 @@ def test_keys_and_tags() -> None:
     assert cosign.cosign_tag(IMAGE) == f"sha256-{IMAGE.encoded}.sig"
     assert cosign.parse_cosign_tag(f"sha256-{IMAGE.encoded}.att") == (IMAGE, "att")
     assert cosign.parse_cosign_tag("1.25") is None
-    with pytest.raises(cosign.KeyError_, match="private key"):
+    with pytest.raises(cosign.KeyRefused, match="private key"):
         cosign.load_public_key(b"-----BEGIN PRIVATE KEY-----\n...")
-    with pytest.raises(cosign.KeyError_, match="not a PEM public key"):
+    with pytest.raises(cosign.KeyRefused, match="not a PEM public key"):
         cosign.load_public_key(b"junk")
     weak = ec.generate_private_key(ec.SECP256K1()).public_key()
     pem = weak.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    with pytest.raises(cosign.KeyError_, match="curve secp256k1"):
+    with pytest.raises(cosign.KeyRefused, match="curve secp256k1"):
         cosign.load_public_key(pem)
