@@ -107,8 +107,9 @@ class RegistryClient:
         api_host = _DOCKER_HUB_API if host == "docker.io" else host
         return f"{'http' if self.insecure else 'https'}://{api_host}/v2/{repository}/{kind}/{reference}"
 
-    def _get(self, host: str, repository: str, url: str, headers: dict[str, str], stream: bool) -> requests.Response:
-        """GET with the registry's auth scheme, answering one challenge if needed."""
+    def _get(self, host: str, repository: str, url: str, headers: dict[str, str], stream: bool,
+             method: str = "GET") -> requests.Response:
+        """GET (or HEAD) with the registry's auth scheme, answering one challenge if needed."""
         scope = f"repository:{repository}:pull"
         for attempt in range(2):
             hdrs = dict(headers)
@@ -119,7 +120,8 @@ class RegistryClient:
             elif host in self._basic and creds:
                 hdrs["Authorization"] = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
             try:
-                resp = self._session.get(url, headers=hdrs, stream=stream, timeout=self.timeout, verify=self._verify)
+                resp = self._session.request(method, url, headers=hdrs, stream=stream, timeout=self.timeout,
+                                             verify=self._verify)
             except requests.exceptions.SSLError as exc:
                 raise PullError(f"registry {host}: TLS verification failed ({exc}); give its CA with "
                                 "--registry-ca") from None
@@ -210,6 +212,13 @@ class RegistryClient:
 
     def _manifest(self, host: str, repository: str, reference: str, missing_ok: bool) -> tuple[bytes, str] | None:
         what = f"manifest {host}/{repository}{'@' if ':' in reference else ':'}{reference}"
+        if missing_ok:
+            # Most images have no cosign tags: ask with HEAD, which registries (Docker Hub) do not count as pulls.
+            head = self._get(host, repository, self._url(host, repository, "manifests", reference),
+                             {"Accept": ACCEPT}, stream=False, method="HEAD")
+            head.close()
+            if head.status_code == 404:
+                return None
         resp = self._get(host, repository, self._url(host, repository, "manifests", reference),
                          {"Accept": ACCEPT}, stream=True)
         with resp:
