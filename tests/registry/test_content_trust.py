@@ -9,18 +9,21 @@ directory.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from registry import cosign
 from registry.digest import Digest
 from tests import cosignsign
-from tests.appliance import Appliance
+from tests.appliance import Appliance, free_port
 from tests.bundles.buildutil import cargohold
+from tests.containerd import Containerd, ContainerdError
 from tests.images import OciLayout
 
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -117,3 +120,36 @@ def test_protected_project_serves_only_images_signed_by_a_trusted_key(
                        json={"metadata": {"enable_content_trust_cosign": "false"}})
     assert off.status_code == 200, off.text
     assert _skopeo_pull(app, f"{repo}:other", tmp_path / "p5").returncode == 0
+
+
+def test_edge_host_pulls_through_the_mirror_follow_the_policy(
+        containerd: Containerd, tmp_path: Path, appliance_factory: Callable[..., Appliance]) -> None:
+    """containerd pulling original names (``?ns=docker.io``) gets the signed image and a refusal for the other."""
+    app = appliance_factory()
+    cargohold("project", "content-trust", "spectro-images", "on", "--data-dir", app.data_dir)
+    lay = OciLayout(tmp_path / "src")
+    names = {kind: f"ct{kind}{uuid.uuid4().hex[:8]}" for kind in ("signed", "unsigned")}
+    for n, name in enumerate(names.values()):
+        lay.add_image([30_000], seed=uuid.uuid4().int % 10**9 + n, ref=name)
+        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", app.creds,
+                        f"oci:{lay.root}:{name}", f"docker://{app.host}/spectro-images/docker.io/library/{name}:1"],
+                       check=True, capture_output=True)
+    repo = f"spectro-images/docker.io/library/{names['signed']}"
+    digest, _, _ = _digest(app, repo, "1")
+    key = cosignsign.generate(tmp_path / "keys")
+    cosignsign.sign_tag_scheme(app.url, repo, digest, key, app.admin)
+    cargohold("image-keys", "add", key.pub_file, "--data-dir", app.data_dir)
+    hosts_dir = tmp_path / "certs.d"
+    (hosts_dir / "docker.io").mkdir(parents=True)
+    (hosts_dir / "docker.io" / "hosts.toml").write_text(
+        f'server = "http://127.0.0.1:{free_port()}"\n\n[host."http://{app.host}"]\n'
+        '  capabilities = ["pull", "resolve"]\n')
+
+    signed = f"docker.io/library/{names['signed']}:1"
+    containerd.ctr("images", "pull", signed, hosts_dir=hosts_dir)
+    assert containerd.image_digest(signed) == str(digest)
+    with pytest.raises(ContainerdError, match="412"):
+        containerd.ctr("images", "pull", f"docker.io/library/{names['unsigned']}:1", hosts_dir=hosts_dir,
+                       timeout=60)
+    assert re.search(rf"GET /v2/library/{names['unsigned']}/manifests/sha256:[0-9a-f]{{64}}\?ns=docker.io "
+                     r"HTTP/1\.1\" 412", app.log()), "the refusal was not the appliance's"
