@@ -4,8 +4,11 @@ Gather phase (`BundleBuilder.add_*`): resolve every image to its manifests
 and blobs, from OCI image layouts on disk or from registries (blobs stream
 into a spool directory beside the output, verified as they arrive), filter
 multi-arch indexes by platform, and learn the size and sha256 of every
-member. Charts and cluster definitions are validated and hashed. Nothing is
-held in memory but manifests (capped at 4 MiB each).
+member. Cluster definitions are validated and hashed. Files (`add_file`) and
+`.tgz` charts become OCI artifacts in the layout (`bundles.artifacts`): the
+payload is hashed by streaming it once and later streamed into the bundle
+from where it lies, so a file of many GB costs no memory. Nothing is held
+in memory but manifests (capped at 4 MiB each).
 
 Write phase (`BundleBuilder.write`): the bundle manifest is complete before
 the first byte is written, so it goes first, then its signature, then the
@@ -41,7 +44,7 @@ from typing import IO, Any
 
 import zstandard
 
-from bundles import keys, referrers
+from bundles import artifacts, keys, referrers
 from bundles.format import (
     BLOB_PREFIX,
     CHART_PREFIX,
@@ -51,6 +54,7 @@ from bundles.format import (
     PART_SUFFIX,
     REF_NAME_ANNOTATION,
     SIGNATURE_MEMBER,
+    ArtifactEntry,
     BundleManifest,
     ExternalBlob,
     FileEntry,
@@ -65,7 +69,7 @@ from bundles.registry_client import NotFound, PullError, RegistryClient
 from registry.blobstore import fsync_dir
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
-from registry.manifests import OCI_INDEX, ParsedManifest, parse_manifest, referrer_artifact_type
+from registry.manifests import OCI_INDEX, OCI_MANIFEST, ParsedManifest, parse_manifest, referrer_artifact_type
 from registry.names import ImageReference, looks_like_host
 from registry.platforms import IMAGE_CONFIG_TYPES
 from registry.platforms import Platform as ImagePlatform
@@ -298,6 +302,7 @@ class BundleBuilder:
         self._content: dict[Digest, _Content] = {}
         self._images: dict[str, _Image] = {}
         self._files: dict[str, _File] = {}
+        self._artifacts: dict[str, ArtifactEntry] = {}  # ref name (repository:tag) -> file or chart artifact
         self._seen_platforms: set[str] = set()
         self._base: dict[str, str] | None = None
         self._base_blobs: dict[Digest, int] = {}
@@ -466,12 +471,70 @@ class BundleBuilder:
         return added
 
     def add_chart(self, spec: str) -> str:
-        """A Helm chart: a ``.tgz`` file (carried under charts/) or ``oci://REF`` (carried as an artifact)."""
+        """A Helm chart: ``oci://REF`` (pulled, carried as an image) or a ``.tgz`` file, packed as the OCI
+        chart artifact `helm push` makes and published at ``<project>/<name>:<version>`` (format 2)."""
         if spec.startswith("oci://"):
             return self.add_image(spec[len("oci://"):])
         path = Path(spec)
-        name, version = _chart_metadata(path)
-        return self._add_file(path, CHART_PREFIX, name, version)
+        try:
+            metadata = artifacts.chart_yaml(path)
+            name = str(metadata["name"])
+            if metadata.get("version") is None:
+                raise artifacts.ArtifactError(f"chart {path}: Chart.yaml has no version")
+            version = str(metadata["version"])
+            repository = artifacts.chart_repository(name)
+            tag = artifacts.oci_tag(version, f"chart {path}")
+        except artifacts.ArtifactError as exc:
+            raise BuildError(str(exc)) from None
+        digest, size = _hash_file(path, f"chart {path}")
+        packed = artifacts.pack_chart(metadata, digest, size, self._created_text())
+        return self._add_artifact(packed, ArtifactEntry(
+            name, version, repository, tag, digest, size, artifacts.HELM_CHART_LAYER, packed.manifest_digest,
+            len(packed.manifest)), path)
+
+    def add_file(self, spec: str) -> str:
+        """A file of any size: ``PATH[=NAME[:VERSION]]``, packed as a one-file OCI artifact (as oras would) and
+        published at ``<project>/files/<name>:<version>`` (format 2). NAME defaults to the file's name,
+        VERSION to ``latest``. The file is read twice, streaming: hashed now, copied when the bundle is written
+        (and checked again then, so a file changed in between fails the build)."""
+        source, _, named = spec.partition("=")
+        path = Path(source)
+        title, _, version = named.partition(":") if named else (path.name, "", "")
+        version = version or artifacts.DEFAULT_FILE_VERSION
+        try:
+            artifacts.file_title(title)
+            repository = artifacts.file_repository(title)
+            tag = artifacts.oci_tag(version, f"file {path}")
+        except artifacts.ArtifactError as exc:
+            raise BuildError(f"--file {spec}: {exc}") from None
+        if not path.is_file():
+            raise BuildError(f"file {path} does not exist or is not a regular file")
+        digest, size = _hash_file(path, f"file {path}")
+        media_type = artifacts.FILE_MEDIA_TYPE
+        packed = artifacts.pack_file(title, version, digest, size, media_type, self._created_text())
+        return self._add_artifact(packed, ArtifactEntry(
+            title, version, repository, tag, digest, size, media_type, packed.manifest_digest, len(packed.manifest)),
+            path)
+
+    def _created_text(self) -> str:
+        return self.created.isoformat().replace("+00:00", "Z")
+
+    def _add_artifact(self, packed: artifacts.PackedArtifact, entry: ArtifactEntry, path: Path) -> str:
+        previous = self._artifacts.get(entry.ref_name)
+        if previous is not None and previous.manifest_digest != entry.manifest_digest:
+            raise BuildError(f"{path}: {entry.ref_name} is given twice with different content "
+                             f"({previous.digest} and {entry.digest})")
+        if entry.digest not in self._content:
+            self._content[entry.digest] = _Content(entry.digest, entry.size, entry.media_type, False, path=path,
+                                                   origin=str(path))
+        config_digest = Digest.of_bytes(packed.config)
+        if config_digest not in self._content:
+            self._content[config_digest] = _Content(config_digest, len(packed.config), packed.config_media_type,
+                                                    False, data=packed.config, origin=str(path))
+        self._content[entry.manifest_digest] = _Content(entry.manifest_digest, len(packed.manifest),
+                                                        OCI_MANIFEST, True, data=packed.manifest, origin=str(path))
+        self._artifacts[entry.ref_name] = entry
+        return entry.ref_name
 
     def add_cluster_definition(self, path: Path) -> str:
         """A cluster definition archive, validated before it is carried under cluster-definitions/."""
@@ -689,8 +752,8 @@ class BundleBuilder:
 
     def plan(self) -> tuple[list[tuple[Member, _Content | _File | bytes]], list[ExternalBlob]]:
         """Every member after the signature, in write order, and the blobs left to the base."""
-        if not self._images and not self._files:
-            raise BuildError("nothing to bundle: give --layout, --image, --images-file, --chart or "
+        if not self._images and not self._files and not self._artifacts:
+            raise BuildError("nothing to bundle: give --layout, --image, --images-file, --chart, --file or "
                              "--cluster-definition")
         layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
         entries = []
@@ -701,6 +764,10 @@ class BundleBuilder:
             entries.append(Descriptor(image.descriptor.media_type, image.descriptor.digest, image.descriptor.size,
                                       annotations=annotations, platform=image.descriptor.platform).to_json())
         entries += self._referrer_entries()
+        for ref_name, a in sorted(self._artifacts.items()):
+            # Files and charts: named by their place under the project, so `oras pull --oci-layout` finds them.
+            entries.append(Descriptor(OCI_MANIFEST, a.manifest_digest, a.manifest_size,
+                                      annotations={REF_NAME_ANNOTATION: ref_name}).to_json())
         index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=1).encode()
         members: list[tuple[Member, _Content | _File | bytes]] = [
             (Member("oci-layout", len(layout), Digest.of_bytes(layout)), layout),
@@ -758,7 +825,10 @@ class BundleBuilder:
             platforms=platforms, images=images, members=tuple(members),
             charts=tuple(f for f in files if f.path.startswith(CHART_PREFIX)),
             cluster_definitions=tuple(f for f in files if f.path.startswith(CLUSTERDEF_PREFIX)),
-            base=self._base, external_blobs=tuple(external), incomplete=incomplete)
+            base=self._base, external_blobs=tuple(external), incomplete=incomplete,
+            files=tuple(a for _, a in sorted(self._artifacts.items()) if a.media_type != artifacts.HELM_CHART_LAYER),
+            chart_artifacts=tuple(a for _, a in sorted(self._artifacts.items())
+                                  if a.media_type == artifacts.HELM_CHART_LAYER))
 
     def write(self, out: Path, sign_key: keys.PrivateKey | None, *, level: int = 3, threads: int = -1,
               split: int | None = None, incomplete: dict[str, Any] | None = None) -> BuildResult:
@@ -835,6 +905,19 @@ class BundleBuilder:
                              f"{member.digest} ({member.size} bytes)")
 
 
+def _hash_file(path: Path, what: str) -> tuple[Digest, int]:
+    """sha256 and size of a file, streamed in CHUNK pieces (never read whole)."""
+    hasher, size = hashlib.sha256(), 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise BuildError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    return Digest("sha256", hasher.hexdigest()), size
+
+
 def _is_attestation(desc: Descriptor) -> bool:
     return (desc.annotations or {}).get("vnd.docker.reference.type") == "attestation-manifest"
 
@@ -844,30 +927,6 @@ def _same_reference(a: str, b: str) -> bool:
         return str(ImageReference.parse(a)) == str(ImageReference.parse(b))
     except RegistryError:
         return False
-
-
-def _chart_metadata(path: Path) -> tuple[str, str | None]:
-    """(name, version) from a chart archive's top-level Chart.yaml; BuildError if it is not a chart."""
-    import yaml
-
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for info in tar:
-                parts = info.name.strip("/").split("/")
-                if len(parts) == 2 and parts[1] == "Chart.yaml" and info.isfile() and info.size < (1 << 20):
-                    f = tar.extractfile(info)
-                    doc = yaml.safe_load(f.read()) if f else None
-                    if isinstance(doc, dict) and isinstance(doc.get("name"), str):
-                        version = doc.get("version")
-                        return doc["name"], str(version) if version is not None else None
-                    break
-    except FileNotFoundError:
-        raise BuildError(f"chart {path} does not exist") from None
-    except (OSError, tarfile.TarError, EOFError) as exc:
-        raise BuildError(f"chart {path} is not a gzip tar archive: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise BuildError(f"chart {path}: Chart.yaml is not valid YAML: {exc}") from None
-    raise BuildError(f"{path} is not a Helm chart archive (no <chart>/Chart.yaml with a name)")
 
 
 def bundle_parts(path: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The bundle format, version 1: member names and the bundle manifest.
+"""The bundle format, versions 1 and 2: member names and the bundle manifest.
 
 A bundle is one zstd-compressed tar (possibly split into numbered parts whose
 concatenation is the file). Members, in this order:
@@ -14,6 +14,10 @@ concatenation is the file). Members, in this order:
 skopeo, umoci and oras read as it is. The manifest lists every other member
 with its size and sha256, so the importer can verify each member as it
 streams past, and the signature over the manifest vouches for all of them.
+Version 2 adds file artifacts and `.tgz` charts carried as OCI artifacts in
+the layout (`files`, and `charts` entries with a site repository instead of a
+`charts/` member path); the builder writes version 1 whenever it can
+express the bundle (`BundleManifest.format_version`), and a reader takes both.
 docs/bundle-format.md is the prose description of this module.
 """
 
@@ -31,6 +35,9 @@ from registry.names import ImageReference
 
 MEDIA_TYPE = "application/vnd.cargohold.bundle.v1+json"
 FORMAT_VERSION = 1
+MEDIA_TYPE_V2 = "application/vnd.cargohold.bundle.v2+json"
+FORMAT_VERSION_V2 = 2
+MEDIA_TYPES = {FORMAT_VERSION: MEDIA_TYPE, FORMAT_VERSION_V2: MEDIA_TYPE_V2}
 MANIFEST_MEMBER = "cargohold-bundle.json"
 SIGNATURE_MEMBER = "cargohold-bundle.sig"
 LAYOUT_MEMBERS = ("oci-layout", "index.json")
@@ -145,6 +152,36 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class ArtifactEntry:
+    """A file or chart (format 2) carried as an OCI artifact in the layout and published under the project.
+
+    `digest`, `size` and `media_type` describe the payload (the file's own
+    bytes, or the chart's .tgz); `manifest_digest` and `manifest_size` the
+    artifact manifest that index.json names as ``<repository>:<tag>``.
+    """
+
+    name: str
+    version: str
+    repository: str  # under the site's project, e.g. files/installer.iso or mychart
+    tag: str
+    digest: Digest
+    size: int
+    media_type: str
+    manifest_digest: Digest
+    manifest_size: int
+
+    @property
+    def ref_name(self) -> str:
+        """The `org.opencontainers.image.ref.name` of its index.json entry."""
+        return f"{self.repository}:{self.tag}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "repository": self.repository, "tag": self.tag,
+                "digest": str(self.digest), "size": self.size, "mediaType": self.media_type,
+                "manifestDigest": str(self.manifest_digest), "manifestSize": self.manifest_size}
+
+
+@dataclass(frozen=True)
 class ExternalBlob:
     """A blob a delta bundle relies on the site already having."""
 
@@ -173,6 +210,17 @@ class BundleManifest:
     # Built with --allow-incomplete: {"findings": [...]} of the build's readiness check (optional in every
     # version; a reader that does not know it ignores it, and it is covered by the signature like the rest).
     incomplete: dict[str, Any] | None = None
+    files: tuple[ArtifactEntry, ...] = ()  # format 2
+    chart_artifacts: tuple[ArtifactEntry, ...] = ()  # format 2: .tgz charts as OCI chart artifacts
+
+    @property
+    def format_version(self) -> int:
+        """The lowest version that expresses this manifest: 2 only when it carries files or chart artifacts."""
+        return FORMAT_VERSION_V2 if self.files or self.chart_artifacts else FORMAT_VERSION
+
+    @property
+    def artifacts(self) -> tuple[ArtifactEntry, ...]:
+        return self.files + self.chart_artifacts
 
     @property
     def total_size(self) -> int:
@@ -180,15 +228,16 @@ class BundleManifest:
         return sum(m.size for m in self.members)
 
     def to_json(self) -> dict[str, Any]:
+        version = self.format_version
         doc: dict[str, Any] = {
-            "mediaType": MEDIA_TYPE,
-            "formatVersion": FORMAT_VERSION,
+            "mediaType": MEDIA_TYPES[version],
+            "formatVersion": version,
             "name": self.name,
             "version": self.version,
             "created": self.created,
             "platforms": list(self.platforms),
             "images": [i.to_json() for i in self.images],
-            "charts": [c.to_json() for c in self.charts],
+            "charts": [c.to_json() for c in self.charts] + [c.to_json() for c in self.chart_artifacts],
             "clusterDefinitions": [c.to_json() for c in self.cluster_definitions],
             "members": [m.to_json() for m in self.members],
             "totalSize": self.total_size,
@@ -200,6 +249,8 @@ class BundleManifest:
             doc["annotations"] = dict(self.annotations)
         if self.incomplete is not None:
             doc["incomplete"] = self.incomplete
+        if version >= FORMAT_VERSION_V2:
+            doc["files"] = [f.to_json() for f in self.files]
         return doc
 
     def encode(self) -> bytes:
@@ -215,12 +266,14 @@ class BundleManifest:
             raise (ManifestTooLarge if exc.too_large else FormatError)(exc.message) from None
         if not isinstance(doc, dict):
             raise FormatError(f"{MANIFEST_MEMBER} must be a JSON object")
-        if doc.get("mediaType") != MEDIA_TYPE:
-            raise FormatError(f"{MANIFEST_MEMBER}: mediaType must be {MEDIA_TYPE}")
-        if doc.get("formatVersion") != FORMAT_VERSION:
-            raise FormatError(f"{MANIFEST_MEMBER}: formatVersion {doc.get('formatVersion')!r} is not supported "
-                              f"(this appliance reads version {FORMAT_VERSION})")
-        name, version, created = _str(doc, "name"), _str(doc, "version"), _str(doc, "created")
+        version = doc.get("formatVersion")
+        if not isinstance(version, int) or isinstance(version, bool) or version not in MEDIA_TYPES:
+            raise FormatError(f"{MANIFEST_MEMBER}: formatVersion {version!r} is not supported "
+                              f"(this appliance reads versions {FORMAT_VERSION} and {FORMAT_VERSION_V2})")
+        if doc.get("mediaType") != MEDIA_TYPES[version]:
+            raise FormatError(f"{MANIFEST_MEMBER}: mediaType must be {MEDIA_TYPES[version]} "
+                              f"for formatVersion {version}")
+        name, bundle_version, created = _str(doc, "name"), _str(doc, "version"), _str(doc, "created")
         platforms = tuple(_str_list(doc, "platforms"))
         members = tuple(_member(m, i) for i, m in enumerate(_list(doc, "members")))
         seen: set[str] = set()
@@ -229,7 +282,21 @@ class BundleManifest:
                 raise FormatError(f"members: {m.path} is listed twice")
             seen.add(m.path)
         images = tuple(_image(x, i) for i, x in enumerate(_list(doc, "images")))
-        charts = tuple(_file(x, f"charts[{i}]", CHART_PREFIX, seen) for i, x in enumerate(_list(doc, "charts", [])))
+        chart_docs = _list(doc, "charts", [])
+        files: tuple[ArtifactEntry, ...] = ()
+        chart_artifacts: tuple[ArtifactEntry, ...] = ()
+        if version >= FORMAT_VERSION_V2:
+            # Format 2: a chart either names a charts/ member (as in version 1) or is an artifact in the layout.
+            chart_artifacts = tuple(_artifact(x, f"charts[{i}]") for i, x in enumerate(chart_docs)
+                                    if isinstance(x, dict) and "path" not in x)
+            chart_docs = [x for x in chart_docs if not (isinstance(x, dict) and "path" not in x)]
+            files = tuple(_artifact(x, f"files[{i}]") for i, x in enumerate(_list(doc, "files", [])))
+            refs: set[str] = set()
+            for a in files + chart_artifacts:
+                if a.ref_name in refs:
+                    raise FormatError(f"files and charts: {a.ref_name} is listed twice")
+                refs.add(a.ref_name)
+        charts = tuple(_file(x, f"charts[{i}]", CHART_PREFIX, seen) for i, x in enumerate(chart_docs))
         defs = tuple(_file(x, f"clusterDefinitions[{i}]", CLUSTERDEF_PREFIX, seen)
                      for i, x in enumerate(_list(doc, "clusterDefinitions", [])))
         base = doc.get("base")
@@ -241,8 +308,9 @@ class BundleManifest:
         annotations = doc.get("annotations") or {}
         if not isinstance(annotations, dict):
             raise FormatError("annotations must be an object")
-        return cls(name, version, created, platforms, images, members, charts, defs, base, external,
-                   {str(k): str(v) for k, v in annotations.items()}, _incomplete(doc.get("incomplete")))
+        return cls(name, bundle_version, created, platforms, images, members, charts, defs, base, external,
+                   {str(k): str(v) for k, v in annotations.items()}, incomplete=_incomplete(doc.get("incomplete")),
+                   files=files, chart_artifacts=chart_artifacts)
 
 
 def _incomplete(value: Any) -> dict[str, Any] | None:
@@ -354,6 +422,33 @@ def _file(value: Any, where: str, prefix: str, members: set[str]) -> FileEntry:
     if version is not None and not isinstance(version, str):
         raise FormatError(f"{where}.version must be a string")
     return FileEntry(name, version, path)
+
+
+# A repository path under the project (the Distribution spec's grammar, lower case) and an OCI tag.
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+FILE_TITLE = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")  # a download's file name: no paths, no quoting needed
+
+
+def _artifact(value: Any, where: str) -> ArtifactEntry:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    name, version = value.get("name"), value.get("version")
+    repository, tag, media_type = value.get("repository"), value.get("tag"), value.get("mediaType")
+    if not isinstance(name, str) or not FILE_TITLE.match(name):
+        raise FormatError(f"{where}.name must be a file name of letters, digits and . _ + -")
+    if not isinstance(version, str) or not version:
+        raise FormatError(f"{where}.version must be a non-empty string")
+    if not isinstance(repository, str) or not _REPOSITORY.match(repository) or len(repository) > 200:
+        raise FormatError(f"{where}.repository {repository!r} is not a valid repository path")
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise FormatError(f"{where}.tag {tag!r} is not a valid tag")
+    if not isinstance(media_type, str) or not media_type:
+        raise FormatError(f"{where}.mediaType must be a non-empty string")
+    return ArtifactEntry(name, version, repository, tag, _digest(value.get("digest"), f"{where}.digest"),
+                         _size(value.get("size"), f"{where}.size"), media_type,
+                         _digest(value.get("manifestDigest"), f"{where}.manifestDigest"),
+                         _size(value.get("manifestSize"), f"{where}.manifestSize"))
 
 
 def _external(value: Any, i: int) -> ExternalBlob:

@@ -56,8 +56,8 @@ from typing import IO, Any, cast
 
 import zstandard
 
+from bundles import artifacts, keys, releases
 from bundles import format as fmt
-from bundles import keys, releases
 from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
@@ -956,11 +956,14 @@ class Importer:
                 elif known.digest != image.digest:
                     raise BundleRefused("FORMAT", f"image {image.reference}: the bundle manifest says {image.digest},"
                                         f" index.json says {known.digest}")
-        if not named:
+        carried = state.manifest.artifacts if state.manifest is not None else ()
+        if not named and not carried:
             raise BundleRefused("FORMAT", "index.json names no image (no org.opencontainers.image.ref.name)")
         cache: dict[Digest, tuple[ParsedManifest, BlobInfo]] = {}
         plans: dict[str, _RepoPlan] = {}
         where: dict[Digest, list[str]] = {}
+        for artifact in carried:  # format 2: files and charts, placed under the project by their own names
+            self._plan_artifact(artifact, named.pop(artifact.ref_name, None), staging, cache, plans, where, state)
         for ref_text, entry in sorted(named.items()):
             image_ref, repository = self._place(ref_text, entry.digest)
             plan = plans.setdefault(repository, _RepoPlan())
@@ -996,6 +999,28 @@ class Importer:
             raise BundleRefused("IMAGE_UNSIGNED", f"project {', '.join(projects)} enables {CONTENT_TRUST_COSIGN} "
                                 "and these images carry no valid cosign signature by a trusted image-signing key: "
                                 + "; ".join(map(str, findings)))
+
+    def _plan_artifact(self, artifact: fmt.ArtifactEntry, entry: Descriptor | None, staging: _Staging,
+                       cache: dict[Digest, tuple[ParsedManifest, BlobInfo]], plans: dict[str, _RepoPlan],
+                       where: dict[Digest, list[str]], state: _State) -> None:
+        """Plan a file or chart artifact at ``<project>/<repository>:<tag>``, after checking it is what the bundle
+        manifest says it is (the manifest vouches for the bytes; this keeps the two descriptions from disagreeing)."""
+        what = f"{artifact.name} {artifact.version}"
+        if entry is None:
+            raise BundleRefused("FORMAT", f"{what}: index.json has no entry named {artifact.ref_name}")
+        if entry.digest != artifact.manifest_digest:
+            raise BundleRefused("FORMAT", f"{what}: the bundle manifest says {artifact.manifest_digest}, index.json "
+                                f"says {entry.digest}")
+        repository = f"{self.policy.project}/{artifact.repository}"
+        plan = plans.setdefault(repository, _RepoPlan())
+        self._walk(entry.digest, entry.media_type, what, staging, cache, plan, state)
+        problem = artifacts.mismatch(cache[entry.digest][0], artifact)
+        if problem:
+            raise BundleRefused("FORMAT", f"{what}: {problem}")
+        plan.tags[artifact.tag] = entry.digest
+        plan.images.append(PublishedImage(artifact.ref_name, repository, artifact.tag, entry.digest))
+        for digest in plan.manifest_order:
+            where.setdefault(digest, []).append(repository)
 
     def _place(self, ref_text: str, digest: Digest) -> tuple[ImageReference, str]:
         tail = ref_text.rsplit("/", 1)[-1]
@@ -1153,7 +1178,10 @@ class Importer:
             "signatures": signatures,
             "unsigned": not signatures,
             "images": [i.to_json() for i in sorted(images, key=lambda i: (i.repository, i.reference))],
-            "charts": charts,
+            "charts": charts + [{"name": c.name, "version": c.version, "repository": c.repository, "tag": c.tag,
+                                 "digest": str(c.digest)} for c in (manifest.chart_artifacts if manifest else ())],
+            "files": [{"name": f.name, "version": f.version, "repository": f.repository, "tag": f.tag,
+                       "digest": str(f.digest), "size": f.size} for f in (manifest.files if manifest else ())],
             "clusterDefinitions": [getattr(d, "name", str(d)) for d in definitions],
             "release": state.release,
             "blobs": {"new": state.new_blobs, "reused": state.reused_blobs},

@@ -14,9 +14,10 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, protection_api, releases_api, seed_api
+from bundles import clusterdef_api, files_api, protection_api, releases_api, seed_api
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
+from bundles.files import SiteFiles
 from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
 from registry import harbor, token_api
@@ -119,6 +120,8 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
         Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit),
         guard, services.uploads))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
+    app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
+                                                      accel_prefix))
     imports = import_services(config, services.registry)
     app.register_blueprint(bundles_api.create_blueprint(
         imports.importer, imports.jobs, guard, config.paths,

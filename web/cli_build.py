@@ -115,7 +115,14 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
               help="Keep only these platforms of multi-arch images (rewrites their index). Repeatable.")
 @click.option("--no-referrers", is_flag=True,
               help="Leave images' signatures, SBOMs and attestations (OCI referrers, cosign tags) behind.")
-@click.option("--chart", "charts", multiple=True, metavar="FILE.tgz|oci://REF", help="Helm chart. Repeatable.")
+@click.option("--chart", "charts", multiple=True, metavar="FILE.tgz|oci://REF",
+              help="Helm chart: oci://REF is pulled; FILE.tgz travels as an OCI chart, served at "
+                   "oci://<appliance>/<project>/<name>:<version>. Repeatable.")
+@click.option("--file", "files", multiple=True, metavar="PATH[=NAME[:VERSION]]",
+              help="A file of any size (ISO, disk image, binary, script), served at <project>/files/<name>:<version> "
+                   "over OCI and HTTP; NAME defaults to the file's name, VERSION to latest. Repeatable.")
+@click.option("--files-file", "files_files", multiple=True, type=click.Path(path_type=Path),
+              help="File listing --file specs, one per line; '#' starts a comment. Repeatable.")
 @click.option("--cluster-definition", "definitions", multiple=True, type=click.Path(path_type=Path),
               help="Cluster definition archive (.tgz): what it needs is resolved from the sources and the bundle "
                    "is checked against it before it is written. Repeatable.")
@@ -151,11 +158,12 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
               images_files: tuple[Path, ...], registry_insecure: bool, registry_ca: Path | None,
               registry_creds: str | None,
               authfile: Path | None, platforms: tuple[str, ...], no_referrers: bool, charts: tuple[str, ...],
+              files: tuple[str, ...], files_files: tuple[Path, ...],
               definitions: tuple[Path, ...], source_layouts: tuple[Path, ...], from_registries: tuple[str, ...],
               default_registry: str | None, allow_incomplete: bool, missing_out: Path | None, as_json: bool,
               sign_key: Path | None, passphrase_file: Path | None, no_sign: bool,
               level: int, threads: int, split: str | None, base: Path | None, output: Path) -> None:
-    """Build a signed content bundle from layouts, registries, charts and cluster definitions.
+    """Build a signed content bundle from layouts, registries, charts, files and cluster definitions.
 
     With --cluster-definition, what the definitions need is taken from the
     sources, and the bundle is checked as a site would check it before
@@ -225,6 +233,8 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
                 builder.add_images_file(images_file)
             for chart in charts:
                 builder.add_chart(chart)
+            for spec in _file_specs(files, files_files):
+                builder.add_file(spec)
             for definition in definitions:
                 builder.add_cluster_definition(definition)
             if base is not None:
@@ -249,7 +259,8 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     else:
         for f in result.files:
             click.echo(str(f))
-    click.echo(f"{m.name} {m.version}: {len(m.images)} images, {len(m.charts)} charts, "
+    click.echo(f"{m.name} {m.version}: {len(m.images)} images, {len(m.charts) + len(m.chart_artifacts)} charts, "
+               f"{len(m.files)} files, "
                f"{len(m.cluster_definitions)} cluster definitions, {len(m.members)} members, "
                f"{_human(m.total_size)} -> {_human(result.compressed_size)} in {len(result.files)} file(s)"
                + (f", {len(m.external_blobs)} blobs left to the base" if m.base else "")
@@ -307,6 +318,18 @@ def _write_text(path: Path, text: str) -> None:
         path.write_text(text)
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _file_specs(files: tuple[str, ...], lists: tuple[Path, ...]) -> list[str]:
+    """--file specs, then those of each --files-file (one per line, '#' comments)."""
+    specs = list(files)
+    for path in lists:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read --files-file {path}: {exc.strerror}") from None
+        specs += [text for line in lines if (text := line.split("#", 1)[0].strip())]
+    return specs
 
 
 @keys.command("generate")
