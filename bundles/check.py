@@ -21,7 +21,8 @@ normalise them: ``arm64`` is ``arm64/v8``). An index's entries name their
 platforms; a single-platform image's platform is its config's ``os``,
 ``architecture`` and ``variant``, read from the store (bounded: a config is
 small). Charts and other artifacts (a config that is not an image config)
-run anywhere. A definition is ready iff every required image is present.
+run anywhere. Required files (`bundles.file_check`) get findings of the same
+shape, kind ``file``. A definition is ready iff every required image is present.
 Lookups go through `registry.inventory` in batches, and layer files are
 checked with a stat, never read, so a thousand images cost a few queries,
 a few thousand stats and one small read per single-platform image.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundles.clusterdef import ClusterDefinition, ClusterDefinitions
+from bundles.file_check import file_findings
 from registry.blobstore import BlobStore, FilesystemBlobStore
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -101,6 +103,10 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
     findings: list[ImageFinding] = []
     wanted: list[_Wanted] = []
     for image in definition.images:
+        if image.repository:  # published by the appliance itself (a .tgz chart): <project>/<repository>:<tag>
+            wanted.append(_Wanted(image.reference, f"{project}/{image.repository}",
+                                  image.reference.rpartition(":")[2], None, image.kind, image.sources))
+            continue
         ref = ImageReference.parse(image.reference)
         try:
             repository = map_reference(ref, rules, project)
@@ -243,6 +249,7 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
             findings.append(_finding(w, PRESENT, "", digest=digest, total=total, missing_bytes=0,
                                      platforms=built_for))
 
+    findings += file_findings(definition.files, inventory.db, store, project, on_disk, _finding_for_file)
     counts = Counter(f.finding for f in findings)
     required = sum(sizes.values())
     missing_total = sum(sizes[d] for d in absent)
@@ -302,6 +309,12 @@ def _finding(w: _Wanted, finding: str, detail: str, digest: str | None = None, m
              platforms: tuple[str, ...] = ()) -> ImageFinding:
     return ImageFinding(w.reference, w.repository, finding, detail, digest, total, missing_bytes, missing, w.kind,
                         w.sources, platforms)
+
+
+def _finding_for_file(reference: str, repository: str, finding: str, detail: str, digest: str | None,
+                      size: int | None, sources: tuple[str, ...]) -> ImageFinding:
+    return ImageFinding(reference, repository, finding, detail, digest, size, 0 if finding == PRESENT else size,
+                        (digest,) if finding == BLOB_MISSING and digest else (), "file", sources)
 
 
 def _config_platform(store: BlobStore, digest_text: str, size: int) -> Platform | str:

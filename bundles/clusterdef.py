@@ -113,6 +113,21 @@ class ChartRef:
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file a pack needs (``content.files[]``): its name, the sha256 of its bytes, optionally its size."""
+
+    name: str
+    digest: str
+    size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "digest": self.digest}
+        if self.size is not None:
+            out["size"] = self.size
+        return out
+
+
+@dataclass(frozen=True)
 class Document:
     """A file the definition carries (a values file or a manifest): its archive path and text."""
 
@@ -135,12 +150,16 @@ class Pack:
     manifests: tuple[Document, ...] = ()
     charts: tuple[ChartRef, ...] = ()
     images: tuple[str, ...] = ()  # pack.content.images[].image, as written
+    files: tuple[FileRef, ...] = ()  # pack.content.files[]
 
     def to_json(self) -> dict[str, Any]:
+        content: dict[str, Any] = {"images": [{"image": i} for i in self.images]}
+        if self.files:
+            content["files"] = [f.to_json() for f in self.files]
         return {"name": self.name, "version": self.version, "type": self.type, "layer": self.layer,
                 "values": self.values.to_json() if self.values else None,
                 "manifests": [m.to_json() for m in self.manifests], "charts": [c.to_json() for c in self.charts],
-                "content": {"images": [{"image": i} for i in self.images]}}
+                "content": content}
 
 
 @dataclass(frozen=True)
@@ -166,9 +185,28 @@ class RequiredImage:
     reference: str
     sources: tuple[str, ...]
     kind: str = "image"
+    # Set for what the appliance itself publishes (a chart from a .tgz): the repository under the project,
+    # which a reference's registry-host nesting cannot name.
+    repository: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"reference": self.reference, "kind": self.kind, "sources": list(self.sources)}
+        out = {"reference": self.reference, "kind": self.kind, "sources": list(self.sources)}
+        if self.repository:
+            out["repository"] = self.repository
+        return out
+
+
+@dataclass(frozen=True)
+class RequiredFile:
+    """A file the cluster needs (bundles.artifacts file artifacts), by name and sha256, with who asks for it."""
+
+    name: str
+    digest: str
+    size: int | None
+    sources: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest, "size": self.size, "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -185,6 +223,7 @@ class ClusterDefinition:
     source: str = ""
     imported_at: float = 0.0
     signed_by: str = ""  # id of the trusted key that signed a standalone definition ("" inside a bundle, or unsigned)
+    files: tuple[RequiredFile, ...] = ()
 
     @property
     def required_variables(self) -> list[dict[str, Any]]:
@@ -197,12 +236,12 @@ class ClusterDefinition:
                 "architectures": list(self.architectures), "profiles": [p.to_json() for p in self.profiles],
                 "images": [i.to_json() for i in self.images], "warnings": list(self.warnings),
                 "digest": self.digest, "source": self.source, "importedAt": self.imported_at,
-                "signedBy": self.signed_by or None}
+                "signedBy": self.signed_by or None, "files": [f.to_json() for f in self.files]}
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architectures": list(self.architectures),
                 "profiles": [{"name": p.name, "type": p.type, "packs": len(p.packs)} for p in self.profiles],
-                "images": len(self.images), "requiredVariables": self.required_variables,
+                "images": len(self.images), "files": len(self.files), "requiredVariables": self.required_variables,
                 "warnings": list(self.warnings), "digest": self.digest, "source": self.source,
                 "importedAt": self.imported_at, "signedBy": self.signed_by or None}
 
@@ -217,16 +256,20 @@ class ClusterDefinition:
             tuple(Pack(k["name"], k["version"], k["type"], k.get("layer"), document(k.get("values")),
                        tuple(Document(m["path"], m["text"]) for m in k.get("manifests", [])),
                        tuple(ChartRef(c["name"], c["version"], c["repository"]) for c in k.get("charts", [])),
-                       tuple(i["image"] for i in k.get("content", {}).get("images", [])))
+                       tuple(i["image"] for i in k.get("content", {}).get("images", [])),
+                       tuple(FileRef(f["name"], f["digest"], f.get("size"))
+                             for f in k.get("content", {}).get("files", [])))
                   for k in p.get("packs", [])),
             tuple(Variable(v["name"], v.get("default"), bool(v.get("required")), v.get("format"))
                   for v in p.get("variables", [])),
             p.get("source", "")) for p in doc["profiles"])
         return cls(doc["name"], doc["version"], tuple(doc["architectures"]), profiles,
-                   tuple(RequiredImage(i["reference"], tuple(i["sources"]), i.get("kind", "image"))
-                         for i in doc.get("images", [])),
+                   tuple(RequiredImage(i["reference"], tuple(i["sources"]), i.get("kind", "image"),
+                                       i.get("repository", "")) for i in doc.get("images", [])),
                    tuple(doc.get("warnings", [])), doc.get("digest", ""), doc.get("source", ""),
-                   float(doc.get("importedAt", 0.0)), doc.get("signedBy") or "")
+                   float(doc.get("importedAt", 0.0)), doc.get("signedBy") or "",
+                   tuple(RequiredFile(f["name"], f["digest"], f.get("size"), tuple(f["sources"]))
+                         for f in doc.get("files", [])))
 
 
 # -- reading the archive ----------------------------------------------------------------------
@@ -417,7 +460,8 @@ def parse_members(members: dict[str, bytes], digest: str, source: str = "") -> C
             profiles.append(_profile(_mapping(entry, where), where, archive))
     _check_rules(profiles)
     images, warnings = _discover(profiles)
-    return ClusterDefinition(name, version, arches, tuple(profiles), images, warnings, f"sha256:{digest}", source)
+    return ClusterDefinition(name, version, arches, tuple(profiles), images, warnings, f"sha256:{digest}", source,
+                             files=_required_files(profiles))
 
 
 def _profile(doc: dict[str, Any], where: str, archive: _Archive) -> Profile:
@@ -476,15 +520,38 @@ def _pack(doc: dict[str, Any], where: str, archive: _Archive) -> Pack:
         if "reference" in c:
             charts.append(ChartRef("", "", _string(c, "reference", cwhere)))
         else:
+            # No repository: a chart the appliance serves itself (a .tgz a bundle carried), <project>/<name>.
             charts.append(ChartRef(_string(c, "name", cwhere), _string(c, "version", cwhere),
-                                   _string(c, "repository", cwhere)))
+                                   _string(c, "repository", cwhere, required=False, default="")))
     content = doc.get("content") or {}
     images = []
     for i, entry in enumerate(_list(_mapping(content, f"{where}: content"), "images", f"{where}: content")):
         iwhere = f"{where}: content.images[{i}]"
         images.append(_string(_mapping(entry, iwhere), "image", iwhere))
+    files = tuple(_file_ref(_mapping(entry, f"{where}: content.files[{i}]"), f"{where}: content.files[{i}]")
+                  for i, entry in enumerate(_list(_mapping(content, f"{where}: content"), "files",
+                                                  f"{where}: content")))
     return Pack(name, _string(doc, "version", where), _string(doc, "type", where, required=False, default="spectro"),
-                _string(doc, "layer", where, required=False), values, manifests, tuple(charts), tuple(images))
+                _string(doc, "layer", where, required=False), values, manifests, tuple(charts), tuple(images), files)
+
+
+def _file_ref(doc: dict[str, Any], where: str) -> FileRef:
+    from bundles.artifacts import ArtifactError, file_title
+
+    name = _string(doc, "name", where)
+    try:
+        file_title(name)
+    except ArtifactError as exc:
+        raise DefinitionError(f"{where}: {exc}") from None
+    digest = _string(doc, "digest", where)
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise DefinitionError(f"{where}: field 'digest' must be sha256:<64 lower-case hex digits>, got {digest!r}")
+    size = doc.get("size")
+    if isinstance(size, str) and size.isascii() and size.isdigit():
+        size = int(size)  # definitions keep YAML numbers as written
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise DefinitionError(f"{where}: field 'size' must be a non-negative integer")
+    return FileRef(name, digest, size)
 
 
 def _check_rules(profiles: list[Profile]) -> None:
@@ -508,6 +575,7 @@ def _check_rules(profiles: list[Profile]) -> None:
 def _discover(profiles: list[Profile]) -> tuple[tuple[RequiredImage, ...], tuple[str, ...]]:
     found: list[Found] = []
     warnings: list[str] = []
+    local: dict[tuple[str, str], list[str]] = {}  # charts the appliance serves itself: (name, version) -> sources
     try:
         for p in profiles:
             for pack in p.packs:
@@ -521,6 +589,9 @@ def _discover(profiles: list[Profile]) -> tuple[tuple[RequiredImage, ...], tuple
                     found += vfound
                     warnings += vwarn
                 for c in pack.charts:
+                    if not c.repository and c.name:
+                        local.setdefault((c.name, c.version), []).append(f"{where}: chart {c.name}")
+                        continue
                     ref = chart_reference(c.name, c.version, c.repository, f"{where}: chart {c.name or c.repository}")
                     if ref is None:
                         warnings.append(f"{where}: chart {c.name} {c.version} comes from the HTTP repository "
@@ -534,8 +605,33 @@ def _discover(profiles: list[Profile]) -> tuple[tuple[RequiredImage, ...], tuple
         _, sources = merged.setdefault(f.reference, (f.kind, []))
         if f.where not in sources:
             sources.append(f.where)
-    return (tuple(RequiredImage(ref, tuple(srcs), kind) for ref, (kind, srcs) in sorted(merged.items())),
-            tuple(warnings))
+    required = [RequiredImage(ref, tuple(srcs), kind) for ref, (kind, srcs) in sorted(merged.items())]
+    for (name, version), srcs in sorted(local.items()):
+        from bundles.artifacts import ArtifactError, chart_repository, oci_tag
+
+        try:
+            repository, tag = chart_repository(name), oci_tag(version, f"chart {name}")
+        except ArtifactError as exc:
+            raise DefinitionError(f"{srcs[0]}: {exc}") from None
+        required.append(RequiredImage(f"{repository}:{tag}", tuple(srcs), "chart", repository))
+    return tuple(required), tuple(warnings)
+
+
+def _required_files(profiles: list[Profile]) -> tuple[RequiredFile, ...]:
+    """Every file the packs need, once per (name, digest), with the packs that ask for it."""
+    merged: dict[tuple[str, str], tuple[int | None, list[str]]] = {}
+    for p in profiles:
+        for pack in p.packs:
+            for f in pack.files:
+                size, sources = merged.setdefault((f.name, f.digest), (f.size, []))
+                if size is not None and f.size is not None and size != f.size:
+                    raise DefinitionError(f"profile {p.name}, pack {pack.name}: file {f.name} {f.digest} is given "
+                                          f"with two sizes ({size} and {f.size})")
+                if size is None and f.size is not None:
+                    merged[(f.name, f.digest)] = (f.size, sources)
+                sources.append(f"profile {p.name}, pack {pack.name}: content.files")
+    return tuple(RequiredFile(name, digest, size, tuple(srcs))
+                 for (name, digest), (size, srcs) in sorted(merged.items()))
 
 
 # -- the store ----------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundles import artifacts
+from registry.blobstore import BlobStore
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.model import ManifestRecord, Registry
+from registry.model import Registry
+
+MAX_FILE_MANIFEST = 64 << 10  # a one-layer artifact manifest is < 2 KiB; a bigger one is not a file artifact
 
 
 class FileUnknown(LookupError):
@@ -48,6 +51,44 @@ class SiteFile:
                 "mediaType": self.media_type, "manifestDigest": str(self.manifest_digest)}
 
 
+def tagged_files(db: Any, store: BlobStore) -> list[SiteFile]:
+    """Every tagged file artifact of a registry database, by repository, newest tag first (one query, then
+    one small read per manifest)."""
+    rows = db.execute(
+        "SELECT r.name, t.name, m.digest, m.size, t.updated_at FROM tags t "
+        "JOIN repositories r ON r.id = t.repository_id "
+        "JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest "
+        "WHERE m.artifact_type = ? ORDER BY r.name, t.updated_at DESC, t.name",
+        [artifacts.FILE_ARTIFACT_TYPE]).fetchall()
+    out = []
+    for repository, tag, digest, size, updated in rows:
+        found = _file(store, repository, Digest.parse(digest), int(size), tag, float(updated or 0))
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _file(store: BlobStore, repository: str, manifest: Digest, size: int, tag: str,
+          updated: float) -> SiteFile | None:
+    try:
+        with store.open(manifest) as f:
+            doc = json.loads(f.read(min(size, MAX_FILE_MANIFEST) + 1))
+    except (OSError, ValueError, RegistryError):
+        return None  # a manifest blob scrub quarantined: not offered
+    layer = artifacts.file_layer(doc) if isinstance(doc, dict) else None
+    if layer is None:
+        return None
+    try:
+        digest = Digest.parse(str(layer.get("digest")))
+    except RegistryError:
+        return None
+    length = layer.get("size")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        return None
+    return SiteFile(layer["annotations"][artifacts.TITLE_ANNOTATION], tag, repository, digest, length,
+                    str(layer.get("mediaType") or artifacts.FILE_MEDIA_TYPE), manifest, updated)
+
+
 class SiteFiles:
     """Lists and resolves the file artifacts of one registry."""
 
@@ -57,37 +98,7 @@ class SiteFiles:
 
     def all(self) -> list[SiteFile]:
         """Every tagged file artifact, by repository and version (newest tag first within a repository)."""
-        rows = self.registry.db.execute(
-            "SELECT r.name, t.name, m.digest, m.media_type, m.size, t.updated_at FROM tags t "
-            "JOIN repositories r ON r.id = t.repository_id "
-            "JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest "
-            "WHERE m.artifact_type = ? ORDER BY r.name, t.updated_at DESC, t.name",
-            [artifacts.FILE_ARTIFACT_TYPE]).fetchall()
-        out = []
-        for repository, tag, digest, media_type, size, updated in rows:
-            found = self._file(ManifestRecord(repository, Digest.parse(digest), media_type, int(size)), tag,
-                               float(updated or 0))
-            if found is not None:
-                out.append(found)
-        return out
-
-    def _file(self, record: ManifestRecord, tag: str, updated: float) -> SiteFile | None:
-        try:
-            doc = json.loads(self.registry.manifest_bytes(record))
-        except (OSError, ValueError, RegistryError):
-            return None  # a manifest blob scrub quarantined: not offered for download
-        layer = artifacts.file_layer(doc) if isinstance(doc, dict) else None
-        if layer is None:
-            return None
-        try:
-            digest = Digest.parse(str(layer.get("digest")))
-        except RegistryError:
-            return None
-        size = layer.get("size")
-        if not isinstance(size, int) or size < 0:
-            return None
-        return SiteFile(layer["annotations"][artifacts.TITLE_ANNOTATION], tag, record.repository, digest, size,
-                        str(layer.get("mediaType") or artifacts.FILE_MEDIA_TYPE), record.digest, updated)
+        return tagged_files(self.registry.db, self.registry.store)
 
     def find(self, spec: str, visible: Any) -> SiteFile:
         """The file `spec` names: ``sha256:<hex>`` (its bytes' digest), ``NAME`` or ``NAME:VERSION``.

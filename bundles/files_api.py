@@ -85,8 +85,7 @@ def create_blueprint(files: SiteFiles, guard: ApiAccess, accel_prefix: str | Non
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(found.digest.encoded)).decode(),
                    "Content-Disposition": f'attachment; filename="{found.name}"',
-                   "Cache-Control": "private, max-age=0, must-revalidate", "Accept-Ranges": "bytes",
-                   "X-Content-Type-Options": "nosniff"}
+                   "Cache-Control": "private, max-age=0, must-revalidate", "X-Content-Type-Options": "nosniff"}
         g.file_served = found.reference
         if accel_prefix and request.method == "GET":
             if request.if_none_match.contains(str(found.digest)):
@@ -104,6 +103,7 @@ def create_blueprint(files: SiteFiles, guard: ApiAccess, accel_prefix: str | Non
         except OSError:
             return _error(404, "NOT_FOUND", f"file {found.name} {found.version}: its content is not readable")
         resp.headers.update({k: v for k, v in headers.items() if k != "ETag"})
+        resp.headers["Accept-Ranges"] = "bytes"  # behind the front, nginx says so itself
         return resp
 
     @bp.errorhandler(RegistryError)

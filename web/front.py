@@ -347,8 +347,7 @@ http {{
             add_header Docker-Content-Digest $upstream_http_docker_content_digest always;
             add_header Docker-Distribution-API-Version registry/2.0 always;
             add_header ETag $upstream_http_etag always;
-            # File downloads (bundles/files_api.py): the name to save as and the RFC 3230 digest.
-            add_header Content-Disposition $upstream_http_content_disposition always;
+            # File downloads (bundles/files_api.py): the RFC 3230 digest (Content-Disposition nginx carries over).
             add_header Digest $upstream_http_digest always;
             # And the security headers the app set (web/hardening.py); an empty one (HSTS over HTTP) is skipped.
             add_header X-Content-Type-Options $upstream_http_x_content_type_options always;

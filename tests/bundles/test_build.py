@@ -255,7 +255,8 @@ def test_delta_over_an_earlier_bundle_leaves_out_exactly_its_blobs(tmp_path: Pat
     assert bad.returncode != 0 and "nope.tar.zst does not exist" in bad.stderr
 
 
-def test_charts_and_cluster_definitions_are_members(tmp_path: Path, layout: OciLayout, keydir: Path) -> None:
+def test_tgz_charts_become_oci_artifacts_and_cluster_definitions_are_members(
+        tmp_path: Path, layout: OciLayout, keydir: Path) -> None:
     chart = tmp_path / "mychart-0.3.1.tgz"
     with tarfile.open(chart, "w:gz") as tar:
         data = b"apiVersion: v2\nname: mychart\nversion: 0.3.1\n"
@@ -267,10 +268,24 @@ def test_charts_and_cluster_definitions_are_members(tmp_path: Path, layout: OciL
     build(out, "--layout", f"{layout.root}:{NGINX}", "--chart", chart, "--cluster-definition", definition,
           key=keydir / "rsa.pem")
     members = {m.name: m for m in read_members(out)}
-    assert members["charts/mychart-0.3.1.tgz"].sha256 == hashlib.sha256(chart.read_bytes()).hexdigest()
+    # Format 2: the .tgz is the content layer of a Helm OCI chart artifact in the layout, not a charts/ member.
+    chart_sha = hashlib.sha256(chart.read_bytes()).hexdigest()
+    assert not any(name.startswith("charts/") for name in members)
+    assert members[f"blobs/sha256/{chart_sha}"].sha256 == chart_sha
     assert members["cluster-definitions/edge-def.tgz"].sha256 == hashlib.sha256(definition.read_bytes()).hexdigest()
     doc = manifest_of(out)
-    assert doc["charts"] == [{"name": "mychart", "version": "0.3.1", "path": "charts/mychart-0.3.1.tgz"}]
+    assert doc["formatVersion"] == 2
+    [entry] = doc["charts"]
+    assert {k: entry[k] for k in ("name", "version", "repository", "tag", "digest", "size", "mediaType")} == {
+        "name": "mychart", "version": "0.3.1", "repository": "mychart", "tag": "0.3.1",
+        "digest": f"sha256:{chart_sha}", "size": chart.stat().st_size,
+        "mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip"}
+    index = json.loads(members["index.json"].data or b"")
+    assert {"digest": entry["manifestDigest"], "ref": "mychart:0.3.1"} in [
+        {"digest": e["digest"], "ref": e["annotations"]["org.opencontainers.image.ref.name"]}
+        for e in index["manifests"]]
+    chart_manifest = json.loads(members["blobs/sha256/" + entry["manifestDigest"].split(":")[1]].data or b"")
+    assert chart_manifest["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
     assert doc["clusterDefinitions"] == [{"name": "edge", "version": "1.0.0",
                                           "path": "cluster-definitions/edge-def.tgz"}]
 
