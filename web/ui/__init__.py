@@ -22,6 +22,7 @@ from datetime import timedelta
 from flask import Flask
 
 from bundles.clusterdef import ClusterDefinitions
+from bundles.files import SiteFiles
 from bundles.releases import Releases
 from registry.names import parse_mapping_rules
 from registry.tokens import TokenSigner, load_or_create_secret
@@ -43,6 +44,7 @@ class UiServices:
 
 def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinitions, signer: TokenSigner) -> None:
     """Register the UI on `app` (which must carry ``extensions["cargohold"]``, the Services)."""
+    from web.ui.files import create_blueprint as files_blueprint
     from web.ui.pages import create_blueprint as pages_blueprint
     from web.ui.releases import create_blueprint as releases_blueprint
     from web.ui.session import create_blueprint as session_blueprint
@@ -64,5 +66,6 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
     app.register_blueprint(session_blueprint())
     app.register_blueprint(tus_blueprint())
     app.register_blueprint(pages_blueprint())
+    app.register_blueprint(files_blueprint(SiteFiles(services.registry, config.project)))
     app.register_blueprint(releases_blueprint(Releases(services.registry, config.project,
                                                        parse_mapping_rules(config.mapping_rules), services.audit)))
