@@ -272,3 +272,24 @@ def test_a_definition_file_requirement_is_validated(tmp_path: Path) -> None:
                      "-o", tmp_path / "x.tar.zst", check=False)
     assert proc.returncode != 0 and "content.files[0]" in proc.stderr and "sha256:abc" in proc.stderr
     assert not (tmp_path / "x.tar.zst").exists()
+
+
+def test_downloads_need_pull_access_when_the_project_is_private(
+        tmp_path: Path, appliance_factory: Callable[..., Appliance], payload: tuple[Path, bytes]) -> None:
+    iso, data = payload
+    app = appliance_factory()
+    _import(app, tmp_path, _build(tmp_path, "--file", f"{iso}=installer.iso:1.0"))
+    made_private = requests.put(f"{app.url}/api/v2.0/projects/spectro-images", auth=app.admin, timeout=10,
+                                json={"metadata": {"public": "false"}})
+    assert made_private.status_code == 200
+    anonymous = requests.get(f"{app.url}{API}/files/installer.iso", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert "Bearer" in anonymous.headers["WWW-Authenticate"]
+    assert requests.get(f"{app.url}{API}/files", timeout=10).json() == {"files": []}
+    assert requests.get(f"{app.url}{API}/files/nothing-here.bin", timeout=10).status_code == 404
+    wrong = requests.get(f"{app.url}{API}/files/installer.iso", auth=("admin", "wrong-password"), timeout=10)
+    assert wrong.status_code == 401
+    admin = requests.get(f"{app.url}{API}/files/installer.iso", auth=app.admin, timeout=30)
+    assert admin.status_code == 200 and admin.content == data
+    assert [f["name"] for f in requests.get(f"{app.url}{API}/files", auth=app.admin, timeout=10).json()["files"]] \
+        == ["installer.iso"]
