@@ -221,27 +221,46 @@ def test_image_only_build_stays_format_1(tmp_path: Path) -> None:
     assert "files" not in doc
 
 
-def test_gc_keeps_a_file_a_release_needs_and_scrub_verifies_it(
+def test_a_new_file_version_is_staged_diffed_promoted_and_gc_reclaims_only_the_old_bytes(
         tmp_path: Path, appliance_factory: Callable[..., Appliance], payload: tuple[Path, bytes]) -> None:
-    iso, data = payload
+    """Files follow the release rules images do: staged tag, diff, promotion, GC by retention, scrub."""
+    iso, first = payload
     app = appliance_factory()
-    _import(app, tmp_path, _build(tmp_path, "--file", f"{iso}=installer.iso:1.0"))
-    release = requests.get(f"{app.url}{API}/releases/latest", auth=app.admin, timeout=10).json()
-    assert any(i["repository"] == "spectro-images/files/installer.iso" and i["tag"] == "1.0"
-               for i in release["images"])
+    r1 = _import(app, tmp_path, _build(tmp_path, "--file", f"{iso}=installer.iso:1.0"))["release"]
+    cargohold("release", "promote", str(r1["id"]), "--data-dir", app.data_dir)  # type: ignore[index]
+    second = os.urandom(2_000_000)
+    iso.write_bytes(second)  # the same name and version, other bytes: the tag is staged, not moved
+    (tmp_path / "site.tar.zst").unlink()
+    r2 = _import(app, tmp_path, _build(tmp_path, "--file", f"{iso}=installer.iso:1.0"))["release"]
+    assert r2["pendingTags"] == ["spectro-images/files/installer.iso:1.0"]  # type: ignore[index]
+    assert requests.get(f"{app.url}{API}/files/installer.iso:1.0", timeout=30).content == first
+
+    diff = requests.get(f"{app.url}{API}/releases/{r2['id']}/diff?from={r1['id']}",  # type: ignore[index]
+                        auth=app.admin, timeout=10).json()
+    changed = {(c["repository"], c["tag"]): (c["from"], c["to"]) for c in diff["images"]["changed"]}
+    file_change = changed[("spectro-images/files/installer.iso", "1.0")]
+    assert file_change[0] != file_change[1]
+    assert diff["bytes"]["new"] >= len(second)
+
+    cargohold("release", "promote", str(r2["id"]), "--data-dir", app.data_dir)  # type: ignore[index]
+    assert requests.get(f"{app.url}{API}/files/installer.iso:1.0", timeout=30).content == second
     gc = json.loads(cargohold("gc", "--retain", "1", "--grace", "0", "--json", "--data-dir", app.data_dir).stdout)
-    assert sha256(data) not in {b["digest"] for b in gc["blobsRemoved"]}
-    assert requests.get(f"{app.url}{API}/files/installer.iso", timeout=30).content == data
+    removed = {b["digest"] for b in gc["blobsRemoved"]}
+    assert sha256(first) in removed and sha256(second) not in removed
+    assert requests.get(f"{app.url}{API}/files/installer.iso", timeout=30).content == second
+    out = tmp_path / "pulled"
+    _oras(app).pull(target=f"{app.host}/spectro-images/files/installer.iso:1.0", outdir=str(out))
+    assert (out / "installer.iso").read_bytes() == second
     scrub = json.loads(cargohold("scrub", "--json", "--data-dir", app.data_dir).stdout)
     assert scrub["ok"] is True and scrub["checked"] >= 3
 
-    # A flipped byte on disk is what scrub is for: it finds it, and the file is no longer offered whole.
-    blob = next((app.data_dir / "blobs").rglob(hashlib.sha256(data).hexdigest()))
+    # A flipped byte on disk is what scrub is for: it names the file's blob.
+    blob = next((app.data_dir / "blobs").rglob(hashlib.sha256(second).hexdigest()))
     raw = bytearray(blob.read_bytes())
     raw[5] ^= 1
     blob.write_bytes(bytes(raw))
     scrub = json.loads(cargohold("scrub", "--json", "--data-dir", app.data_dir, check=False).stdout)
-    assert scrub["ok"] is False and sha256(data) in json.dumps(scrub)
+    assert scrub["ok"] is False and sha256(second) in json.dumps(scrub)
 
 
 def test_check_reports_a_missing_or_different_file_and_a_missing_chart(
