@@ -312,3 +312,27 @@ def test_downloads_need_pull_access_when_the_project_is_private(
     assert admin.status_code == 200 and admin.content == data
     assert [f["name"] for f in requests.get(f"{app.url}{API}/files", auth=app.admin, timeout=10).json()["files"]] \
         == ["installer.iso"]
+
+
+def test_bad_files_and_charts_fail_the_build_clearly_and_leave_no_output(tmp_path: Path) -> None:
+    (tmp_path / "ok.bin").write_bytes(b"x")
+    out = tmp_path / "x.tar.zst"
+    cases = [
+        (("--file", str(tmp_path / "absent.iso")), "absent.iso does not exist or is not a regular file"),
+        (("--file", str(tmp_path)), "is not a regular file"),
+        (("--file", f"{tmp_path / 'ok.bin'}=../x.bin"), "file name '../x.bin' must be 1-255 letters"),
+        (("--file", f"{tmp_path / 'ok.bin'}=ok.bin:1/2"), "version '1/2' cannot be an OCI tag"),
+        (("--file", f"{tmp_path / 'ok.bin'}=___"), "gives no usable repository name"),
+        (("--chart", str(_chart(tmp_path / "Bad.tgz", "Bad_Chart", "1.0"))), "chart name 'Bad_Chart' cannot be"),
+        (("--files-file", str(tmp_path / "nope.txt")), "cannot read --files-file"),
+    ]
+    for args, message in cases:
+        proc = cargohold("bundle", "build", "--name", "x", "--version", "1", *args, "--no-sign", "-o", out,
+                         check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert not out.exists() and not list(tmp_path.glob("x.tar.zst*"))
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# the site's files\n{tmp_path / 'ok.bin'}=ok.bin:2\n\n")
+    cargohold("bundle", "build", "--name", "x", "--version", "1", "--files-file", listing, "--no-sign", "-o", out)
+    assert [(f["name"], f["version"]) for f in manifest_of(out)["files"]] == [("ok.bin", "2")]
