@@ -968,6 +968,10 @@ class Importer:
             image_ref, repository = self._place(ref_text, entry.digest)
             plan = plans.setdefault(repository, _RepoPlan())
             self._walk(entry.digest, entry.media_type, ref_text, staging, cache, plan, state)
+            if image_ref.tag and plan.tags.get(image_ref.tag, entry.digest) != entry.digest:
+                # Only a file or chart can be there already: a mapping rule placed an image on its tag.
+                raise BundleRefused("FORMAT", f"image {ref_text} would be published as {repository}:{image_ref.tag},"
+                                    " where the bundle also publishes a file or chart")
             if image_ref.tag:
                 plan.tags[image_ref.tag] = entry.digest
             plan.images.append(PublishedImage(ref_text, repository, image_ref.tag, entry.digest))

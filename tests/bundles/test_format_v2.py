@@ -103,3 +103,26 @@ def test_a_signed_bundle_describing_a_file_wrongly_is_refused(
     assert snapshot(site.paths.root) == before
     site.importer().run(bundle)  # the honest bundle imports
     assert snapshot(site.paths.root) != before
+
+
+def test_an_image_mapped_onto_a_files_tag_is_refused(tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    """A mapping rule that would publish an image where the same bundle publishes a file: refused, not
+    one silently replacing the other."""
+    from registry.names import parse_mapping_rules
+    from tests.images import OciLayout
+
+    (tmp_path / "k.pem").write_bytes(keys.private_pem(ec_key))
+    lay = OciLayout(tmp_path / "oci")
+    lay.add_image([1000], seed=3, ref="docker.io/cargotest/installer.iso:1.0")
+    iso = tmp_path / "installer.iso"
+    iso.write_bytes(os.urandom(5000))
+    bundle = tmp_path / "b.tar.zst"
+    cargohold("bundle", "build", "--name", "n", "--version", "1", "--layout", lay.root, "--file",
+              f"{iso}=installer.iso:1.0", "--sign-key", tmp_path / "k.pem", "-o", bundle)
+    site = make_site(tmp_path / "site", ec_key)
+    before = snapshot(site.paths.root)
+    with pytest.raises(BundleRefused) as info:
+        site.importer(mapping_rules=parse_mapping_rules("docker.io/cargotest=files")).run(bundle)
+    assert info.value.code == "FORMAT" and "spectro-images/files/installer.iso:1.0" in info.value.message
+    assert snapshot(site.paths.root) == before
+    site.importer().run(bundle)  # without the rule, both are published side by side
