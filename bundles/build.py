@@ -337,6 +337,11 @@ class BundleBuilder:
         return dict(self._content)
 
     @property
+    def artifact_entries(self) -> dict[str, ArtifactEntry]:
+        """Files and .tgz charts added so far, by index.json ref name (what `bundles.buildcheck` checks)."""
+        return dict(self._artifacts)
+
+    @property
     def definitions(self) -> list[Any]:
         """The parsed cluster definitions added so far."""
         return list(self._definitions)

@@ -16,7 +16,9 @@ its platform, a bounded read. Blobs a delta bundle leaves to its base count
 as present (the import refuses a delta whose base is not there).
 
 Findings are kept generic (`BuildFinding`: kind, reference, code, detail),
-so new requirement kinds (files, .tgz charts) slot in with their own codes.
+so new requirement kinds slot in with their own codes. Files and .tgz charts
+(format 2) are placed where the importer publishes them, under the project
+by their own names.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bundles.artifacts import HELM_CHART_LAYER
 from bundles.build import BundleBuilder
 from bundles.check import DIGEST_MISMATCH, PLATFORM_MISSING, PRESENT, check_definition
+from bundles.files import SiteFile
 from registry.blobstore import BlobInfo
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -100,6 +104,11 @@ class _PlannedInventory(Inventory):
             if ref.tag:
                 self._tags[(repo_id, ref.tag)] = digest
             self._walk(repo_id, digest)
+        # Files and .tgz charts: published under the project by their own names (bundles.artifacts).
+        for artifact in builder.artifact_entries.values():
+            repo_id = self._ids.setdefault(f"{project}/{artifact.repository}", len(self._ids) + 1)
+            self._tags[(repo_id, artifact.tag)] = str(artifact.manifest_digest)
+            self._walk(repo_id, str(artifact.manifest_digest))
 
     def _references(self, digest: str) -> list[RefRow]:
         if digest not in self._refs:
@@ -198,9 +207,12 @@ def check_build(builder: BundleBuilder, project: str = DEFAULT_PROJECT) -> Build
     Read-only and idempotent; call it after every source has been added and before `write`.
     """
     inventory, store = _PlannedInventory(builder, project), _PlannedStore(builder)
+    files = [SiteFile(a.name, a.tag, f"{project}/{a.repository}", a.digest, a.size, a.media_type,
+                      a.manifest_digest, 0.0)
+             for a in builder.artifact_entries.values() if a.media_type != HELM_CHART_LAYER]
     results, findings = [], []
     for definition in builder.definitions:
-        result = check_definition(definition, inventory, store, project)
+        result = check_definition(definition, inventory, store, project, site_files=lambda: files)
         results.append(result)
         label = f"{definition.name} {definition.version}"
         for f in result["findings"]:

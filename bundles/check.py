@@ -33,12 +33,13 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bundles.clusterdef import ClusterDefinition, ClusterDefinitions
 from bundles.file_check import file_findings
+from bundles.files import SiteFile, tagged_files
 from registry.blobstore import BlobStore, FilesystemBlobStore
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -92,12 +93,14 @@ class _Wanted:
 
 def check_definition(definition: ClusterDefinition, inventory: Inventory, store: BlobStore, project: str,
                      rules: tuple[MappingRule, ...] = (),
-                     overrides: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+                     overrides: dict[tuple[str, str], str] | None = None,
+                     site_files: Callable[[], Iterable[SiteFile]] | None = None) -> dict[str, Any]:
     """Check a definition against the registry; returns the JSON-ready result (not stored).
 
     `overrides` maps (repository, tag) to the manifest digest the tag will
     serve (a staged release, checked before its promotion moves the tags).
-    Idempotent and read-only.
+    `site_files` lists the file artifacts there are (default: those the
+    registry's database tags). Idempotent and read-only.
     """
     started = time.perf_counter()
     findings: list[ImageFinding] = []
@@ -249,7 +252,8 @@ def check_definition(definition: ClusterDefinition, inventory: Inventory, store:
             findings.append(_finding(w, PRESENT, "", digest=digest, total=total, missing_bytes=0,
                                      platforms=built_for))
 
-    findings += file_findings(definition.files, inventory.db, store, project, on_disk, _finding_for_file)
+    findings += file_findings(definition.files, site_files or (lambda: tagged_files(inventory.db, store)), project,
+                              on_disk, _finding_for_file)
     counts = Counter(f.finding for f in findings)
     required = sum(sizes.values())
     missing_total = sum(sizes[d] for d in absent)

@@ -14,24 +14,23 @@ kind ``file``), the first that applies:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from bundles import artifacts
 from bundles.clusterdef import RequiredFile
-from bundles.files import tagged_files
-from registry.blobstore import BlobStore
+from bundles.files import SiteFile
 
 MakeFinding = Callable[[str, str, str, str, "str | None", "int | None", tuple[str, ...]], Any]
 
 
-def file_findings(required: Sequence[RequiredFile], db: Any, store: BlobStore, project: str,
+def file_findings(required: Sequence[RequiredFile], site_files: Callable[[], Iterable[SiteFile]], project: str,
                   on_disk: Callable[[str], bool], make: MakeFinding) -> list[Any]:
-    """One finding per required file (read-only; one query for all of them)."""
+    """One finding per required file, against `site_files()` (read only when a file is required)."""
     if not required:
         return []
     by_repository: dict[str, list[Any]] = {}
-    for f in tagged_files(db, store):
+    for f in site_files():
         by_repository.setdefault(f.repository, []).append(f)
     out = []
     for need in required:

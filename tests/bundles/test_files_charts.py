@@ -268,8 +268,17 @@ def test_check_reports_a_missing_or_different_file_and_a_missing_chart(
     iso, data = payload
     other = sha256(b"another build of the installer")
     app = appliance_factory()
-    # Only the image and a definition needing more: the chart and the file are missing.
-    _import(app, tmp_path, _build(tmp_path, "--cluster-definition", _definition(tmp_path, "edge-need", other)))
+    # Only the image and a definition needing more: the build refuses, naming exactly the chart and the file.
+    definition = _definition(tmp_path, "edge-need", other)
+    with pytest.raises(AssertionError, match=r"failed \(3\)") as refused:  # exit 3: incomplete, nothing written
+        _build(tmp_path, "--cluster-definition", definition, "--json")
+    assert not (tmp_path / "site.tar.zst").exists()
+    report = str(refused.value)
+    findings = json.loads(report[report.index("{"):report.rindex("}") + 1])["findings"]
+    assert sorted((f["kind"], f["code"]) for f in findings) == [("chart", "repository_missing"),
+                                                                 ("file", "repository_missing")]
+    # Shipped anyway (--allow-incomplete), the site's check finds the same.
+    _import(app, tmp_path, _build(tmp_path, "--cluster-definition", definition, "--allow-incomplete"))
     result = _check(app, "edge-need")
     assert result["ready"] is False
     by_kind = {f["kind"]: f for f in result["findings"]}  # type: ignore[attr-defined]

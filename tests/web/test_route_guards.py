@@ -29,7 +29,7 @@ VALUES = {"name": "spectro-images/guard", "digest": "sha256:" + "0" * 64, "refer
           "uuid": "0" * 32, "upload_id": "0" * 32, "job_id": "1", "rid": "1", "release_id": "1",
           "ref": "spectro-images", "repo": "guard", "mid": "1", "robot_id": "1", "tag": "t", "check_id": "1",
           "action": "delete", "rest": "projects/spectro-images/anything", "filename": "x.css",
-          "rule_id": "1", "scan_id": "1"}
+          "rule_id": "1", "scan_id": "1", "spec": "installer.iso"}
 
 
 def _unsafe_routes(tmp_path: Path) -> list[tuple[str, str]]:
