@@ -738,15 +738,7 @@ class BundleBuilder:
         if not _FILE_NAME.match(path.name):
             raise BuildError(f"{path}: file name must use only letters, digits and . _ + -")
         member = prefix + path.name
-        hasher, size = hashlib.sha256(), 0
-        try:
-            with path.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            raise BuildError(f"cannot read {path}: {exc.strerror}") from None
-        digest = Digest("sha256", hasher.hexdigest())
+        digest, size = _hash_file(path, str(path))
         previous = self._files.get(member)
         if previous is not None and previous.digest != digest:
             raise BuildError(f"two different files would both be {member}: {previous.source} and {path}")

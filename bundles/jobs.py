@@ -39,6 +39,7 @@ from typing import Any
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
 from registry.db import is_disk_full, migrate, open_database, write_transaction
 from registry.paths import DataPaths
+from registry.processes import process_alive, process_start
 
 PROGRESS_BYTES = 64 << 20
 PROGRESS_SECONDS = 1.0
@@ -63,7 +64,7 @@ class ImportJob:
     pid: int | None
     created_at: float
     updated_at: float
-    pid_start: str | None = None  # `_process_start` of `pid` when the job was created
+    pid_start: str | None = None  # `registry.processes.process_start` of `pid` when the job was created
     error_code: str | None = None  # the refusal code of a failed job (docs/bundle-import.md, "Refusals")
 
     def to_json(self) -> dict[str, Any]:
@@ -75,42 +76,6 @@ class ImportJob:
 def _printable(text: str) -> str:
     """`text` as SQLite can store it: undecodable bytes kept as surrogates (tar names) become escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _process_start(pid: int) -> str | None:
-    """The boot and start time of the live process `pid` (Linux /proc), or None if it is gone or /proc cannot say.
-
-    A pid alone does not name a process for long: pids are reused (pid_max
-    is 32768 on many systems), and in a container each start of the
-    appliance hands out the same small pids again in the same order, so a
-    job's worker killed with the container had its pid taken by the next
-    start's worker and the job showed "importing" forever instead of
-    "interrupted" (tests/web/test_kill.py). A process started at the same
-    clock tick of the same boot with the same pid is the same process.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime field 22
-    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie has finished: nothing of it runs an import
-        return None
-    return f"{boot}:{fields[19]}"
-
-
-def _alive(pid: int | None, pid_start: str | None) -> bool:
-    if not pid:
-        return False
-    if pid_start is not None:
-        return _process_start(pid) == pid_start  # gone, or another process that got the same pid
-    try:  # a job recorded before start times were, or where /proc could not give one
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ImportJobs:
@@ -136,7 +101,7 @@ class ImportJobs:
         with write_transaction(self.db) as db:
             db.execute(f"INSERT INTO import_jobs ({self._COLUMNS}) "
                        "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?, ?, NULL)",
-                       [job_id, _printable(source), bytes_total, os.getpid(), now, now, _process_start(os.getpid())])
+                       [job_id, _printable(source), bytes_total, os.getpid(), now, now, process_start(os.getpid())])
         job = self.get(job_id)
         assert job is not None
         return job
@@ -186,7 +151,7 @@ class ImportJobs:
 
     def _reap(self, job: ImportJob) -> ImportJob:
         """A job left open by a process that is gone is failed (interrupted)."""
-        if job.state in OPEN_STATES and not _alive(job.pid, job.pid_start):
+        if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start):
             message = ("interrupted: the importing process ended before finishing; import the bundle again "
                        "to complete it (what was verified is reused)")
             try:

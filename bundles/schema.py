@@ -86,7 +86,7 @@ def m003_releases(db: Database) -> None:
 
 @clusterdef_migrations()
 def m004_import_job_process_start(db: Database) -> None:
-    # import_jobs.pid_start: the boot and start time of the process `pid` names (bundles.jobs._process_start),
+    # import_jobs.pid_start: the boot and start time of the process `pid` names (registry.processes.process_start),
     # so a reused pid does not keep an interrupted job looking alive.
     db.table("import_jobs").add_column("pid_start", str)
 

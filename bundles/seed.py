@@ -66,11 +66,12 @@ from typing import Any
 from bundles.clusterdef import ClusterDefinitions, DefinitionError
 from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
 from bundles.importer import BundleRefused, Importer, bundle_parts
-from bundles.jobs import ImportJobs, _alive, _process_start, disk_full_refusal, run_import
+from bundles.jobs import ImportJobs, disk_full_refusal, run_import
 from bundles.trust import TrustStore
 from registry.audit import append as audit_append
 from registry.db import is_disk_full, open_database, write_transaction
 from registry.paths import DataPaths
+from registry.processes import process_alive, process_start
 
 _log = logging.getLogger(__name__)
 
@@ -255,11 +256,11 @@ class SeedScanner:
         None for a start-up scan of `serve` that a worker already finished.
         A running scan whose process is gone is marked interrupted.
         """
-        me, me_start = os.getpid(), _process_start(os.getpid())
+        me, me_start = os.getpid(), process_start(os.getpid())
         with write_transaction(self.db) as db:
             for scan_id, pid, pid_start in db.execute(
                     "SELECT id, pid, pid_start FROM seed_scans WHERE state = 'running'").fetchall():
-                if _alive(pid, pid_start):
+                if process_alive(pid, pid_start):
                     return int(scan_id), False
                 db.execute("UPDATE seed_scans SET state = 'interrupted', finished_at = ? WHERE id = ?",
                            [time.time(), scan_id])
@@ -341,7 +342,7 @@ class SeedScanner:
 
     def _scan(self, row: Any) -> SeedScan:
         state = row[4]
-        if state == "running" and not _alive(row[8], row[9]):
+        if state == "running" and not process_alive(row[8], row[9]):
             state = "interrupted"  # its process ended mid-scan; the next scan retries what it left
         return SeedScan(int(row[0]), row[1], row[2], row[3] or "", state, json.loads(row[5]) if row[5] else None,
                         row[6], row[7])
@@ -352,7 +353,7 @@ class SeedScanner:
         out = []
         for row in rows.fetchall():
             record = SeedFile(*row[:13])
-            if record.state == "importing" and not _alive(row[13], row[14]):
+            if record.state == "importing" and not process_alive(row[13], row[14]):
                 record = SeedFile(**{**record.__dict__, "state": "interrupted"})
             out.append(record)
         return out
@@ -361,7 +362,7 @@ class SeedScanner:
 
     def _claim(self, entry: SeedEntry, scan_id: int, retry_refused: bool) -> tuple[str | None, SeedFile | None]:
         """Take `entry` for this process: (None, previous record) if taken, else (the outcome to report, record)."""
-        me, me_start = os.getpid(), _process_start(os.getpid())
+        me, me_start = os.getpid(), process_start(os.getpid())
         with write_transaction(self.db) as db:
             row = db.execute(f"SELECT {self._FILE_COLUMNS}, pid, pid_start FROM seed_files WHERE path = ?",
                              [str(entry.path)]).fetchone()
@@ -372,7 +373,7 @@ class SeedScanner:
                     return DONE_EARLIER, previous
                 if previous.state == "refused" and not retry_refused:
                     return REFUSED_EARLIER, previous
-                if previous.state == "importing" and row is not None and _alive(row[13], row[14]):
+                if previous.state == "importing" and row is not None and process_alive(row[13], row[14]):
                     return BUSY, previous
             db.execute(
                 "INSERT OR REPLACE INTO seed_files (path, kind, size, mtime_ns, parts, signature, state, job_id, "
@@ -482,6 +483,6 @@ class SeedScanner:
 def serve_identity() -> str | None:
     """Which `cargohold serve` this gunicorn worker belongs to: its master's pid and start time."""
     parent = os.getppid()
-    start = _process_start(parent)
+    start = process_start(parent)
     return f"{parent}:{start}" if start else None
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.paths import DataPaths
+from registry.processes import process_alive
 
 # How long a serve waits for the workers of a killed predecessor to let go of the lock.
 ORPHAN_WAIT_SECONDS = 10.0
@@ -94,7 +95,7 @@ def acquire_serve_lock(paths: DataPaths, purpose: str = "serve") -> ServeLock:
             pid = holder(paths)
             # A killed serve's workers die with it (parent-death signal) but hold the lock until they have:
             # a restart right after the kill waits for them instead of failing. A live holder fails at once.
-            if pid.isdigit() and not _alive(int(pid)) and time.monotonic() < deadline:
+            if pid.isdigit() and not process_alive(int(pid)) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
         os.close(fd)
@@ -108,23 +109,6 @@ def acquire_serve_lock(paths: DataPaths, purpose: str = "serve") -> ServeLock:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return ServeLock(paths.serve_lock, fd)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return state not in ("Z", "X")
 
 
 # errno values that describe the machine rather than a bug: reported in one line with the path.

@@ -187,7 +187,7 @@ def test_a_scan_killed_mid_import_is_retried_by_the_next(tmp_path: Path, keypair
 def test_a_file_set_another_live_process_is_importing_is_left_to_it(tmp_path: Path,
                                                                      keypair: tuple[Path, Path]) -> None:
     """The per-file claim under the scan lease: a set claimed by a live process is reported busy, not imported."""
-    from bundles.jobs import _process_start
+    from registry.processes import process_start
     from web.config import Config
     from web.seed import seed_scanner
 
@@ -206,7 +206,7 @@ def test_a_file_set_another_live_process_is_importing_is_left_to_it(tmp_path: Pa
         with write_transaction(scanner.db) as db:
             db.execute("INSERT INTO seed_files (path, kind, size, mtime_ns, parts, state, pid, pid_start, updated_at) "
                        "VALUES (?, 'bundle', ?, ?, 1, 'importing', ?, ?, ?)",
-                       [str(entry.path), entry.size, entry.mtime_ns, other.pid, _process_start(other.pid),
+                       [str(entry.path), entry.size, entry.mtime_ns, other.pid, process_start(other.pid),
                         time.time()])
         claimed = scanner.claim_scan("cli", "test")
         assert claimed is not None and claimed[1]
