@@ -44,7 +44,7 @@ from typing import IO, Any
 
 import zstandard
 
-from bundles import artifacts, keys, referrers
+from bundles import artifacts, frames, keys, referrers
 from bundles.format import (
     BLOB_PREFIX,
     CHART_PREFIX,
@@ -828,11 +828,16 @@ class BundleBuilder:
                                   if a.media_type == artifacts.HELM_CHART_LAYER))
 
     def write(self, out: Path, sign_key: keys.PrivateKey | None, *, level: int = 3, threads: int = -1,
-              split: int | None = None, incomplete: dict[str, Any] | None = None) -> BuildResult:
+              split: int | None = None, incomplete: dict[str, Any] | None = None,
+              frame_size: int | None = frames.FRAME_TARGET) -> BuildResult:
         """Write the bundle to `out` (or `out`.partNNN); raises BuildError and leaves no output on failure.
 
         `incomplete` (the findings of a readiness check the operator chose to
-        ship anyway) is recorded in the manifest.
+        ship anyway) is recorded in the manifest. With `frame_size` (the
+        default), the stream is cut into independent zstd frames at member
+        boundaries every `frame_size` unpacked bytes and ends with a frame index
+        (`bundles.frames`), so a site verifies frames in parallel; None writes
+        one frame and no index, as builds before the index did.
         """
         if not 1 <= level <= MAX_LEVEL:
             raise BuildError(f"zstd level {level} is out of range 1..{MAX_LEVEL}")
@@ -854,9 +859,17 @@ class BundleBuilder:
             params = zstandard.ZstdCompressionParameters.from_level(
                 level, threads=threads, write_checksum=True, job_size=max(JOB_SIZE, window) if threads else 0)
             cctx = zstandard.ZstdCompressor(compression_params=params)
+            cuts: list[tuple[int, int, int, int]] = []  # (offset, size, unpacked offset, unpacked size)
             with cctx.stream_writer(sink, closefd=False) as compressor:  # type: ignore[arg-type]
                 tar = _TarWriter(compressor, mtime)
                 done = 0
+
+                def cut() -> None:
+                    """End the current zstd frame here, at a member boundary, and record it for the index."""
+                    c0, u0 = (cuts[-1][0] + cuts[-1][1], cuts[-1][2] + cuts[-1][3]) if cuts else (0, 0)
+                    if frame_size is not None and tar.offset > u0:
+                        compressor.flush(zstandard.FLUSH_FRAME)
+                        cuts.append((c0, sink.written - c0, u0, tar.offset - u0))
 
                 def advance(n: int) -> None:
                     nonlocal done
@@ -867,9 +880,17 @@ class BundleBuilder:
                 tar.add(MANIFEST_MEMBER, len(manifest_bytes), [manifest_bytes], advance)
                 if signature is not None:
                     tar.add(SIGNATURE_MEMBER, len(signature), [signature], advance)
+                cut()  # frame 0 is the manifest and signature alone: a site checks them before anything else
                 for member, source in planned:
                     tar.add(member.path, member.size, self._chunks(member, source), advance)
+                    if frame_size is not None and tar.offset - (cuts[-1][2] + cuts[-1][3]) >= frame_size:
+                        cut()
                 tar.close()
+            if frame_size is not None:
+                c0, u0 = cuts[-1][0] + cuts[-1][1], cuts[-1][2] + cuts[-1][3]
+                if tar.offset > u0:  # the last frame, ended when the writer closed
+                    cuts.append((c0, sink.written - c0, u0, tar.offset - u0))
+                sink.write(frames.encode(cuts))
             files = sink.commit()
         except BaseException:
             sink.abort()

@@ -151,6 +151,9 @@ def _load_sign_key(path: Path, passphrase_file: Path | None):  # type: ignore[no
               help="zstd worker threads (0: none, -1: one per CPU).")
 @click.option("--split", default=None, metavar="SIZE",
               help="Write OUT.part000, OUT.part001 ... of at most SIZE bytes each (e.g. 3900M, 3G).")
+@click.option("--no-frame-index", is_flag=True,
+              help="Write one zstd frame and no frame index (as older builders did; sites then verify "
+                   "the bundle in one thread).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Earlier bundle or `inventory export` file: write a delta bundle without what it holds.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output file (.tar.zst).")
@@ -162,7 +165,8 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
               definitions: tuple[Path, ...], source_layouts: tuple[Path, ...], from_registries: tuple[str, ...],
               default_registry: str | None, allow_incomplete: bool, missing_out: Path | None, as_json: bool,
               sign_key: Path | None, passphrase_file: Path | None, no_sign: bool,
-              level: int, threads: int, split: str | None, base: Path | None, output: Path) -> None:
+              level: int, threads: int, split: str | None, no_frame_index: bool, base: Path | None,
+              output: Path) -> None:
     """Build a signed content bundle from layouts, registries, charts, files and cluster definitions.
 
     With --cluster-definition, what the definitions need is taken from the
@@ -173,6 +177,7 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
     """
     from bundles.build import BuildError, BundleBuilder, Platform, parse_size
     from bundles.buildsources import RegistrySource
+    from bundles.frames import FRAME_TARGET
     from bundles.registry_client import Credentials, PullError, RegistryClient, auth_file_credentials
 
     if (source_layouts or from_registries) and not definitions:
@@ -243,7 +248,7 @@ def build_cmd(name: str, version: str, layouts: tuple[str, ...], images: tuple[s
             incomplete = _check_definitions(builder, source_layouts, registry_sources, allow_incomplete,
                                             missing_out, as_json, progress)
             result = builder.write(output, key, level=level, threads=threads, split=split_size,
-                                   incomplete=incomplete)
+                                   incomplete=incomplete, frame_size=None if no_frame_index else FRAME_TARGET)
             progress.end()
             for skipped in builder.skipped_referrers:
                 click.echo(f"warning: {skipped}: --platform rewrote its index, so signatures and other referrers "

@@ -45,8 +45,9 @@ def read_members(*files: Path, keep_under: int = 1 << 16) -> Iterator[TarMember]
                 while block := fh.read(1 << 20):
                     yield block
 
-    reader = zstandard.ZstdDecompressor().read_to_iter(_Iter(chunks()))  # type: ignore[arg-type]
-    with tarfile.open(fileobj=_Iter(reader), mode="r|") as tar:  # type: ignore[call-overload]
+    # read_across_frames: a bundle is several independent zstd frames (and a skippable frame index).
+    reader = zstandard.ZstdDecompressor().stream_reader(_Iter(chunks()), read_across_frames=True)  # type: ignore[arg-type]
+    with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
         for info in tar:
             f = tar.extractfile(info)
             h, size, kept = hashlib.sha256(), 0, b""
