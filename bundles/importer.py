@@ -52,11 +52,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
-from bundles import artifacts, keys, releases
+from bundles import artifacts, frames, keys, releases
 from bundles import format as fmt
 from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
@@ -298,6 +298,12 @@ class _Unpacked:
             pass
 
 
+class _Readable(Protocol):
+    """Decompressed bytes: `_Unpacked` (the whole stream) or one frame (`bundles.frame_import`)."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+
 class _TarStream:
     """A tar archive read member by member from a stream, in one pass.
 
@@ -311,7 +317,7 @@ class _TarStream:
     encoding = "utf-8"
     errors = "surrogateescape"
 
-    def __init__(self, raw: _Unpacked) -> None:
+    def __init__(self, raw: _Readable) -> None:
         self.raw = raw
         self.fileobj = self  # tarfile.TarInfo.fromtarfile reads headers through this
         self.pax_headers: dict[str, str] = {}
@@ -454,12 +460,14 @@ class _Staging:
         (root / "tmp").mkdir(exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-fsync")
         self._pending: deque[Future[None]] = deque()
+        self._mutex = threading.Lock()  # a parallel import (bundles.frame_import) commits from several threads
 
     def commit(self, out: IO[bytes], tmp: Path, digest: Digest) -> None:
         """Fsync `out` (verified content of `digest`) and rename it into place, in the background."""
-        while len(self._pending) >= self._PENDING:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._commit, out, tmp, self.path(digest)))
+        with self._mutex:
+            while len(self._pending) >= self._PENDING:
+                self._pending.popleft().result()
+            self._pending.append(self._pool.submit(self._commit, out, tmp, self.path(digest)))
 
     @staticmethod
     def _commit(out: IO[bytes], tmp: Path, final: Path) -> None:
@@ -625,6 +633,19 @@ class Importer:
                                 f"{self.policy.max_bytes} (bundle_max_bytes)")
         detached_key: str | None = None
         verified_digest: bytes | None = None
+        if detached is None:
+            # Independent frames and their index (bundles.frames): verified in parallel, each byte hashed once.
+            # A detached signature covers the whole compressed file instead, which is then read as one stream.
+            try:
+                index = frames.read_index(parts, [p.stat().st_size for p in parts])
+            except frames.FrameIndexError as exc:
+                raise BundleRefused("FORMAT", f"the bundle's frame index is invalid: {exc}") from None
+            if index is not None and len(index.frames) > 1:
+                from bundles.frame_import import FrameImport
+
+                report = FrameImport(self, source, parts, index, progress, allow).run(started)
+                if report is not None:
+                    return report
         if detached is not None:
             # The signature covers the compressed file, so it is checked first, on one plain read of the file:
             # nothing is decompressed, unpacked or written for a bundle no trusted key vouches for.
@@ -644,22 +665,10 @@ class Importer:
             if compressed.sha256 is not None and compressed.sha256.digest() != verified_digest:
                 raise BundleRefused("SIGNATURE", "the bundle file changed while it was being imported: the bytes "
                                     "read are not the bytes the detached signature was checked against")
-            if state.embedded_key is None and detached_key is None and not allow:
-                # Refused earlier for every shape of bundle; kept so no path can publish unsigned content.
-                raise BundleRefused("UNSIGNED", "the bundle is not signed and unsigned bundles are refused by "
-                                    "policy (allow_unsigned_bundles)")
-            plan = self._plan(state, staging)
-            self._check_content_trust(plan, staging)
-            definitions = self._parse_definitions(state, staging)
             compressed.state = "importing"
             if progress is not None:
                 progress("importing", compressed.count, compressed.total)
-            manifest = state.manifest
-            release = ReleaseInfo(
-                manifest.name if manifest else _plain_name(source), manifest.version if manifest else "",
-                str(source), str(state.manifest_digest) if state.manifest_digest else None,
-                state.embedded_key or detached_key, state.bytes_written)
-            images = self._publish_staged(plan, state, staging, definitions, release)
+            images, definitions = self._verify_and_publish(source, state, staging, detached_key, allow)
         except BaseException:
             compressed.close()
             sink.close()
@@ -669,8 +678,27 @@ class Importer:
         compressed.close()
         sink.close()
         staging.remove()
-        return self._report(source, parts, compressed, unpacked, state, detached_key, images, definitions,
-                            time.monotonic() - started)
+        report = self._report(source, parts, compressed.count, unpacked.count, state, detached_key, images,
+                              definitions, time.monotonic() - started)
+        report["verification"] = {"mode": "sequential", "frames": compressed.frames.frames}
+        return report
+
+    def _verify_and_publish(self, source: Path, state: _State, staging: _Staging, detached_key: str | None,
+                            allow: bool) -> tuple[list[PublishedImage], list[Any]]:
+        """Once every member is verified and staged: resolve the images, check definitions, publish."""
+        if state.embedded_key is None and detached_key is None and not allow:
+            # Refused earlier for every shape of bundle; kept so no path can publish unsigned content.
+            raise BundleRefused("UNSIGNED", "the bundle is not signed and unsigned bundles are refused by "
+                                "policy (allow_unsigned_bundles)")
+        plan = self._plan(state, staging)
+        self._check_content_trust(plan, staging)
+        definitions = self._parse_definitions(state, staging)
+        manifest = state.manifest
+        release = ReleaseInfo(
+            manifest.name if manifest else _plain_name(source), manifest.version if manifest else "",
+            str(source), str(state.manifest_digest) if state.manifest_digest else None,
+            state.embedded_key or detached_key, state.bytes_written)
+        return self._publish_staged(plan, state, staging, definitions, release), definitions
 
     # -- pass 1: the stream ------------------------------------------------------------------------------------
 
@@ -1151,8 +1179,8 @@ class Importer:
 
     # -- report ------------------------------------------------------------------------------------------------
 
-    def _report(self, source: Path, parts: list[Path], compressed: _Compressed, unpacked: _Unpacked,
-                state: _State, detached_key: str | None, images: list[PublishedImage], definitions: list[Any],
+    def _report(self, source: Path, parts: list[Path], bytes_read: int, bytes_unpacked: int, state: _State,
+                detached_key: str | None, images: list[PublishedImage], definitions: list[Any],
                 duration: float) -> dict[str, Any]:
         manifest = state.manifest
         bundle: dict[str, Any] = {"format": "plain-oci-layout"}
@@ -1190,8 +1218,8 @@ class Importer:
             "release": state.release,
             "blobs": {"new": state.new_blobs, "reused": state.reused_blobs},
             "bytesWritten": state.bytes_written,
-            "bytesRead": compressed.count,
-            "bytesUnpacked": unpacked.count,
+            "bytesRead": bytes_read,
+            "bytesUnpacked": bytes_unpacked,
             "durationSeconds": round(duration, 3),
         }
 
