@@ -81,6 +81,7 @@ LAYOUT_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_LAYOUT_FILE_BYTES, max_dept
                                        max_containers=150_000, max_elements=600_000)
 SIGNATURE_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_SIGNATURE_BYTES, max_depth=4, max_containers=16,
                                           max_elements=64)
+ADOPT_THREADS = 8  # staged blobs moved into the store at once (fsync-bound, not CPU-bound)
 RATIO_FLOOR = 1 << 20  # the ratio check starts once this many compressed bytes have been read
 _LAYOUT_DIRS = {"blobs", "blobs/sha256", "blobs/sha512", "charts", "cluster-definitions"}
 
@@ -1148,13 +1149,28 @@ class Importer:
         """Move staged blobs into the store, then publish in one transaction; undo the moves if that fails."""
         adopted: list[Digest] = []
         store = self.registry.store
+
+        def move(digest: Digest, path: Path) -> Digest | None:
+            if store.stat(digest) is not None:
+                path.unlink()
+                return None
+            store.adopt(path, digest, path.stat().st_size)
+            return digest
+
         try:
-            for digest, path in list(staging.staged()):
-                if store.stat(digest) is not None:
-                    path.unlink()
-                    continue
-                store.adopt(path, digest, path.stat().st_size)
-                adopted.append(digest)
+            # Each move fsyncs the file and its directory: a few ms of waiting on the disk each, which
+            # several threads spend at once (the filesystem's journal commits them together).
+            with ThreadPoolExecutor(max_workers=ADOPT_THREADS, thread_name_prefix="import-adopt") as pool:
+                moves = [pool.submit(move, digest, path) for digest, path in staging.staged()]
+                failures: list[BaseException] = []
+                for future in moves:
+                    try:
+                        if (done := future.result()) is not None:
+                            adopted.append(done)
+                    except BaseException as exc:  # re-raised below, once every move has ended
+                        failures.append(exc)
+            if failures:
+                raise failures[0]
             files = [BlobInfo(d, state.sizes[d]) for d in state.files.values()]
             named = [(path, str(d), state.sizes[d]) for path, d in sorted(state.files.items())]
             state.release = publish(self.registry, plans, files, definitions, self.paths, release, named)
