@@ -307,7 +307,8 @@ class FrameImport:
     # -- frames 1..N, in parallel ------------------------------------------------------------------------------
 
     def _frames(self, staging: _Staging) -> None:
-        rest = self.index.frames[1:]
+        # Largest first: the last frames to finish are then small ones, so no core idles long at the end.
+        rest = sorted(self.index.frames[1:], key=lambda f: -f.usize)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="import-frame") as pool:
             futures: dict[Future[None], frames.Frame] = {pool.submit(self._frame, f, staging): f for f in rest}
             pending = set(futures)
