@@ -26,6 +26,10 @@ total and on the ratio), and `tarfile` in streaming mode, member by member:
    blobs are moved into the store (`FilesystemBlobStore.adopt`, a rename)
    and `publish` records every manifest and tag in ONE transaction.
 
+A bundle that ends with a frame index (`bundles.frames`) and needs no
+detached signature is read by `bundles.frame_import` instead: the same
+checks, with its frames decompressed, hashed and staged on several threads.
+
 A refusal removes the staging directory and leaves the store as it was. A
 crash (SIGKILL) leaves at most verified staged blobs and orphan blob files
 that nothing references; importing the same bundle again reuses them and

@@ -306,3 +306,26 @@ def test_sigkill_mid_parallel_import_then_import_again_completes(tmp_path: Path,
     assert report["images"][0]["reference"] == ref
     assert not list((data / "imports" / "staging").iterdir())
     shutil.rmtree(data)
+
+
+def test_a_detached_signature_still_hashes_the_whole_file_first(world: World, tmp_path: Path,
+                                                               rsa_key: keys.PrivateKey) -> None:
+    """A detached signature covers the compressed file, index included: checked on a first read, then one stream."""
+    pem = tmp_path / "ec.pem"
+    pem.write_bytes(keys.private_pem(world.key))
+    sig = tmp_path / "framed.sig"
+    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(pem), "-out", str(sig), str(world.framed)], check=True)
+    site = make_site(tmp_path / "data", world.key)
+    report = site.importer().run(world.framed, sig.read_bytes())
+    assert report["verification"]["mode"] == "sequential"
+    assert [s["kind"] for s in report["signatures"]] == ["embedded", "detached"]
+    # A detached signature by a key the site does not trust: refused on that first read, nothing staged.
+    other = tmp_path / "rsa.pem"
+    other.write_bytes(keys.private_pem(rsa_key))
+    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(other), "-out", str(sig), str(world.framed)],
+                   check=True)
+    before = snapshot(world.site.paths.root)
+    with pytest.raises(BundleRefused) as info:
+        world.site.importer().run(world.framed, sig.read_bytes())
+    assert info.value.code == "SIGNATURE" and "detached signature does not verify" in info.value.message
+    assert snapshot(world.site.paths.root) == before
