@@ -183,7 +183,7 @@ class FrameImport:
         self._local = threading.local()
         self._seen: set[str] = {fmt.MANIFEST_MEMBER}
         self._listed: dict[str, fmt.Member] = {}
-        self.read_bytes = 0
+        self.read_bytes = self.total - index.data_end  # the index itself, read by `frames.read_index`
         self.unpacked_bytes = 0
 
     def _buffer(self) -> memoryview:

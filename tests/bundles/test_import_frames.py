@@ -138,6 +138,8 @@ def test_framed_and_v1_bundles_import_identically(world: World, tmp_path: Path) 
     assert reports["v1"]["verification"] == {"mode": "sequential", "frames": 1}
     assert reports["framed"]["images"] == reports["v1"]["images"]
     assert reports["framed"]["blobs"] == reports["v1"]["blobs"]
+    assert reports["framed"]["bytesRead"] == world.framed.stat().st_size
+    assert reports["framed"]["bytesUnpacked"] == reports["v1"]["bytesUnpacked"]
     assert reports["framed"]["bytesWritten"] == reports["v1"]["bytesWritten"]
     shots = {name: snapshot(site.paths.root) for name, site in sites.items()}
     assert shots["framed"]["tables"] == shots["v1"]["tables"]
@@ -329,3 +331,16 @@ def test_a_detached_signature_still_hashes_the_whole_file_first(world: World, tm
         world.site.importer().run(world.framed, sig.read_bytes())
     assert info.value.code == "SIGNATURE" and "detached signature does not verify" in info.value.message
     assert snapshot(world.site.paths.root) == before
+
+
+def test_an_unsigned_framed_bundle_is_refused_by_default_and_imported_in_parallel_when_allowed(
+        world: World, tmp_path: Path) -> None:
+    layout, _ = unique_layout(tmp_path / "layout", images=1, multiarch=False)
+    bundle = tmp_path / "unsigned.tar.zst"
+    with BundleBuilder("frames-test", "1", work_dir=tmp_path, created=CREATED) as builder:
+        builder.add_layout(layout.root)
+        builder.write(bundle, None, frame_size=SMALL_FRAMES)
+    assert frame_members(bundle, index_of(bundle).frames[0]) == ["cargohold-bundle.json"]
+    refused(world, bundle, "UNSIGNED", "unsigned bundles are refused by policy")
+    report = make_site(tmp_path / "data").importer(allow_unsigned=True).run(bundle)
+    assert report["verification"]["mode"] == "parallel" and report["unsigned"] is True
