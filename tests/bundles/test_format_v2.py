@@ -69,7 +69,7 @@ def test_versions_and_media_types_must_agree_and_duplicates_are_refused() -> Non
 
 
 def _entries(bundle: Path) -> list[craft.Entry]:
-    data = zstandard.ZstdDecompressor().stream_reader(bundle.open("rb")).read()
+    data = zstandard.ZstdDecompressor().stream_reader(bundle.open("rb"), read_across_frames=True).read()
     out = []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
