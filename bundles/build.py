@@ -49,6 +49,8 @@ from bundles.format import (
     BLOB_PREFIX,
     CHART_PREFIX,
     CLUSTERDEF_PREFIX,
+    LAYOUT_LIMITS,
+    MANIFEST_LIMITS,
     MANIFEST_MEMBER,
     MAX_MANIFEST_BYTES,
     PART_SUFFIX,
@@ -66,6 +68,7 @@ from bundles.format import (
 from bundles.inventory import INVENTORY_MEDIA_TYPE
 from bundles.referrers import Found
 from bundles.registry_client import NotFound, PullError, RegistryClient
+from registry import boundedjson
 from registry.blobstore import fsync_dir
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
@@ -844,9 +847,15 @@ class BundleBuilder:
         planned, external = self.plan()
         manifest = self.manifest([m for m, _ in planned], external, incomplete)
         manifest_bytes = manifest.encode()
-        if len(manifest_bytes) > MAX_MANIFEST_BYTES:
-            raise BuildError(f"the bundle manifest would be {len(manifest_bytes)} bytes, over the "
-                             f"{MAX_MANIFEST_BYTES}-byte limit; split the content into several bundles")
+        # A site refuses a manifest or index.json over the format's caps (size, nesting, element count) unparsed:
+        # refuse here, before anything is written, rather than carry such a bundle to the site.
+        layout_index = next(data for m, data in planned if m.path == "index.json" and isinstance(data, bytes))
+        for name, data, limits in ((MANIFEST_MEMBER, manifest_bytes, MANIFEST_LIMITS),
+                                   ("index.json", layout_index, LAYOUT_LIMITS)):
+            try:
+                boundedjson.check(data, name, limits)
+            except boundedjson.JsonRefused as exc:
+                raise BuildError(f"the bundle's {exc.message}; split the content into several bundles") from None
         signature: bytes | None = None
         if sign_key is not None:
             sig = keys.sign(sign_key, manifest_bytes)

@@ -51,6 +51,12 @@ MAX_MANIFEST_BYTES = 16 << 20  # ~80,000 members at ~200 bytes each (sha256 dige
 # A manifest nests 3 deep (object, list, entry); members take one object and ~3 elements each.
 MANIFEST_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_MANIFEST_BYTES, max_depth=16,
                                          max_containers=150_000, max_elements=600_000)
+MAX_LAYOUT_FILE_BYTES = 16 << 20  # index.json of a bundle with tens of thousands of images stays far below
+# index.json (and oci-layout) are read before a detached signature over a plain bundle has been checked, and
+# parsed whatever vouches for them: the same kind of caps as the bundle manifest (an entry nests 3-4 deep).
+# The builder checks what it writes against the same caps, so it never writes a bundle a site refuses.
+LAYOUT_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_LAYOUT_FILE_BYTES, max_depth=16,
+                                       max_containers=150_000, max_elements=600_000)
 PART_SUFFIX = re.compile(r"\.part(\d{3,})$")
 
 _MEMBER_PATH = re.compile(r"^(?:oci-layout|index\.json|blobs/sha(?:256|512)/[0-9a-f]+|"

@@ -78,11 +78,8 @@ from registry.paths import DataPaths
 
 CHUNK = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
-MAX_LAYOUT_FILE_BYTES = 16 << 20  # index.json of a bundle with tens of thousands of images stays far below
-# index.json (and oci-layout) are read before a detached signature over a plain bundle has been checked, and
-# parsed whatever vouches for them: the same kind of caps as the bundle manifest (an entry nests 3-4 deep).
-LAYOUT_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_LAYOUT_FILE_BYTES, max_depth=16,
-                                       max_containers=150_000, max_elements=600_000)
+MAX_LAYOUT_FILE_BYTES = fmt.MAX_LAYOUT_FILE_BYTES
+LAYOUT_LIMITS = fmt.LAYOUT_LIMITS
 SIGNATURE_LIMITS = boundedjson.JsonLimits(max_bytes=MAX_SIGNATURE_BYTES, max_depth=4, max_containers=16,
                                           max_elements=64)
 ADOPT_THREADS = 8  # staged blobs moved into the store at once (fsync-bound, not CPU-bound)

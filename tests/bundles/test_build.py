@@ -377,3 +377,21 @@ def test_memory_stays_flat_for_a_large_blob(tmp_path: Path) -> None:
     assert max_rss_kib < 120 * 1024, f"peak RSS {max_rss_kib} KiB for a 192 MiB blob"
     members = {m.name: m for m in read_members(out)}
     assert members[f"blobs/sha256/{h.hexdigest()}"].size == 192 << 20
+
+
+def test_a_bundle_a_site_would_refuse_unparsed_is_not_written(tmp_path: Path, layout: OciLayout,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real index.json over the format's caps needs ~45,000 images; the same check with the caps shrunk (in
+    # this process) shows the builder refuses before writing, naming the member and the cap.
+    from bundles import build as build_module
+    from bundles.build import BuildError, BundleBuilder
+    from registry.boundedjson import JsonLimits
+
+    monkeypatch.setattr(build_module, "LAYOUT_LIMITS", JsonLimits(max_bytes=1 << 20, max_depth=16,
+                                                                  max_containers=2, max_elements=600_000))
+    out = tmp_path / "too-many.tar.zst"
+    with BundleBuilder("x", "1", work_dir=tmp_path) as builder:
+        builder.add_layout(layout.root)
+        with pytest.raises(BuildError, match=r"index\.json holds \d+ objects and arrays, more than the 2 allowed"):
+            builder.write(out, None)
+    assert not out.exists() and not list(tmp_path.glob("too-many*"))
