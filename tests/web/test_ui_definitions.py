@@ -65,6 +65,8 @@ def test_upload_form_refuses_an_unsigned_definition_and_takes_a_signed_one(
     page.get_by_role("button", name="Upload and verify").click()
     flash = page.locator(".flashes").inner_text()
     assert "Refused (DEFINITION_UNSIGNED)" in flash and "not signed" in flash
+    assert "Nothing was stored. Ask the build site for a signed definition" in flash
+    assert "cargohold " not in flash and "--" not in flash and "allow_unsigned" not in flash  # no CLI or setting words
     assert page.get_by_role("link", name="arm-site").count() == 0  # nothing stored
 
     cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")

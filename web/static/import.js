@@ -9,7 +9,6 @@ document.addEventListener("DOMContentLoaded", function () {
   var bar = document.getElementById("job-bar");
   var stateBadge = document.getElementById("job-state");
   var statusLine = document.getElementById("job-status");
-  var errorLine = document.getElementById("job-error");
   var samples = [];
 
   async function poll() {
@@ -19,6 +18,9 @@ document.addEventListener("DOMContentLoaded", function () {
     } catch (e) { setTimeout(poll, 2000); return; }
     if (!resp.ok) { setTimeout(poll, 2000); return; }
     var job = await resp.json();
+    // Done or failed: reload before showing the new state, so the page that says "done" or "failed" is the
+    // server's, with the report or the refusal in plain words and the next step (web/ui/messages.py).
+    if (job.state === "done" || job.state === "failed") { window.location.reload(); return; }
     stateBadge.textContent = job.state;
     stateBadge.className = "badge state-" + job.state;
     bar.max = job.bytesTotal || 1;
@@ -30,12 +32,6 @@ document.addEventListener("DOMContentLoaded", function () {
     statusLine.textContent = job.state + ": " + cargohold.humanBytes(job.bytesDone) + " of " +
       cargohold.humanBytes(job.bytesTotal) + (rate > 0 ? " — " + cargohold.humanBytes(rate) + "/s, " +
       cargohold.humanDuration((job.bytesTotal - job.bytesDone) / rate) + " left" : "");
-    if (job.state === "failed") {
-      errorLine.textContent = "Import refused: " + job.error;
-      errorLine.hidden = false;
-      return;
-    }
-    if (job.state === "done") { window.location.reload(); return; }
     setTimeout(poll, 700);
   }
   poll();

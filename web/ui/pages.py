@@ -35,6 +35,7 @@ from flask import Blueprint, Response, abort, current_app, flash, redirect, rend
 from bundles.check import run_check
 from bundles.clusterdef import DefinitionError, DefinitionNotFound
 from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, import_archive
+from bundles.releases import Releases
 from bundles.seed import SeedScanner
 from bundles.trust import TrustError
 from registry import hashstate
@@ -46,7 +47,8 @@ from registry.names import parse_mapping_rules
 from registry.numbers import NumberInvalid, parse_number
 from web.app_services import services_of
 from web.seed import scan_in_background
-from web.ui import UiServices
+from web.ui import UiServices, messages
+from web.ui.import_report import import_context
 from web.ui.session import page_principal
 
 PAGE_SIZE = 50
@@ -195,8 +197,11 @@ def create_blueprint() -> Blueprint:
         job = _ui().imports.jobs.get(job_id)
         if job is None:
             return _error_page(404, "Import not found", f"There is no import job {job_id}.")
+        config = services_of().config
+        view = import_context(job, Releases(services_of().registry, config.project,
+                                            parse_mapping_rules(config.mapping_rules)))
         return render_template("ui/import.html", job=job, report=job.report,
-                               report_json=json.dumps(job.report, indent=2) if job.report else "")
+                               report_json=json.dumps(job.report, indent=2) if job.report else "", **view)
 
     # -- repositories, tags, artifacts
 
@@ -270,7 +275,7 @@ def create_blueprint() -> Blueprint:
                 return redirect(url_for("ui.definition", name=stored.name))
             except DefinitionError as exc:
                 code = getattr(exc, "code", "DEFINITION_INVALID")
-                flash(f"Refused ({code}): {exc}", "error")
+                flash(messages.definition_refusal(code, str(exc)), "error")
                 status = 400
         rows = []
         for definition in ui.definitions.all():
