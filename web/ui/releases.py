@@ -40,6 +40,10 @@ def create_blueprint(releases: Releases) -> Blueprint:
     def _finding_text(finding: Any) -> str:
         return messages.finding_text(finding)
 
+    @bp.app_template_filter("plain")
+    def _plain(text: Any) -> str:
+        return messages.plain(str(text or ""))
+
     @bp.app_template_filter("variable_text")
     def _variable_text(variable: Any) -> str:
         return messages.variable_text(variable)
