@@ -155,6 +155,9 @@ def test_refused_import_says_nothing_was_imported_and_what_to_do(ui_app: Applian
     text = error.inner_text()
     assert "Import refused: nothing was imported" in text
     assert "signed with a key this appliance does not trust" in text
-    assert "What to do next: Ask for a bundle signed with a trusted key, or trust its key on the Keys page" in text
+    assert ("What to do next: Ask for a bundle signed with a trusted key, or trust its key on the Trusted keys "
+            "page") in text
     _no_cli_words(page)
     screenshot(page, "verdicts-import-refused-untrusted")
+    error.get_by_role("link", name="Open Trusted keys").click()
+    page.wait_for_url(f"{ui_app.url}/ui/keys")

@@ -17,8 +17,8 @@ from registry.platforms import Platform
 # Import refusal code -> (what it means, what to do next). Codes: docs/bundle-import.md, "Refusals".
 IMPORT_REFUSALS: dict[str, tuple[str, str]] = {
     "SIGNATURE": ("The bundle's signature is not valid, or it was signed with a key this appliance does not trust.",
-                  "Ask for a bundle signed with a trusted key, or trust its key on the Keys page, then upload it "
-                  "again."),
+                  "Ask for a bundle signed with a trusted key, or trust its key on the Trusted keys page, then "
+                  "upload it again."),
     "UNSIGNED": ("The bundle is not signed, and this appliance accepts only signed bundles.",
                  "Ask the build site for a signed bundle."),
     "UNSAFE_MEMBER": ("The bundle holds a file this appliance never accepts (an unsafe path or a link).",
@@ -137,7 +137,8 @@ DEFINITION_REFUSALS: dict[str, tuple[str, str]] = {
     "DEFINITION_UNSIGNED": ("The cluster definition is not signed, and this appliance accepts only signed "
                             "definitions.", "Ask the build site for a signed definition (or its signature file)."),
     "DEFINITION_KEY_UNTRUSTED": ("The cluster definition is signed with a key this appliance does not trust.",
-                                 "Ask for a definition signed with a trusted key, or trust its key on the Keys page."),
+                                 "Ask for a definition signed with a trusted key, or trust its key on the Trusted "
+                                 "keys page."),
     "DEFINITION_SIGNATURE_INVALID": ("The cluster definition's signature does not match it: it was changed after "
                                      "signing, or the signature belongs to another file.",
                                      "Ask the build site for the definition and its signature again."),
