@@ -135,8 +135,11 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
 
     @app.get("/")
     def index() -> ResponseReturnValue:
-        if request.accept_mimetypes.accept_html and not request.accept_mimetypes.accept_json:
-            return redirect("/ui/")  # a browser: the operator UI
+        # A browser navigating here names text/html ahead of its `*/*` fallback: it gets the operator UI.
+        # Everything else (application/json, curl's bare `*/*`, no Accept at all) gets the JSON pointer:
+        # on a tie JSON wins, as it is listed first.
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            return redirect("/ui/")
         return jsonify({"service": "cargohold", "registry": "/v2/", "ui": "/ui/"})
 
     return app
