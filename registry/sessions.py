@@ -48,3 +48,9 @@ class Sessions:
         """End one session; idempotent."""
         with write_transaction(self.registry.db) as db:
             db.execute("DELETE FROM ui_sessions WHERE id = ?", [_key(session_id)])
+
+    def end_others(self, user_id: int, keep: str) -> int:
+        """End every session of `user_id` but `keep` (after a password change); returns how many ended."""
+        with write_transaction(self.registry.db) as db:
+            return int(db.execute("DELETE FROM ui_sessions WHERE user_id = ? AND id != ?",
+                                  [user_id, _key(keep)]).rowcount)

@@ -153,8 +153,13 @@ def _prepare(config: Config) -> Config:
             _check_admin_password(config.admin_password)
         generated = services.users.bootstrap_admin(config.admin_password)
         if generated:
-            click.echo(f"Created user 'admin' with password: {generated}\n"
-                       "This is shown once. Change it with `cargohold admin set-password`.", err=True)
+            from web import initial_password
+
+            # The path, never the password: consoles and journals are read by more people than the data directory.
+            path = initial_password.write(config.paths, generated)
+            click.echo(f"Created user 'admin'. Its password is in {path} (readable by this service account only).\n"
+                       "Sign in to the web UI as admin with it; you will be asked to choose a new password, "
+                       "and the file is then deleted.", err=True)
     if config.tls:
         from web.tls import ensure_server_certificate
 
@@ -287,9 +292,13 @@ def set_password(data_dir: Path | None, username: str, password_file: Path | Non
     """
     password = _new_password(password_file)
     try:
-        _users(data_dir).set_password(username, password)
+        users = _users(data_dir)
+        users.set_password(username, password)
     except ValueError as exc:  # an unknown user, an invalid name, a password the policy refuses
         raise click.ClickException(str(exc)) from None
+    from web import initial_password
+
+    initial_password.changed(users.registry.paths, username)  # the generated first-start password is void now
     click.echo(f"password set for {username}", err=True)
 
 

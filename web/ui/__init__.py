@@ -4,6 +4,7 @@
 once under ``keys/``, 0600), the session cookie's flags, and the blueprints:
 
 - `web.ui.session`  sign-in, sign-out, CSRF tokens, the admin guard for pages
+- `web.ui.password` the "Change password" page; the first sign-in's detour to it
 - `web.ui.tus_api`  the tus 1.0 upload endpoint (``/api/v1/uploads``) and the
                     JSON the upload and import pages poll
 - `web.ui.pages`    the server-rendered pages under ``/ui/``
@@ -46,6 +47,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
     """Register the UI on `app` (which must carry ``extensions["cargohold"]``, the Services)."""
     from web.ui.files import create_blueprint as files_blueprint
     from web.ui.pages import create_blueprint as pages_blueprint
+    from web.ui.password import create_blueprint as password_blueprint
     from web.ui.releases import create_blueprint as releases_blueprint
     from web.ui.session import create_blueprint as session_blueprint
     from web.ui.tus_api import create_blueprint as tus_blueprint
@@ -64,6 +66,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
                                                       config.bundle_max_bytes), signer)
     app.extensions["cargohold.ui"] = ui
     app.register_blueprint(session_blueprint())
+    app.register_blueprint(password_blueprint())
     app.register_blueprint(tus_blueprint())
     app.register_blueprint(pages_blueprint())
     app.register_blueprint(files_blueprint(SiteFiles(services.registry, config.project)))
