@@ -50,6 +50,7 @@ from web.seed import scan_in_background
 from web.ui import UiServices, messages
 from web.ui.import_report import import_context
 from web.ui.session import page_principal
+from web.ui.warnings import dashboard_warnings
 
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # keeps (page - 1) * PAGE_SIZE well inside SQLite's INTEGER
@@ -156,7 +157,8 @@ def create_blueprint() -> Blueprint:
             _seed_health(counts["trusted keys"]),
         ]
         return render_template("ui/dashboard.html", counts=counts, disk=disk, stored=stored, health=health,
-                               imports=ui.imports.jobs.list(5), readiness=readiness)
+                               imports=ui.imports.jobs.list(5), readiness=readiness,
+                               warnings=dashboard_warnings(ui, services))
 
     # -- upload and imports
 
