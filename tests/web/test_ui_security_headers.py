@@ -35,7 +35,7 @@ document.addEventListener('securitypolicyviolation', (e) => console.error(
 """
 
 UI_PAGES = ["/ui/", "/ui/upload", "/ui/imports", "/ui/releases/", "/ui/repositories", "/ui/definitions",
-            "/ui/keys", "/ui/robots", "/ui/audit", "/ui/login"]
+            "/ui/keys", "/ui/robots", "/ui/audit", "/ui/password", "/ui/login"]
 
 
 def _check_ui_policy(resp: requests.Response, where: str) -> None:

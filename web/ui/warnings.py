@@ -82,7 +82,7 @@ def definitions_warning(not_ready: list[str]) -> Warning | None:
                    f"{names}: {'its' if one else 'their'} cluster cannot form from this appliance yet, because "
                    "images or files it needs are missing. Open the definition to see what is missing, then import "
                    "the bundle that carries it.",
-                   f"Open {not_ready[0]}" if one else "Open cluster definitions",
+                   f"Open {not_ready[0]}" if one else "See what each one is missing",
                    url_for("ui.definition", name=not_ready[0]) if one else url_for("ui.definitions"))
 
 
