@@ -152,8 +152,8 @@ class ImportJobs:
     def _reap(self, job: ImportJob) -> ImportJob:
         """A job left open by a process that is gone is failed (interrupted)."""
         if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start):
-            message = ("interrupted: the importing process ended before finishing; import the bundle again "
-                       "to complete it (what was verified is reused)")
+            message = ("interrupted: the importing process ended before finishing; use Retry import on the "
+                       "Imports page, or import the bundle again, to complete it (what was verified is reused)")
             try:
                 with write_transaction(self.db) as db:
                     db.execute("UPDATE import_jobs SET state = 'failed', error = ?, error_code = 'INTERRUPTED', "

@@ -46,6 +46,7 @@ class UiServices:
 def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinitions, signer: TokenSigner) -> None:
     """Register the UI on `app` (which must carry ``extensions["cargohold"]``, the Services)."""
     from web.ui.files import create_blueprint as files_blueprint
+    from web.ui.import_api import create_blueprint as import_api_blueprint
     from web.ui.pages import create_blueprint as pages_blueprint
     from web.ui.password import create_blueprint as password_blueprint
     from web.ui.releases import create_blueprint as releases_blueprint
@@ -68,6 +69,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
     app.register_blueprint(session_blueprint())
     app.register_blueprint(password_blueprint())
     app.register_blueprint(tus_blueprint())
+    app.register_blueprint(import_api_blueprint())
     app.register_blueprint(pages_blueprint())
     app.register_blueprint(files_blueprint(SiteFiles(services.registry, config.project)))
     app.register_blueprint(releases_blueprint(Releases(services.registry, config.project,

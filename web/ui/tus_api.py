@@ -26,8 +26,10 @@ rather than fail). ``Upload-Length`` and ``Upload-Offset`` are ASCII digits
 (`registry.numbers`), or 400 naming the header.
 
 Metadata keys the appliance reads: ``filename``; ``kind`` (``bundle``, the
-default, or ``signature``); and for a bundle, ``signature`` = the id of a
-completed signature upload. When a bundle upload's last byte lands, the
+default, ``signature``, or ``part``: a ``.partNNN`` file of a split bundle,
+which starts nothing, see `web.ui.import_api`); ``fingerprint`` and ``size``
+(what `web.ui.import_api` lists unfinished uploads by); and for a bundle,
+``signature`` = the id of a completed signature upload. When a bundle upload's last byte lands, the
 import starts (`bundles.jobs.start_in_background`), and the final PATCH
 answers with ``Cargohold-Import-Job`` (also on HEAD afterwards). Each
 completed upload reports its file's digest in ``Cargohold-Upload-Sha256``.
@@ -68,7 +70,7 @@ PREFIX = "/api/v1/uploads"
 _UPLOAD_PATH = re.compile(rf"^{re.escape(PREFIX)}/([0-9a-f]{{32}})$")
 MAX_SIGNATURE_BYTES = 64 << 10
 _REFUSED_STATUS = {"NOT_FOUND": 410, "DISK_FULL": 507}  # an import that cannot start; anything else is 500
-KINDS = ("bundle", "signature")
+KINDS = ("bundle", "signature", "part")  # a part of a split bundle: imported by web.ui.import_api
 
 
 def _ui() -> UiServices:
