@@ -231,6 +231,35 @@ def _tus_upload(app: Appliance, path: Path) -> str:
     return url
 
 
+def test_unfinished_list_counts_a_finished_part_of_an_unfinished_file_and_only_finds_the_requesters_own(
+        ui_app: Appliance) -> None:
+    import base64
+
+    fields = {"filename": "pieces.tar.zst", "kind": "bundle", "size": "3000", "fingerprint": "fp-pieces"}
+    meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in fields.items())
+    urls = []
+    for length in (1499, 1501):
+        r = requests.post(f"{ui_app.url}/api/v1/uploads", auth=ui_app.admin, timeout=10,
+                          headers={**TUS, "Upload-Length": str(length), "Upload-Metadata": meta,
+                                   "Upload-Concat": "partial"})
+        assert r.status_code == 201, r.text
+        urls.append(r.headers["Location"])
+    for url, body in ((urls[0], b"a" * 1499), (urls[1], b"b" * 500)):  # the first part complete, the second not
+        r = requests.patch(ui_app.url + url, data=body, auth=ui_app.admin, timeout=10,
+                           headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        assert r.status_code == 204, r.text
+    found = requests.get(f"{ui_app.url}/api/v1/uploads", params={"fingerprint": "fp-pieces"}, auth=ui_app.admin,
+                         timeout=10).json()["uploads"]
+    assert len(found) == 1 and found[0]["received"] == 1999 and found[0]["size"] == 3000
+    assert found[0]["percent"] == 66.6 and found[0]["parallel"] is True
+    assert sorted(u["url"] for u in found[0]["uploads"]) == sorted(urls)  # the complete part too: resuming needs it
+    assert requests.get(f"{ui_app.url}/api/v1/uploads", params={"fingerprint": "fp-none"}, auth=ui_app.admin,
+                        timeout=10).json()["uploads"] == []
+    assert requests.get(f"{ui_app.url}/api/v1/uploads", timeout=10).status_code == 401
+    for url in urls:
+        requests.delete(ui_app.url + url, headers=TUS, auth=ui_app.admin, timeout=10)
+
+
 def test_import_cut_by_a_kill_says_interrupted_and_retry_imports_it_without_uploading_again(
         tmp_path: Path, browser: Any, key_pair: tuple[Path, Path]) -> None:
     private, public = key_pair
@@ -243,7 +272,15 @@ def test_import_cut_by_a_kill_says_interrupted_and_retry_imports_it_without_uplo
         app.process.kill()  # ...which the appliance's death cuts short
         app.process.wait()
         app = restart_on(app, timeout=30)
-        upload = requests.get(url, auth=app.admin, timeout=10).json()
+        deadline = time.monotonic() + 30
+        while True:  # the restarted appliance may drop a first connection while its workers start
+            try:
+                upload = requests.get(url, auth=app.admin, timeout=10).json()
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         cut = _wait_job(app, upload["jobId"])
         assert cut["state"] == "failed" and cut["errorCode"] == "INTERRUPTED", cut
         uploads_before = sorted(p.name for p in (app.data_dir / "imports" / "tus").iterdir())

@@ -122,8 +122,11 @@ def _base_name(upload: TusUpload) -> str:
 def _unfinished(owner: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
     """Unfinished bundle (or part) uploads, a parallel upload's partials grouped as one file."""
     uploads = _ui().uploads
-    rows = uploads.db.execute("SELECT id FROM tus_uploads WHERE completed_at IS NULL AND final_id IS NULL "
-                              "AND expires_at > ? ORDER BY created_at DESC", [time.time()]).fetchall()
+    # A partial upload that is complete but in no final upload yet is part of an unfinished file: its bytes count,
+    # and a browser resuming the file needs its URL too.
+    rows = uploads.db.execute("SELECT id FROM tus_uploads WHERE final_id IS NULL AND expires_at > ? "
+                              "AND (completed_at IS NULL OR concat = ?) ORDER BY created_at DESC",
+                              [time.time(), PARTIAL]).fetchall()
     groups: dict[tuple[str, str], list[TusUpload]] = {}
     for (upload_id,) in rows:
         upload = uploads._load(upload_id)
