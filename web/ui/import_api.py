@@ -226,7 +226,8 @@ def create_blueprint() -> Blueprint:
         if parts and [_part_number(p) for p in parts] != list(range(len(parts))):
             parts = []
         gone = _error(410, "GONE", "the uploaded file is no longer on the appliance (it was imported, removed or "
-                      "expired); nothing was imported: upload the bundle again")
+                      "expired, or this import came from the seed directory or another client); nothing was "
+                      "imported: upload the bundle again")
         if not bundle and not parts:
             return gone
         uploads = _ui().uploads
