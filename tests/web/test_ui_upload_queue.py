@@ -108,6 +108,43 @@ def test_split_bundle_parts_and_signature_chosen_at_once_import_as_one_bundle(
     assert "Part 001 of split-site.tar.zst is missing" in error.inner_text()
 
 
+def test_parts_already_sent_are_not_sent_again_from_another_browser(
+        ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, public = key_pair
+    _trust(ui_app, public)
+    parts, digests = _split_bundle(tmp_path, private, "split-again", {"docker.io/cargotest/again:1": 1_400_000},
+                                   seed=361, split="600K")
+    assert len(parts) >= 2
+    first = browser.new_context()
+    first.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK};")
+    page = first.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.route("**/api/v1/imports/uploads", lambda route: route.abort("connectionreset"))  # every part lands, then
+    page.goto(f"{ui_app.url}/ui/upload")                                                  # the network is gone
+    page.get_by_label("Bundle file").set_input_files([str(p) for p in parts])
+    page.get_by_role("button", name="Upload and import").click()
+    page.locator("#upload-error").wait_for()
+    first.close()
+
+    other = browser.new_context()
+    page = other.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(f"{r.method} {r.url}") if "/api/v1/uploads" in r.url
+            and r.method in ("POST", "PATCH") else None)
+    page.goto(f"{ui_app.url}/ui/upload")
+    page.get_by_label("Bundle file").set_input_files([str(p) for p in parts])
+    page.get_by_role("button", name="Upload and import").click()
+    assert _wait_done(page) == "done"
+    assert sent == []  # every part was already on the appliance: nothing uploaded again
+    job = _job(ui_app, page.url.rsplit("/", 1)[1])
+    assert job["report"]["parts"] == len(parts)
+    assert [i["digest"] for i in job["report"]["images"]] == list(digests.values())
+    other.close()
+
+
 def test_two_bundles_chosen_together_are_uploaded_and_imported_in_order(
         ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
     private, public = key_pair

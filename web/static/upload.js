@@ -158,6 +158,7 @@ document.addEventListener("DOMContentLoaded", function () {
   function TusFile(file, metadata, onProgress, fingerprint) {
     var self = this;
     this.file = file;
+    this.onProgress = onProgress;
     this.serverFingerprint = fingerprint;
     this.known = [];  // every upload URL this upload created or resumed: what Cancel removes
     this.fingerprint = "cargohold-tus:" + metadata.kind + ":" + file.name + ":" + file.size + ":" + file.lastModified;
@@ -239,7 +240,13 @@ document.addEventListener("DOMContentLoaded", function () {
                  ") from where the appliance stopped…");
     } else {
       var found = await serverUpload(this.serverFingerprint);
-      var urls = found ? this.order(found) : null;
+      if (found && found.complete && found.uploads.length === 1) {  // a part of a split bundle already sent whole
+        var url = new URL(found.uploads[0].url, endpoint).toString();
+        if (this.onProgress) this.onProgress(this.file.size, this.file.size);
+        showStatus(this.file.name + " is already on the appliance; not sending it again.");
+        return { url: url, id: url.split("/").pop(), header: function () { return null; } };
+      }
+      var urls = found && !found.complete ? this.order(found) : null;
       if (urls) {
         this.inParts(found.parallel ? urls.length : 1);
         this.upload.resumeFromPreviousUpload(found.parallel ? { parallelUploadUrls: urls } : { uploadUrl: urls[0] });
@@ -339,12 +346,16 @@ document.addEventListener("DOMContentLoaded", function () {
       return job;
     }
     var ids = [];
+    sentParts = [];
     for (var part of item.files) {
       current = await makeTus(part, { filename: part.name, kind: "part" }, progress);
       window.cargoholdUpload = current;
-      ids.push((await current.start()).id);
+      var sent = await current.start();
+      ids.push(sent.id);
+      sentParts.push(sent.url);
       before += part.size;
     }
+    sentParts = [];
     showStatus("All " + ids.length + " parts are in. Starting the import…");
     var resp = await fetch(form.dataset.importParts, {
       method: "POST", credentials: "same-origin", cache: "no-store",
@@ -388,6 +399,7 @@ document.addEventListener("DOMContentLoaded", function () {
   }
 
   var queue = document.getElementById("queue");
+  var sentParts = [];  // the split bundle's parts already on the appliance, not imported yet: what Cancel also removes
 
   form.addEventListener("submit", async function (e) {
     e.preventDefault();
@@ -448,6 +460,11 @@ document.addEventListener("DOMContentLoaded", function () {
   cancelButton.addEventListener("click", async function () {
     if (!current) return;
     if (await cargohold.confirm("Cancel this upload and discard what was sent?", "Cancel upload")) {
+      for (var url of sentParts) {
+        await fetch(url, { method: "DELETE", credentials: "same-origin",
+                           headers: { "Tus-Resumable": "1.0.0", "X-CSRF-Token": cargohold.csrfToken() } });
+      }
+      sentParts = [];
       await current.cancel();  // the upload's own flow then reports it
     }
   });

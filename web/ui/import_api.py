@@ -122,15 +122,20 @@ def _base_name(upload: TusUpload) -> str:
 def _unfinished(owner: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
     """Unfinished bundle (or part) uploads, a parallel upload's partials grouped as one file."""
     uploads = _ui().uploads
-    # A partial upload that is complete but in no final upload yet is part of an unfinished file: its bytes count,
-    # and a browser resuming the file needs its URL too.
     rows = uploads.db.execute("SELECT id FROM tus_uploads WHERE final_id IS NULL AND expires_at > ? "
-                              "AND (completed_at IS NULL OR concat = ?) ORDER BY created_at DESC",
-                              [time.time(), PARTIAL]).fetchall()
+                              "AND job_id IS NULL ORDER BY created_at DESC", [time.time()]).fetchall()
     groups: dict[tuple[str, str], list[TusUpload]] = {}
     for (upload_id,) in rows:
         upload = uploads._load(upload_id)
-        if upload is None or upload.metadata.get("kind", "bundle") == "signature":
+        if upload is None:
+            continue
+        kind = upload.metadata.get("kind", "bundle")
+        if kind == "signature":
+            continue
+        # Complete uploads are finished, but for: a partial one in no final upload yet (part of an unfinished
+        # file: its bytes count, and a browser resuming the file needs its URL), and, asked by fingerprint, a
+        # split bundle's part not imported yet (the browser need not send it again).
+        if upload.complete and upload.concat != PARTIAL and not (kind == "part" and fingerprint is not None):
             continue
         if owner is not None and upload.owner != owner:
             continue
@@ -148,6 +153,7 @@ def _unfinished(owner: str | None = None, fingerprint: str | None = None) -> lis
             "percent": round(100 * received / size, 1) if size else 0.0, "owner": who,
             "createdAt": min(u.created_at for u in members), "fingerprint": fp,
             "parallel": members[0].concat == PARTIAL,
+            "complete": all(u.complete for u in members) and members[0].concat != PARTIAL,
             "uploads": [{"url": f"{PREFIX}/{u.id}", "offset": u.offset, "length": u.length} for u in members],
         })
     out.sort(key=lambda g: -g["createdAt"])
