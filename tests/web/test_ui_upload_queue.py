@@ -145,6 +145,46 @@ def test_parts_already_sent_are_not_sent_again_from_another_browser(
     other.close()
 
 
+def test_cancel_of_a_split_bundle_also_discards_the_parts_already_sent(
+        ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    private, _ = key_pair
+    parts, _ = _split_bundle(tmp_path, private, "split-cancel", {"docker.io/cargotest/cancel-split:1": 1_400_000},
+                             seed=371, split="600K")
+    assert len(parts) >= 2
+    context.add_init_script(f"window.CARGOHOLD_CHUNK_SIZE = {CHUNK};")
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    created: list[str] = []
+    page.on("response", lambda r: created.append(ui_app.url + r.headers["location"])
+            if r.request.method == "POST" and r.status == 201 and "/api/v1/uploads" in r.url else None)
+    finals: list[str] = []
+
+    def stall(route: Any) -> None:  # the first part lands whole, then every PATCH fails: the second is mid-way
+        request = route.request
+        if request.method == "POST" and (request.headers.get("upload-concat") or "").startswith("final;"):
+            finals.append(request.url)
+        if request.method == "PATCH" and finals:
+            route.abort("connectionreset")
+            return
+        route.continue_()
+
+    page.route("**/api/v1/uploads**", stall)
+    page.goto(f"{ui_app.url}/ui/upload")
+    page.get_by_label("Bundle file").set_input_files([str(p) for p in parts])
+    page.get_by_role("button", name="Upload and import").click()
+    page.get_by_text("The connection dropped; retrying").wait_for()
+    assert finals  # part000 is whole on the appliance
+    page.get_by_role("button", name="Cancel upload").click()
+    page.locator("#confirm-ok").click()
+    page.get_by_text("Upload cancelled.").wait_for()
+    assert created
+    for url in created:  # part000 (its final upload and partials) and part001's partials: all gone
+        assert requests.head(url, headers=TUS, auth=ui_app.admin, timeout=10).status_code == 404, url
+    listed = requests.get(f"{ui_app.url}/api/v1/uploads", auth=ui_app.admin, timeout=10).json()["uploads"]
+    assert not [u for u in listed if u["filename"].startswith("split-cancel")]
+
+
 def test_two_bundles_chosen_together_are_uploaded_and_imported_in_order(
         ui_app: Appliance, context: Any, key_pair: tuple[Path, Path], tmp_path: Path) -> None:
     private, public = key_pair
