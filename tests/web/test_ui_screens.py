@@ -1,0 +1,238 @@
+"""Every UI page fits a 390 px phone and a 1366x768 laptop, with no serious or critical axe-core violation; the
+focus ring is visible (2px or more, 3:1 against what is behind it); "Cancel upload" shows only while uploading.
+
+The pages are enumerated from the app's URL map (tests/web/screens.py), with sample data behind them: a trusted
+key, two releases of one bundle (the second staged), a NOT READY cluster definition, a robot account and an
+import job uploaded through the browser. Screenshots of every page at both sizes go to test-artifacts/ui/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.appliance import Appliance
+from tests.bundles.buildutil import cargohold
+from tests.bundles.clusterdefs import build_archive, simple_definition
+from tests.web.screens import (
+    DESKTOP,
+    NOT_PAGES,
+    PHONE,
+    fill_rule,
+    focus_ring_problems,
+    install_axe,
+    serious_violations,
+    sideways_overflow,
+    ui_get_rules,
+)
+from tests.web.uiutil import build_bundle, login, screenshot, signed_in
+
+REF = "docker.io/cargotest/screens:stable"
+REPO = "spectro-images/docker.io/cargotest/screens"
+DEFINITION = "edge-screens"
+
+
+def _wait_job(page: Any) -> str:
+    page.wait_for_url(re.compile(r".*/ui/imports/[0-9a-f]{32}$"), timeout=60_000)
+    page.wait_for_function("() => ['done', 'failed'].includes(document.getElementById('job-state').textContent)",
+                           timeout=60_000)
+    return page.url.rsplit("/", 1)[1]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def sample(ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path],
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Sample data behind every page; returns the values for the URL map's placeholders."""
+    tmp = tmp_path_factory.mktemp("screens")
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    first, _ = build_bundle(tmp, private, "screens", "1", {REF: 60_000}, seed=501)
+    second, _ = build_bundle(tmp, private, "screens", "2", {REF: 60_000, "docker.io/cargotest/extra:1": 30_000},
+                            seed=601)
+    cargohold("bundle", "import", first, "--data-dir", ui_app.data_dir, "--quiet")
+    archive = build_archive(tmp / "edge.tgz", simple_definition(DEFINITION, [REF, "docker.io/cargotest/absent:1"]))
+    cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")
+    cargohold("clusterdef", "import", "--data-dir", ui_app.data_dir, archive, "--signature", f"{archive}.sig")
+
+    session, token = signed_in(ui_app)
+    r = session.post(f"{ui_app.url}/ui/robots", data={"name": "screens-puller", "description": "edge pulls",
+                                                      "duration": "-1", "csrf_token": token}, timeout=10)
+    assert r.status_code == 200 and "screens-puller" in r.text
+
+    # The second release arrives through the browser, so there is an import job with a report.
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/upload")
+    page.get_by_label("Bundle file").set_input_files(str(second))
+    page.get_by_role("button", name="Upload and import").click()
+    job = _wait_job(page)
+    assert page.locator("#job-state").text_content() == "done"
+    ctx.close()
+
+    releases = json.loads(cargohold("release", "list", "--data-dir", ui_app.data_dir, "--json").stdout)
+    staged = max(int(x["id"]) for x in releases["releases"])
+    return {"job_id": job, "release_id": str(staged), "definition": DEFINITION, "repository": REPO,
+            "check_id": "1", "robot_id": "1"}
+
+
+def _pages(app: Appliance, sample: dict[str, str], tmp_path: Path) -> list[str]:
+    """The URL of every UI page, filled with the sample data; fails naming any route it cannot fill."""
+    urls, unfilled = [], []
+    for endpoint, rule in ui_get_rules(tmp_path):
+        values = dict(sample, name=sample["definition"] if "definitions" in rule else sample["repository"])
+        url = fill_rule(rule, values)
+        if url is None:
+            unfilled.append(f"{rule} ({endpoint})")
+            continue
+        if endpoint == "ui.artifact":  # its subject is in the query string
+            url += f"?repository={REPO}&reference=stable"
+        urls.append(url)
+    assert not unfilled, f"routes with placeholders this walk has no sample value for (add them): {unfilled}"
+    assert len(urls) >= 16 and "/ui/login" in urls  # the walk really found the app's pages
+    return urls
+
+
+def _slug(url: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", url.split("?")[0].removeprefix("/ui").lower()).strip("-") or "dashboard"
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_every_page_fits_the_screen_with_no_serious_axe_violation(
+        ui_app: Appliance, browser: Any, sample: dict[str, str], size: str, tmp_path: Path) -> None:
+    viewport = PHONE if size == "phone" else DESKTOP
+    session, _ = signed_in(ui_app)
+    problems: list[str] = []
+    walked = 0
+    for signed in (False, True):  # the sign-in page as a stranger sees it, then every page signed in
+        ctx = browser.new_context(viewport=viewport)
+        ctx.set_default_timeout(30_000)
+        install_axe(ctx, ui_app.url)
+        page = ctx.new_page()
+        if signed:
+            login(page, ui_app)
+            page.wait_for_url(f"{ui_app.url}/ui/")
+            urls = [u for u in _pages(ui_app, sample, tmp_path) if u != "/ui/login"]
+        else:
+            urls = ["/ui/login"]
+        for url in urls:
+            head = session.get(f"{ui_app.url}{url}", timeout=30, stream=True)
+            head.close()
+            assert head.status_code < 500, f"{url} answered {head.status_code}"
+            if not head.headers.get("Content-Type", "").startswith("text/html"):
+                continue  # a download, not a page
+            page.goto(f"{ui_app.url}{url}")
+            page.wait_for_load_state("networkidle")
+            walked += 1
+            screenshot(page, f"screens-{size}-{_slug(url) if signed else 'login'}")
+            if (wide := sideways_overflow(page)) is not None:
+                problems.append(f"{url} scrolls sideways: {wide}")
+            problems += [f"{url}: {v}" for v in serious_violations(page, ui_app.url)]
+        ctx.close()
+    assert walked >= 16
+    assert problems == [], "\n".join(problems)
+
+
+def test_states_have_no_serious_axe_violation(ui_app: Appliance, browser: Any, sample: dict[str, str]) -> None:
+    """The states a page goes through: a refused sign-in, the promote dialog open, a refused form."""
+    problems: list[str] = []
+    for viewport in (DESKTOP, PHONE):
+        ctx = browser.new_context(viewport=viewport)
+        install_axe(ctx, ui_app.url)
+        page = ctx.new_page()
+        page.goto(f"{ui_app.url}/ui/login")
+        page.get_by_label("Username").fill("nobody")
+        page.get_by_label("Password").fill("wrong-password")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_load_state()
+        assert page.locator(".flash.error").count() == 1
+        problems += [f"refused sign-in: {v}" for v in serious_violations(page, ui_app.url)]
+
+        login(page, ui_app)
+        page.wait_for_url(f"{ui_app.url}/ui/")
+        release = sample["release_id"]
+        page.goto(f"{ui_app.url}/ui/releases/{release}")
+        page.get_by_role("button", name=re.compile(rf"^Promote #{release}")).click()
+        dialog = page.get_by_role("dialog")
+        assert dialog.is_visible()
+        if viewport is PHONE:
+            assert sideways_overflow(page) is None
+            screenshot(page, "screens-phone-promote-dialog")
+        problems += [f"promote dialog: {v}" for v in serious_violations(page, ui_app.url)]
+        dialog.get_by_role("button", name="Cancel").click()
+
+        page.goto(f"{ui_app.url}/ui/keys")
+        page.get_by_label("Public key (PEM)").fill("not a key")
+        page.get_by_role("button", name="Trust this key").click()
+        page.wait_for_load_state()
+        assert page.locator(".flash.error").count() == 1
+        problems += [f"refused key: {v}" for v in serious_violations(page, ui_app.url)]
+        ctx.close()
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", ["/ui/", "/ui/upload", "/ui/releases/{release_id}", "/ui/keys",
+                                  "/ui/definitions/{definition}"])
+def test_focus_ring_is_at_least_2px_and_3_to_1(ui_app: Appliance, browser: Any, sample: dict[str, str],
+                                               path: str) -> None:
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}{path.format(**sample)}")
+    focused, problems = focus_ring_problems(page)
+    ctx.close()
+    assert focused >= 8  # the walk reached the header's links and the page's own controls
+    assert problems == [], "\n".join(problems)
+
+
+def test_cancel_upload_shows_only_while_uploading(ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    private, _ = key_pair
+    bundle, _ = build_bundle(tmp_path, private, "cancel-shown", "1", {"docker.io/cargotest/held:1": 1_000_000},
+                             seed=701)
+    ctx = browser.new_context(viewport=PHONE)
+    ctx.add_init_script("window.CARGOHOLD_CHUNK_SIZE = 262144;")
+    install_axe(ctx, ui_app.url)
+    page = ctx.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/upload")
+    cancel = page.get_by_role("button", name="Cancel upload")
+    assert page.locator("#cancel").evaluate("e => getComputedStyle(e).display") == "none"
+    assert not cancel.is_visible()
+
+    held: list[Any] = []
+    page.route("**/api/v1/uploads/*",  # PATCHes are held: the upload stays in progress until released
+               lambda route: held.append(route) if route.request.method == "PATCH" else route.continue_())
+    page.get_by_label("Bundle file").set_input_files(str(bundle))
+    page.get_by_role("button", name="Upload and import").click()
+    page.wait_for_function("() => !document.getElementById('cancel').hidden")
+    assert cancel.is_visible()
+    assert sideways_overflow(page) is None
+    screenshot(page, "screens-phone-uploading")
+    problems = serious_violations(page, ui_app.url)
+    assert problems == [], "\n".join(problems)
+
+    cancel.click()
+    page.locator("#confirm-ok").click()
+    for route in held:
+        route.abort("connectionreset")
+    page.get_by_text("Upload cancelled.").wait_for()
+    assert not cancel.is_visible()
+    ctx.close()
+
+
+def test_not_pages_are_json(ui_app: Appliance, sample: dict[str, str]) -> None:
+    """What the walk leaves out (NOT_PAGES) really is not a page."""
+    session, _ = signed_in(ui_app)
+    r = session.get(f"{ui_app.url}/ui/api/imports/{sample['job_id']}", timeout=10)
+    assert list(NOT_PAGES) == ["/ui/api/"]
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    assert requests.get(f"{ui_app.url}/ui/upload", timeout=10, allow_redirects=False).status_code == 302
