@@ -136,3 +136,23 @@ def focus_ring_problems(page: Any, max_steps: int = 80) -> tuple[int, list[str]]
         if ratio < 3:
             problems.append(f"{f['name']}: ring rgb{tuple(f['color'])} on rgb{tuple(f['bg'])} is {ratio:.2f}:1")
     return len(seen), problems
+
+
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+DOC_SHOTS_ENV = "CARGOHOLD_DOC_SCREENSHOTS"
+
+
+def doc_screenshot(page: Any, name: str) -> Path | None:
+    """With CARGOHOLD_DOC_SCREENSHOTS=1, save the page for docs/ui.md as docs/img/ui-<name>.png (the top of the
+    page, at most 1.5 screens tall, to keep the committed images small); otherwise do nothing."""
+    import os
+
+    if os.environ.get(DOC_SHOTS_ENV) != "1":
+        return None
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    path = DOCS_IMG / f"ui-{name}.png"
+    size = page.viewport_size
+    height = min(int(page.evaluate("() => document.documentElement.scrollHeight")), int(size["height"] * 1.5))
+    page.screenshot(path=str(path), full_page=True, animations="disabled", caret="hide",
+                    clip={"x": 0, "y": 0, "width": size["width"], "height": height})
+    return path

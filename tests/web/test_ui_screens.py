@@ -2,8 +2,9 @@
 focus ring is visible (2px or more, 3:1 against what is behind it); "Cancel upload" shows only while uploading.
 
 The pages are enumerated from the app's URL map (tests/web/screens.py), with sample data behind them: a trusted
-key, two releases of one bundle (the second staged), a NOT READY cluster definition, a robot account and an
-import job uploaded through the browser. Screenshots of every page at both sizes go to test-artifacts/ui/.
+key, three releases of one bundle (two promoted in turn, the third staged), a NOT READY cluster definition, a robot
+account and an import job uploaded through the browser. Screenshots of every page at both sizes go to
+test-artifacts/ui/.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.web.screens import (
     DESKTOP,
     NOT_PAGES,
     PHONE,
+    doc_screenshot,
     fill_rule,
     focus_ring_problems,
     install_axe,
@@ -35,6 +37,14 @@ from tests.web.uiutil import build_bundle, login, screenshot, signed_in
 REF = "docker.io/cargotest/screens:stable"
 REPO = "spectro-images/docker.io/cargotest/screens"
 DEFINITION = "edge-screens"
+# Pages whose screenshots illustrate docs/ui.md (written with CARGOHOLD_DOC_SCREENSHOTS=1): (endpoint, size) -> name.
+DOC_SHOTS = {
+    ("ui_session.login", "phone"): "sign-in", ("ui.dashboard", "desktop"): "dashboard",
+    ("ui.dashboard", "phone"): "dashboard", ("ui.upload", "desktop"): "upload",
+    ("ui.import_detail", "desktop"): "import-report", ("ui.import_detail", "phone"): "import-report",
+    ("ui.definition", "desktop"): "readiness", ("ui_releases.releases_page", "desktop"): "releases",
+    ("ui_releases.release", "desktop"): "release", ("ui_releases.release", "phone"): "release",
+}
 
 
 def _wait_job(page: Any) -> str:
@@ -51,10 +61,14 @@ def sample(ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path],
     tmp = tmp_path_factory.mktemp("screens")
     private, public = key_pair
     cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
-    first, _ = build_bundle(tmp, private, "screens", "1", {REF: 60_000}, seed=501)
-    second, _ = build_bundle(tmp, private, "screens", "2", {REF: 60_000, "docker.io/cargotest/extra:1": 30_000},
+    # Releases 1 and 2 promoted in turn (so there is one to roll back to), release 3 staged on top.
+    for version in ("1", "2"):
+        bundle, _ = build_bundle(tmp, private, "screens", version, {REF: 60_000}, seed=500 + int(version))
+        imported = json.loads(cargohold("bundle", "import", bundle, "--data-dir", ui_app.data_dir, "--json",
+                                        "--quiet").stdout)
+        cargohold("release", "promote", str(imported["release"]["id"]), "--data-dir", ui_app.data_dir)
+    third, _ = build_bundle(tmp, private, "screens", "3", {REF: 60_000, "docker.io/cargotest/extra:1": 30_000},
                             seed=601)
-    cargohold("bundle", "import", first, "--data-dir", ui_app.data_dir, "--quiet")
     archive = build_archive(tmp / "edge.tgz", simple_definition(DEFINITION, [REF, "docker.io/cargotest/absent:1"]))
     cargohold("clusterdef", "sign", archive, "--sign-key", private, "--detached")
     cargohold("clusterdef", "import", "--data-dir", ui_app.data_dir, archive, "--signature", f"{archive}.sig")
@@ -64,13 +78,13 @@ def sample(ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path],
                                                       "duration": "-1", "csrf_token": token}, timeout=10)
     assert r.status_code == 200 and "screens-puller" in r.text
 
-    # The second release arrives through the browser, so there is an import job with a report.
+    # The third release arrives through the browser, so there is an import job with a report.
     ctx = browser.new_context(viewport=DESKTOP)
     page = ctx.new_page()
     login(page, ui_app)
     page.wait_for_url(f"{ui_app.url}/ui/")
     page.goto(f"{ui_app.url}/ui/upload")
-    page.get_by_label("Bundle file").set_input_files(str(second))
+    page.get_by_label("Bundle file").set_input_files(str(third))
     page.get_by_role("button", name="Upload and import").click()
     job = _wait_job(page)
     assert page.locator("#job-state").text_content() == "done"
@@ -82,8 +96,8 @@ def sample(ui_app: Appliance, browser: Any, key_pair: tuple[Path, Path],
             "check_id": "1", "robot_id": "1"}
 
 
-def _pages(app: Appliance, sample: dict[str, str], tmp_path: Path) -> list[str]:
-    """The URL of every UI page, filled with the sample data; fails naming any route it cannot fill."""
+def _pages(app: Appliance, sample: dict[str, str], tmp_path: Path) -> list[tuple[str, str]]:
+    """(endpoint, URL) of every UI page, filled with the sample data; fails naming any route it cannot fill."""
     urls, unfilled = [], []
     for endpoint, rule in ui_get_rules(tmp_path):
         values = dict(sample, name=sample["definition"] if "definitions" in rule else sample["repository"])
@@ -93,14 +107,15 @@ def _pages(app: Appliance, sample: dict[str, str], tmp_path: Path) -> list[str]:
             continue
         if endpoint == "ui.artifact":  # its subject is in the query string
             url += f"?repository={REPO}&reference=stable"
-        urls.append(url)
+        urls.append((endpoint, url))
     assert not unfilled, f"routes with placeholders this walk has no sample value for (add them): {unfilled}"
-    assert len(urls) >= 16 and "/ui/login" in urls  # the walk really found the app's pages
+    assert len(urls) >= 16 and ("ui_session.login", "/ui/login") in urls  # the walk really found the pages
     return urls
 
 
-def _slug(url: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", url.split("?")[0].removeprefix("/ui").lower()).strip("-") or "dashboard"
+def _slug(endpoint: str) -> str:
+    """A file name for a page's screenshot: its endpoint (ui.import_detail -> ui-import-detail)."""
+    return re.sub(r"[^a-z0-9]+", "-", endpoint.lower())
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
@@ -118,10 +133,10 @@ def test_every_page_fits_the_screen_with_no_serious_axe_violation(
         if signed:
             login(page, ui_app)
             page.wait_for_url(f"{ui_app.url}/ui/")
-            urls = [u for u in _pages(ui_app, sample, tmp_path) if u != "/ui/login"]
+            urls = [(e, u) for e, u in _pages(ui_app, sample, tmp_path) if u != "/ui/login"]
         else:
-            urls = ["/ui/login"]
-        for url in urls:
+            urls = [("ui_session.login", "/ui/login")]
+        for endpoint, url in urls:
             head = session.get(f"{ui_app.url}{url}", timeout=30, stream=True)
             head.close()
             assert head.status_code < 500, f"{url} answered {head.status_code}"
@@ -130,7 +145,9 @@ def test_every_page_fits_the_screen_with_no_serious_axe_violation(
             page.goto(f"{ui_app.url}{url}")
             page.wait_for_load_state("networkidle")
             walked += 1
-            screenshot(page, f"screens-{size}-{_slug(url) if signed else 'login'}")
+            screenshot(page, f"screens-{size}-{_slug(endpoint)}")
+            if (endpoint, size) in DOC_SHOTS:
+                doc_screenshot(page, f"{DOC_SHOTS[endpoint, size]}-{size}")
             if (wide := sideways_overflow(page)) is not None:
                 problems.append(f"{url} scrolls sideways: {wide}")
             problems += [f"{url}: {v}" for v in serious_violations(page, ui_app.url)]
@@ -164,6 +181,7 @@ def test_states_have_no_serious_axe_violation(ui_app: Appliance, browser: Any, s
         if viewport is PHONE:
             assert sideways_overflow(page) is None
             screenshot(page, "screens-phone-promote-dialog")
+            doc_screenshot(page, "promote-dialog-phone")
         problems += [f"promote dialog: {v}" for v in serious_violations(page, ui_app.url)]
         dialog.get_by_role("button", name="Cancel").click()
 
@@ -217,6 +235,7 @@ def test_cancel_upload_shows_only_while_uploading(ui_app: Appliance, browser: An
     assert cancel.is_visible()
     assert sideways_overflow(page) is None
     screenshot(page, "screens-phone-uploading")
+    doc_screenshot(page, "uploading-phone")
     problems = serious_violations(page, ui_app.url)
     assert problems == [], "\n".join(problems)
 
