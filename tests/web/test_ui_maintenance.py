@@ -1,0 +1,179 @@
+"""The no-shell maintenance pages in a real browser against a real server: the edge-host configuration zip
+for a typed address (with the CA on a TLS appliance, and no plain http without a tick), the site inventory as
+`cargohold inventory export` writes it, and leftover uploads and staging listed, sized and cleared while an
+upload in progress is left alone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tests.appliance import Appliance
+from tests.bundles.buildutil import cargohold
+from tests.web.uiutil import build_bundle, login, screenshot
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def _zip(path: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def test_edge_config_zip_on_a_tls_appliance(appliance_factory: Callable[..., Appliance], browser: Any,
+                                            tmp_path: Path) -> None:
+    app = appliance_factory("--tls", scheme="https")
+    ctx = browser.new_context(viewport={"width": 1366, "height": 800}, ignore_https_errors=True,
+                              accept_downloads=True)
+    ctx.set_default_timeout(30_000)
+    try:
+        page = ctx.new_page()
+        login(page, app)
+        page.wait_for_url(f"{app.url}/ui/")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Maintenance").click()
+        page.get_by_role("link", name="Edge-host configuration").click()
+        page.wait_for_url(f"{app.url}/ui/edge-config")
+        page.get_by_label("Address edge hosts use to reach this appliance").fill("registry.site.example:8443")
+        assert page.get_by_role("radio", name="HTTPS").is_checked()  # the appliance has its own CA
+        screenshot(page, "edge-config")
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download edge-config.zip").click()
+        assert info.value.suggested_filename == "edge-config.zip"
+        files = _zip(info.value.path())
+        ca = (app.data_dir / "tls" / "ca.crt").read_bytes()
+        assert files["edge-config/ca.crt"] == ca
+        own = "registry.site.example:8443"
+        for mode in ("mirror", "override"):
+            hosts = files[f"edge-config/containerd/{mode}/{own}/hosts.toml"].decode()
+            assert f'server = "https://{own}"' in hosts and 'ca = "ca.crt"' in hosts
+            assert files[f"edge-config/containerd/{mode}/{own}/ca.crt"] == ca
+        registries = yaml.safe_load(files["edge-config/k3s/registries.yaml"])
+        assert registries["mirrors"][own]["endpoint"] == [f"https://{own}"]
+        assert registries["configs"][own]["tls"]["ca_file"].endswith("cargohold-ca.crt")
+
+        # Plain HTTP without ticking the box: refused with a plain message, nothing downloaded.
+        page.goto(f"{app.url}/ui/edge-config")
+        page.get_by_label("Address edge hosts use to reach this appliance").fill("10.0.0.5:80")
+        page.get_by_role("radio", name="Plain HTTP").check()
+        page.get_by_role("button", name="Download edge-config.zip").click()
+        error = page.locator("#edge-error")
+        assert "Tick the box" in error.inner_text() and "Nothing was downloaded" in error.inner_text()
+        assert page.get_by_label("Address edge hosts use to reach this appliance").input_value() == "10.0.0.5:80"
+        # Ticked, with robot credentials: http files carrying them.
+        page.get_by_role("radio", name="Plain HTTP").check()
+        page.get_by_label("I understand").check()
+        page.get_by_label("Robot account name").fill("robot$edge")
+        page.get_by_label("Robot account secret").fill("s3cret")
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download edge-config.zip").click()
+        files = _zip(info.value.path())
+        hosts = files["edge-config/containerd/mirror/10.0.0.5:80/hosts.toml"].decode()
+        assert 'server = "http://10.0.0.5:80"' in hosts
+        assert base64.b64encode(b"robot$edge:s3cret").decode() in hosts
+        assert "edge-config/ca.crt" not in files
+        registries = yaml.safe_load(files["edge-config/k3s/registries.yaml"])
+        assert registries["configs"]["10.0.0.5:80"]["auth"] == {"username": "robot$edge", "password": "s3cret"}
+
+        # A URL instead of an address: a clear error, no 500.
+        page.goto(f"{app.url}/ui/edge-config")
+        page.get_by_label("Address edge hosts use to reach this appliance").fill("https://x/y")
+        page.get_by_role("button", name="Download edge-config.zip").click()
+        assert "not an address edge hosts can use" in page.locator("#edge-error").inner_text()
+    finally:
+        ctx.close()
+
+
+def test_inventory_download_matches_the_cli(ui_app: Appliance, context: Any, key_pair: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    private, public = key_pair
+    cargohold("keys", "add", public, "--data-dir", ui_app.data_dir, check=False)  # may be trusted already
+    bundle, _ = build_bundle(tmp_path, private, "inv", "1", {"docker.io/cargotest/inv:1": 50_000}, seed=4100)
+    cargohold("bundle", "import", bundle, "--data-dir", ui_app.data_dir, "--quiet")
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/maintenance")
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Site inventory (inventory.json)").click()
+    assert info.value.suggested_filename == "inventory.json"
+    downloaded = json.loads(Path(info.value.path()).read_text())
+    cli = json.loads(cargohold("inventory", "export", "--data-dir", ui_app.data_dir, "-o", "-").stdout)
+    assert downloaded["blobs"] and downloaded["blobs"] == cli["blobs"]
+    assert downloaded["repositories"] == cli["repositories"]
+    assert downloaded["mediaType"] == cli["mediaType"] and downloaded["name"] == cli["name"]
+
+
+def test_leftovers_are_listed_sized_and_cleared_but_an_upload_in_progress_is_not(
+        ui_app: Appliance, context: Any) -> None:
+    imports = ui_app.data_dir / "imports"
+    orphan = imports / "tus" / ("ab" * 16)
+    orphan.mkdir(parents=True)
+    (orphan / "data").write_bytes(os.urandom(3 * 1024 * 1024))
+    staged = imports / "staging" / ("cd" * 32) / "sha256"
+    staged.mkdir(parents=True)
+    (staged / ("ef" * 32)).write_bytes(os.urandom(2 * 1024 * 1024))
+    (staged.parent / "lock").touch()
+
+    # An upload in progress: created over tus, half its bytes sent.
+    auth = {**TUS, "Authorization": "Basic " + base64.b64encode(f"{ui_app.admin[0]}:{ui_app.admin[1]}".encode()
+                                                                ).decode()}
+    created = requests.post(f"{ui_app.url}/api/v1/uploads", timeout=10,
+                            headers={**auth, "Upload-Length": str(2_000_000), "Upload-Metadata": "filename eC5iaW4="})
+    assert created.status_code == 201
+    live_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    r = requests.patch(ui_app.url + created.headers["Location"], data=os.urandom(1_000_000), timeout=10,
+                       headers={**auth, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"})
+    assert r.status_code == 204
+    assert (imports / "tus" / live_id).is_dir()
+
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/maintenance")
+    usage = {row.locator("td").nth(0).inner_text(): int(row.locator("td").nth(1).get_attribute("data-bytes"))
+             for row in page.locator("#usage tbody tr").all()}
+    assert usage["imports/tus"] >= 3 * 1024 * 1024 + 1_000_000
+    assert usage["imports/staging"] >= 2 * 1024 * 1024
+    assert "blobs" in usage and "cargohold.db" in usage
+    rows = page.locator("#leftovers tbody tr")
+    text = page.locator("#leftovers").inner_text()
+    assert rows.count() == 2, text
+    assert "ab" * 16 in text and "cd" * 32 in text and live_id not in text
+    assert "3.0 MiB" in text and "2.0 MiB" in text
+    screenshot(page, "maintenance-leftovers")
+
+    page.get_by_role("button", name="Remove all leftovers (5.0 MiB)").click()
+    page.locator("#confirm-ok").click()
+    page.wait_for_url(f"{ui_app.url}/ui/maintenance")
+    assert "Removed 2 leftovers, freeing 5.0 MiB." in page.locator(".flashes").inner_text()
+    assert page.locator("#no-leftovers").is_visible()
+    assert not orphan.exists() and not staged.parent.exists()
+    assert (imports / "tus" / live_id).is_dir()  # the upload in progress is untouched, and still resumable
+    head = requests.head(ui_app.url + created.headers["Location"], headers=auth, timeout=10)
+    assert head.status_code == 200 and head.headers["Upload-Offset"] == "1000000"
+
+
+def test_a_staging_directory_an_import_holds_is_not_listed(ui_app: Appliance) -> None:
+    import fcntl
+
+    from tests.web.uiutil import signed_in
+
+    held = ui_app.data_dir / "imports" / "staging" / "held-by-an-import"
+    held.mkdir(parents=True)
+    with (held / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running import holds it
+        s, token = signed_in(ui_app)
+        assert "held-by-an-import" not in s.get(f"{ui_app.url}/ui/maintenance", timeout=10).text
+        r = s.post(f"{ui_app.url}/ui/maintenance/leftovers/clear", timeout=10,
+                   data={"csrf_token": token, "key": "staging:held-by-an-import"})
+        assert r.status_code == 200 and "left alone" in r.text
+        assert held.is_dir()
+    assert "held-by-an-import" in s.get(f"{ui_app.url}/ui/maintenance", timeout=10).text
