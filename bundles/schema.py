@@ -16,6 +16,8 @@ release_files              charts and definition archives a release brought (blo
 seed_files                 one row per file set found in a seed directory (bundles.seed): its identity (path, total
                            size, newest mtime), the outcome of its one import, and the process working on it
 seed_scans                 every scan of a seed directory: who started it, the process running it, its report (JSON)
+maintenance_jobs           garbage collection and scrub runs in the background: state, progress, result (JSON), the
+                           process running it (bundles.maintenance_jobs)
 """
 
 from __future__ import annotations
@@ -116,3 +118,17 @@ def m006_seed(db: Database) -> None:
         pk="id", not_null={"seed_dir", "trigger", "state", "started_at"},
     )
     db.table("seed_scans").create_index(["serve", "trigger"])
+
+
+@clusterdef_migrations()
+def m007_maintenance_jobs(db: Database) -> None:
+    # bundles.maintenance_jobs: garbage collection (kind gc, dry_run) and scrub runs in the background.
+    # state: running (pid/pid_start own it), done (result JSON), failed (error), interrupted (its process ended).
+    # done/total: progress in the job's own unit (blobs hashed for a scrub); phase: what it is doing now.
+    db.table("maintenance_jobs").create(
+        {"id": str, "kind": str, "dry_run": int, "state": str, "phase": str, "done": int, "total": int,
+         "result": str, "error": str, "requested_by": str, "pid": int, "pid_start": str, "created_at": float,
+         "updated_at": float, "finished_at": float},
+        pk="id", not_null={"kind", "state", "created_at", "updated_at"},
+    )
+    db.table("maintenance_jobs").create_index(["created_at"])

@@ -14,10 +14,11 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, files_api, protection_api, releases_api, seed_api
+from bundles import clusterdef_api, files_api, maintenance_api, protection_api, releases_api, seed_api
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
 from bundles.files import SiteFiles
+from bundles.maintenance_jobs import MaintenanceJobs
 from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
 from registry import harbor, token_api
@@ -116,9 +117,12 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
         ClusterDefinitions(config.paths), services.registry, guard,
         clusterdef_api.ClusterDefApiConfig(config.project, parse_mapping_rules(config.mapping_rules),
                                            config.allow_unsigned_definitions)))
-    app.register_blueprint(releases_api.create_blueprint(
-        Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit),
-        guard, services.uploads))
+    releases = Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit)
+    app.register_blueprint(releases_api.create_blueprint(releases, guard, services.uploads))
+    # GC and scrub as background jobs; the UI's maintenance page starts and follows the same ones.
+    maintenance = MaintenanceJobs(releases, services.uploads, services.audit)
+    app.extensions["cargohold.maintenance"] = maintenance
+    app.register_blueprint(maintenance_api.create_blueprint(maintenance, guard))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
                                                       accel_prefix))

@@ -8,6 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import socket
+import sqlite3
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +22,9 @@ import yaml
 
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
-from tests.web.uiutil import build_bundle, login, screenshot
+from tests.bundles.fakekube import write_kubeconfig
+from tests.registry.v2client import V2
+from tests.web.uiutil import build_bundle, login, screenshot, signed_in
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -164,8 +170,6 @@ def test_leftovers_are_listed_sized_and_cleared_but_an_upload_in_progress_is_not
 def test_a_staging_directory_an_import_holds_is_not_listed(ui_app: Appliance) -> None:
     import fcntl
 
-    from tests.web.uiutil import signed_in
-
     held = ui_app.data_dir / "imports" / "staging" / "held-by-an-import"
     held.mkdir(parents=True)
     with (held / "lock").open("w") as lock:
@@ -177,3 +181,146 @@ def test_a_staging_directory_an_import_holds_is_not_listed(ui_app: Appliance) ->
         assert r.status_code == 200 and "left alone" in r.text
         assert held.is_dir()
     assert "held-by-an-import" in s.get(f"{ui_app.url}/ui/maintenance", timeout=10).text
+
+
+def _age_everything(app: Appliance, seconds: float) -> None:
+    """Make every stored manifest, blob and file look `seconds` old (GC keeps what is newer than an hour)."""
+    with sqlite3.connect(app.data_dir / "cargohold.db", timeout=30) as db:
+        for table in ("manifests", "blobs", "repository_blobs"):
+            db.execute(f"UPDATE {table} SET created_at = created_at - ?", [seconds])
+    then = time.time() - seconds
+    for root, _, files in os.walk(app.data_dir / "blobs"):
+        for name in files:
+            os.utime(os.path.join(root, name), (then, then))
+
+
+def _finished_job_page(page: Any, timeout: float = 60) -> str:
+    """Wait on a job page (it reloads itself while the job runs) until the job ended; its state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = page.locator("#job").get_attribute("data-state")
+        if state != "running" or time.monotonic() > deadline:
+            return str(state)
+        page.wait_for_timeout(300)
+
+
+def test_gc_dry_run_then_run_as_background_jobs_match_the_cli(ui_app: Appliance, context: Any) -> None:
+    v2 = V2(ui_app)
+    pushed = v2.push_image("spectro-images/gcjunk", tag="old", layer_size=400_000, seed=b"gc-junk")
+    r = requests.delete(f"{ui_app.url}/api/v2.0/projects/spectro-images/repositories/gcjunk/artifacts/old/tags/old",
+                        auth=ui_app.admin, timeout=10)
+    assert r.status_code == 200, r.text
+    _age_everything(ui_app, 7200)
+    cli = json.loads(cargohold("gc", "--dry-run", "--json", "--data-dir", ui_app.data_dir).stdout)
+    assert any(m["digest"] == pushed.digest for m in cli["manifestsRemoved"])
+    assert cli["bytesReclaimed"] >= 400_000
+
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/maintenance")
+    assert page.get_by_role("button", name="Run GC").count() == 0  # not before a dry run
+    page.get_by_role("button", name="GC dry run").click()
+    page.wait_for_url(f"{ui_app.url}/ui/maintenance/jobs/*")
+    assert _finished_job_page(page) == "done"
+    assert page.get_by_role("heading", name="Garbage collection dry run").is_visible()
+    assert int(page.locator("#gc-bytes").get_attribute("data-bytes")) == cli["bytesReclaimed"]
+    assert page.locator("#gc-manifests").inner_text() == str(len(cli["manifestsRemoved"]))
+    assert page.locator("#gc-blobs").inner_text() == str(len(cli["blobsRemoved"]))
+    assert pushed.digest in page.locator("#gc-removed").inner_text()
+    assert v2.request("GET", f"/v2/spectro-images/gcjunk/manifests/{pushed.digest}").status_code == 200
+    screenshot(page, "maintenance-gc-dry-run")
+
+    page.get_by_role("button", name="Run GC").click()
+    page.locator("#confirm-ok").click()
+    page.wait_for_url(f"{ui_app.url}/ui/maintenance/jobs/*")
+    assert _finished_job_page(page) == "done"
+    assert page.get_by_role("heading", name="Garbage collection", exact=True).is_visible()
+    assert int(page.locator("#gc-bytes").get_attribute("data-bytes")) == cli["bytesReclaimed"]
+    assert page.locator("#gc-manifests").inner_text() == str(len(cli["manifestsRemoved"]))
+    assert v2.request("GET", f"/v2/spectro-images/gcjunk/manifests/{pushed.digest}").status_code == 404
+    after = json.loads(cargohold("gc", "--dry-run", "--json", "--data-dir", ui_app.data_dir).stdout)
+    assert after["manifestsRemoved"] == [] and after["bytesReclaimed"] == 0
+
+    # Both jobs are listed on the Maintenance page, and the API reports the same results.
+    page.goto(f"{ui_app.url}/ui/maintenance")
+    listed = page.locator("#jobs").inner_text()
+    assert "Garbage collection dry run" in listed and listed.count("done") >= 2
+    jobs = requests.get(f"{ui_app.url}/api/cargohold/v1/jobs", auth=ui_app.admin, timeout=10).json()["jobs"]
+    run = next(j for j in jobs if j["kind"] == "gc" and not j["dryRun"])
+    assert run["state"] == "done" and run["result"]["bytesReclaimed"] == cli["bytesReclaimed"]
+
+    # Running GC without a finished dry run is refused in the UI, with nothing removed.
+    s, token = signed_in(ui_app)
+    r = s.post(f"{ui_app.url}/ui/maintenance/jobs", data={"csrf_token": token, "action": "gc"}, timeout=10)
+    assert r.status_code == 200 and "Run a garbage collection dry run first" in r.text
+
+
+def test_scrub_job_finds_a_corrupted_blob(ui_app: Appliance, context: Any) -> None:
+    v2 = V2(ui_app)
+    pushed = v2.push_image("spectro-images/scrubbed", tag="v1", layer_size=300_000, seed=b"scrub-me")
+    layer = json.loads(pushed.body)["layers"][0]["digest"]
+    path = ui_app.data_dir / "blobs" / "sha256" / layer.split(":")[1][:2] / layer.split(":")[1]
+    if not path.exists():
+        path = next(p for p in (ui_app.data_dir / "blobs").rglob(layer.split(":")[1]))
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/maintenance")
+    page.get_by_role("button", name="Scrub").click()
+    page.wait_for_url(f"{ui_app.url}/ui/maintenance/jobs/*")
+    assert _finished_job_page(page) == "done"
+    assert "Damaged or missing files found." in page.locator("#scrub-verdict").inner_text()
+    assert page.locator("#scrub-damaged").inner_text() == "1"
+    assert layer in page.locator("#scrub-damaged-list").inner_text()
+    assert int(page.locator("#scrub-checked").inner_text()) >= 2
+    screenshot(page, "maintenance-scrub")
+    assert v2.request("GET", f"/v2/spectro-images/scrubbed/blobs/{layer}").status_code == 404  # set aside
+
+
+def test_a_gc_job_killed_with_its_worker_shows_interrupted(appliance_factory: Callable[..., Appliance],
+                                                           browser: Any, tmp_path: Path) -> None:
+    # A cluster API server that accepts connections and never answers: GC waits on it (in-use protection).
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{hung.getsockname()[1]}")
+    app = appliance_factory(env={"CARGOHOLD_KUBECONFIG": str(kubeconfig)})
+    try:
+        started = requests.post(f"{app.url}/api/cargohold/v1/jobs/gc", json={"dryRun": True}, auth=app.admin,
+                                timeout=10)
+        assert started.status_code == 202, started.text
+        job = started.json()
+        assert job["state"] == "running" and started.headers["Location"] == f"/api/cargohold/v1/jobs/{job['id']}"
+        # One at a time: a scrub is refused while the collection runs.
+        busy = requests.post(f"{app.url}/api/cargohold/v1/jobs/scrub", auth=app.admin, timeout=10)
+        assert busy.status_code == 409 and busy.json()["errors"][0]["code"] == "JOB_BUSY"
+        assert busy.json()["errors"][0]["detail"]["id"] == job["id"]
+        with sqlite3.connect(app.data_dir / "cargohold.db", timeout=30) as db:
+            pid = db.execute("SELECT pid FROM maintenance_jobs WHERE id = ?", [job["id"]]).fetchone()[0]
+        assert pid in app.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            r = requests.get(f"{app.url}{started.headers['Location']}", auth=app.admin, timeout=10)
+            if (r.status_code == 200 and r.json()["state"] != "running") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.json()["state"] == "interrupted" and "interrupted" in r.json()["error"]
+    finally:
+        hung.close()
+    ctx = browser.new_context(viewport={"width": 1366, "height": 800})
+    try:
+        page = ctx.new_page()
+        login(page, app)
+        page.wait_for_url(f"{app.url}/ui/")
+        page.goto(f"{app.url}/ui/maintenance/jobs/{job['id']}")
+        assert page.locator("#job-state").inner_text() == "interrupted"
+        assert "start it again" in page.locator("#job-error").inner_text()
+        assert page.get_by_role("button", name="Start with a new dry run").is_visible()
+    finally:
+        ctx.close()

@@ -10,6 +10,10 @@ Route table (HTML; every page needs a signed-in admin, every POST its CSRF token
     POST  /ui/edge-config                   the edge-host files (bundles.mirror) as ``edge-config.zip``
     GET   /ui/inventory.json                the site inventory for delta bundles (bundles.inventory), as
                                             ``cargohold inventory export`` writes it
+    POST  /ui/maintenance/jobs              start a background job (bundles.maintenance_jobs): ``action`` is
+                                            gc-dry-run, scrub, or gc (with ``after``: a finished dry run's id)
+    GET   /ui/maintenance/jobs/<id>         one job: progress while it runs (the page reloads itself,
+                                            web/static/maintenance.js), then its result
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import zipfile
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 
 from bundles.inventory import write_inventory
+from bundles.maintenance_jobs import GC, SCRUB, JobBusy, MaintenanceJobs
 from bundles.mirror import ca_certificate, for_registry
 from registry.paths import DataPaths
 from web.app_services import services_of
@@ -34,6 +39,10 @@ MAX_KEYS = 1000  # leftovers one form may clear
 
 def _ui() -> UiServices:
     return current_app.extensions["cargohold.ui"]  # type: ignore[no-any-return]
+
+
+def _jobs() -> MaintenanceJobs:
+    return current_app.extensions["cargohold.maintenance"]  # type: ignore[no-any-return]
 
 
 def _paths() -> DataPaths:
@@ -79,7 +88,9 @@ def create_blueprint() -> Blueprint:
         now = time.time()
         leftovers = find_leftovers(paths, ui.uploads, ui.imports.jobs, now)
         areas = disk_areas(paths)
+        jobs = _jobs()
         return render_template("ui/maintenance.html", areas=areas, total=sum(a.size for a in areas),
+                               jobs=jobs.list(10), dry_run=jobs.latest(GC, dry_run=True),
                                leftovers=leftovers, leftover_bytes=sum(f.size for f in leftovers),
                                ages={f.key: age(now - f.modified) for f in leftovers})
 
@@ -104,6 +115,40 @@ def create_blueprint() -> Blueprint:
                         "import is using it again.")
         flash(message, "ok")
         return redirect(url_for("ui_maint.maintenance"))  # type: ignore[return-value]
+
+    # -- garbage collection and scrub, in the background
+
+    @bp.post("/maintenance/jobs")
+    def start_job() -> Response:
+        principal = page_principal()
+        action = request.form.get("action", "")
+        jobs = _jobs()
+        if action == "gc":
+            # Collection removes content for good: only after a finished dry run has shown what goes.
+            after = jobs.get(request.form.get("after", ""))
+            if after is None or after.kind != GC or not after.dry_run or after.state != "done":
+                flash("Run a garbage collection dry run first, to see what would be removed. Nothing was removed.",
+                      "error")
+                return redirect(url_for("ui_maint.maintenance"))  # type: ignore[return-value]
+        elif action not in ("gc-dry-run", "scrub"):
+            flash("Unknown maintenance action; nothing was started.", "error")
+            return redirect(url_for("ui_maint.maintenance"))  # type: ignore[return-value]
+        kind = SCRUB if action == "scrub" else GC
+        try:
+            job = jobs.start(kind, action == "gc-dry-run", principal.username, request.remote_addr or "")
+        except JobBusy as exc:
+            flash(f"A {exc.job.title.lower()} is already running; wait for it to finish. Nothing new was started.",
+                  "error")
+            return redirect(url_for("ui_maint.job_page", job_id=exc.job.id))  # type: ignore[return-value]
+        return redirect(url_for("ui_maint.job_page", job_id=job.id))  # type: ignore[return-value]
+
+    @bp.get("/maintenance/jobs/<job_id>")
+    def job_page(job_id: str) -> Response:
+        job = _jobs().get(job_id)
+        if job is None:
+            return Response(render_template("ui/error.html", status=404, title="No such job",
+                                            message="This maintenance job does not exist (any more)."), status=404)
+        return Response(render_template("ui/maintenance_job.html", job=job, r=job.result or {}))
 
     # -- edge-host configuration
 

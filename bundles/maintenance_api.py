@@ -1,0 +1,87 @@
+"""HTTP face of the background maintenance jobs: garbage collection and scrub (`bundles.maintenance_jobs`).
+
+Route table (JSON; access as for the other appliance APIs, `bundles.api_access`;
+starting a job needs a system administrator, reading one a signed-in reader):
+
+    POST  /api/cargohold/v1/jobs/gc       {"dryRun": false, "retain": 3, "grace": "1h"}: start a collection
+    POST  /api/cargohold/v1/jobs/scrub    {"quarantine": true}: start a scrub
+    GET   /api/cargohold/v1/jobs          the latest jobs, newest first
+    GET   /api/cargohold/v1/jobs/<id>     one job: state, phase, done/total, result (as `cargohold gc|scrub --json`)
+
+A start answers 202 with the job and its ``Location``; 409 ``JOB_BUSY``
+(with the running job in ``detail``) while another GC or scrub runs.
+A job's ``state`` is running, done, failed or interrupted (its process ended).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from bundles.api_access import ApiAccess, ApiDenied
+from bundles.gc_policy import DEFAULT_RETAIN
+from bundles.maintenance_jobs import GC, SCRUB, JobBusy, MaintenanceJobs
+from bundles.releases import ReleaseError
+from bundles.releases_api import PREFIX, _body, _error, _flag
+from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
+
+
+def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
+    bp = Blueprint("maintenance_jobs", __name__)
+
+    @bp.errorhandler(ApiDenied)
+    def _denied(exc: ApiDenied) -> Response:
+        return guard.denied(exc)
+
+    @bp.errorhandler(ReleaseError)
+    def _bad(exc: ReleaseError) -> Response:
+        return _error(exc.status, exc.code, exc.message, exc.detail)
+
+    @bp.before_request
+    def _authenticate() -> None:
+        guard.authenticate()
+
+    def _started(kind: str, dry_run: bool, **options: object) -> Response:
+        principal = guard.principal()
+        assert principal is not None
+        try:
+            job = jobs.start(kind, dry_run, principal.username, request.remote_addr or "", **options)  # type: ignore[arg-type]
+        except JobBusy as exc:
+            return _error(409, "JOB_BUSY", f"{exc}; wait for it to finish", exc.job.to_json())
+        resp = jsonify(job.to_json())
+        resp.status_code = 202
+        resp.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
+        return resp
+
+    @bp.post(f"{PREFIX}/jobs/gc")
+    def start_gc() -> Response:
+        guard.require_admin("collect garbage")
+        body = _body()
+        retain = body.get("retain", DEFAULT_RETAIN)
+        if not isinstance(retain, int) or isinstance(retain, bool) or retain < 1:
+            raise ReleaseError("retain must be a whole number of releases, at least 1", 400, "BAD_REQUEST")
+        try:
+            grace = parse_grace(str(body["grace"])) if "grace" in body else DEFAULT_GRACE_SECONDS
+        except ValueError as exc:
+            raise ReleaseError(str(exc), 400, "BAD_REQUEST") from None
+        return _started(GC, _flag(body, "dryRun"), retain=retain, grace_seconds=grace)
+
+    @bp.post(f"{PREFIX}/jobs/scrub")
+    def start_scrub() -> Response:
+        guard.require_admin("scrub the blob store")
+        body = _body()
+        return _started(SCRUB, False, quarantine=_flag(body, "quarantine", True))
+
+    @bp.get(f"{PREFIX}/jobs")
+    def list_jobs() -> Response:
+        guard.require_reader()
+        return jsonify({"jobs": [j.to_json() for j in jobs.list(50)]})
+
+    @bp.get(f"{PREFIX}/jobs/<job_id>")
+    def get_job(job_id: str) -> Response:
+        guard.require_reader()
+        job = jobs.get(job_id)
+        if job is None:
+            return _error(404, "NOT_FOUND", f"no maintenance job {job_id}")
+        return jsonify(job.to_json())
+
+    return bp
