@@ -57,6 +57,7 @@ from bundles.clusterdef import ClusterDefinition, ClusterDefinitions
 from registry.audit import AuditLog
 from registry.db import open_database, write_transaction
 from registry.digest import Digest
+from registry.diskuse import disk_areas
 from registry.gc import GcRoots, RootsFn
 from registry.inventory import Inventory
 from registry.model import Registry
@@ -314,7 +315,7 @@ class Releases:
                       "blobs": len(c)} for rid, c in closures.items()}
 
     def disk(self) -> dict[str, Any]:
-        """Free space on the data volume, what the store holds, and usage per release."""
+        """Free space on the data volume, what the store holds, every area of the data directory, usage per release."""
         total, used, free = shutil.disk_usage(self.paths.root)
         db = self.db
         stored = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
@@ -322,6 +323,7 @@ class Releases:
         return {"dataDir": str(self.paths.root),
                 "volume": {"total": total, "used": used, "free": free},
                 "store": {"blobs": int(stored[0]), "bytes": int(stored[1])},
+                "areas": [{"name": a.name, "bytes": a.size} for a in disk_areas(self.paths)],
                 "releases": [{"id": r.id, "name": r.name, "version": r.version, "state": r.state,
                               **usage.get(r.id, {"bytes": 0, "uniqueBytes": 0, "blobs": 0})} for r in self.all()]}
 

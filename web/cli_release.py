@@ -325,7 +325,7 @@ def scrub_cmd(data_dir: Path | None, no_quarantine: bool, as_json: bool) -> None
 @existing_data_dir_option
 @json_option
 def disk_cmd(data_dir: Path | None, as_json: bool) -> None:
-    """Free space on the data volume and disk usage per release."""
+    """Free space on the data volume, the size of every area of the data directory, and usage per release."""
     _, releases = _releases(data_dir)
     doc = releases.disk()
     if _echo_json(doc, as_json):
@@ -333,6 +333,8 @@ def disk_cmd(data_dir: Path | None, as_json: bool) -> None:
     v = doc["volume"]
     click.echo(f"data volume {doc['dataDir']}: {_size(v['free'])} free of {_size(v['total'])}; store holds "
                f"{doc['store']['blobs']} blobs, {_size(doc['store']['bytes'])}")
+    _table(("AREA", "SIZE"), [(a["name"], _size(a["bytes"])) for a in doc["areas"]])
+    click.echo()
     _table(("ID", "NAME", "VERSION", "STATE", "SIZE", "UNIQUE"),
            [(str(r["id"]), r["name"], r["version"] or "-", r["state"], _size(r["bytes"]), _size(r["uniqueBytes"]))
             for r in doc["releases"]])

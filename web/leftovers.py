@@ -1,8 +1,5 @@
 """Where the data directory's space goes, and the upload and import leftovers nothing else reclaims.
 
-`disk_areas` sizes every top-level entry of the data directory (blobs,
-database, imports, ...), so nothing on the volume goes uncounted.
-
 `find_leftovers` lists what an interrupted upload or import left behind:
 
 - ``imports/tus/<id>``: an upload directory with no upload record, or whose
@@ -19,26 +16,18 @@ or resumed after the list was shown is never deleted.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bundles.jobs import OPEN_STATES, ImportJobs
+from registry.diskuse import tree_size
 from registry.paths import DataPaths
 from web.tus import TusUploads
 
 TUS = "upload"
 STAGING = "staging"
-
-
-@dataclass(frozen=True)
-class Area:
-    """One top-level entry of the data directory and the bytes under it."""
-
-    name: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -52,51 +41,6 @@ class Leftover:
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.name}"
-
-
-def tree_size(path: Path) -> tuple[int, float]:
-    """(bytes allocated for regular files under `path`, newest mtime); 0 for what vanished meanwhile."""
-    total, newest = 0, 0.0
-    try:
-        st = path.lstat()
-    except OSError:
-        return 0, 0.0
-    newest = st.st_mtime
-    if not path.is_dir() or path.is_symlink():
-        return st.st_size, newest
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
-            try:
-                s = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            newest = max(newest, s.st_mtime)
-            if name in files:
-                total += s.st_size
-    return total, newest
-
-
-def disk_areas(paths: DataPaths) -> list[Area]:
-    """Every top-level entry of the data directory with its size, largest first; imports split by area."""
-    areas: list[Area] = []
-    try:
-        entries = sorted(paths.root.iterdir())
-    except OSError:
-        return areas
-    for entry in entries:
-        if entry == paths.imports and entry.is_dir():
-            rest = 0
-            for sub in sorted(entry.iterdir()):
-                size = tree_size(sub)[0]
-                if sub.name in ("tus", "staging"):
-                    areas.append(Area(f"imports/{sub.name}", size))
-                else:
-                    rest += size
-            if rest:
-                areas.append(Area("imports (other)", rest))
-            continue
-        areas.append(Area(entry.name, tree_size(entry)[0]))
-    return sorted(areas, key=lambda a: (-a.size, a.name))
 
 
 def _staging_free(directory: Path) -> bool:

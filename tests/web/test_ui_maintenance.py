@@ -149,6 +149,13 @@ def test_leftovers_are_listed_sized_and_cleared_but_an_upload_in_progress_is_not
     assert usage["imports/tus"] >= 3 * 1024 * 1024 + 1_000_000
     assert usage["imports/staging"] >= 2 * 1024 * 1024
     assert "blobs" in usage and "cargohold.db" in usage
+    # The disk API and `cargohold disk` count the same areas.
+    disk = requests.get(f"{ui_app.url}/api/cargohold/v1/disk", auth=ui_app.admin, timeout=10).json()
+    api_areas = {a["name"]: a["bytes"] for a in disk["areas"]}
+    assert api_areas["imports/tus"] >= 3 * 1024 * 1024 + 1_000_000 and api_areas["imports/staging"] >= 2 * 1024 * 1024
+    cli_areas = {a["name"]: a["bytes"] for a in json.loads(
+        cargohold("disk", "--json", "--data-dir", ui_app.data_dir).stdout)["areas"]}
+    assert cli_areas["imports/tus"] == api_areas["imports/tus"]
     rows = page.locator("#leftovers tbody tr")
     text = page.locator("#leftovers").inner_text()
     assert rows.count() == 2, text

@@ -27,9 +27,10 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from bundles.inventory import write_inventory
 from bundles.maintenance_jobs import GC, SCRUB, JobBusy, MaintenanceJobs
 from bundles.mirror import ca_certificate, for_registry
+from registry.diskuse import disk_areas
 from registry.paths import DataPaths
 from web.app_services import services_of
-from web.leftovers import clear_leftover, disk_areas, find_leftovers
+from web.leftovers import clear_leftover, find_leftovers
 from web.ui import UiServices
 from web.ui.pages import human_bytes, registry_host
 from web.ui.session import page_principal
