@@ -331,3 +331,46 @@ def test_a_gc_job_killed_with_its_worker_shows_interrupted(appliance_factory: Ca
         assert page.get_by_role("button", name="Start with a new dry run").is_visible()
     finally:
         ctx.close()
+
+
+def test_image_signing_keys_are_trusted_and_removed_with_a_confirmation(ui_app: Appliance, context: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode()
+    page = context.new_page()
+    login(page, ui_app)
+    page.wait_for_url(f"{ui_app.url}/ui/")
+    page.goto(f"{ui_app.url}/ui/keys")
+    page.get_by_role("link", name="Image-signing keys").click()
+    page.wait_for_url(f"{ui_app.url}/ui/image-keys")
+
+    # A private key is refused, and nothing is trusted.
+    page.get_by_label("Public key (PEM, such as cosign.pub)").fill(private_pem)
+    page.get_by_role("button", name="Trust this key for image signatures").click()
+    assert "Nothing was changed" in page.locator(".flashes").inner_text()
+    assert "No image-signing keys" in page.locator("#image-keys").inner_text()
+
+    page.get_by_label("Public key (PEM, such as cosign.pub)").fill(public_pem)
+    page.get_by_label("Description").fill("site image signer")
+    page.get_by_role("button", name="Trust this key for image signatures").click()
+    page.wait_for_url(f"{ui_app.url}/ui/image-keys")
+    row = page.locator("#image-keys tbody tr", has_text="site image signer")
+    assert row.count() == 1 and "ecdsa-p256" in row.inner_text()
+    listed = json.loads(cargohold("image-keys", "list", "--json", "--data-dir", ui_app.data_dir).stdout)
+    assert [k["description"] for k in listed] == ["site image signer"]
+    key_id = listed[0]["id"]
+
+    # Remove asks first; Cancel keeps the key, Confirm removes it.
+    row.get_by_role("button", name=f"Remove image-signing key {key_id}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    assert page.locator("#image-keys tbody tr", has_text="site image signer").count() == 1
+    row.get_by_role("button", name=f"Remove image-signing key {key_id}").click()
+    page.locator("#confirm-ok").click()
+    page.wait_for_url(f"{ui_app.url}/ui/image-keys")
+    assert f"No longer trusting image-signing key {key_id}." in page.locator(".flashes").inner_text()
+    assert json.loads(cargohold("image-keys", "list", "--json", "--data-dir", ui_app.data_dir).stdout) == []

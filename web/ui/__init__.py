@@ -9,7 +9,8 @@ once under ``keys/``, 0600), the session cookie's flags, and the blueprints:
                     JSON the upload and import pages poll
 - `web.ui.pages`    the server-rendered pages under ``/ui/``
 - `web.ui.releases` the release pages: status, diff, promote, roll back
-- `web.ui.maintenance` disk use and leftovers, edge-host configuration, inventory
+- `web.ui.maintenance` disk use and leftovers, GC and scrub jobs, edge-host configuration, inventory
+- `web.ui.image_keys` image-signing keys (cosign, content trust)
 
 Templates live in ``web/templates/ui``, the CSS and JavaScript in
 ``web/static`` (hand-written, but for tus-js-client vendored under
@@ -47,6 +48,7 @@ class UiServices:
 def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinitions, signer: TokenSigner) -> None:
     """Register the UI on `app` (which must carry ``extensions["cargohold"]``, the Services)."""
     from web.ui.files import create_blueprint as files_blueprint
+    from web.ui.image_keys import create_blueprint as image_keys_blueprint
     from web.ui.import_api import create_blueprint as import_api_blueprint
     from web.ui.maintenance import create_blueprint as maintenance_blueprint
     from web.ui.pages import create_blueprint as pages_blueprint
@@ -74,6 +76,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
     app.register_blueprint(import_api_blueprint())
     app.register_blueprint(pages_blueprint())
     app.register_blueprint(maintenance_blueprint())
+    app.register_blueprint(image_keys_blueprint())
     app.register_blueprint(files_blueprint(SiteFiles(services.registry, config.project)))
     app.register_blueprint(releases_blueprint(Releases(services.registry, config.project,
                                                        parse_mapping_rules(config.mapping_rules), services.audit)))
