@@ -68,20 +68,20 @@ def _tus_reason(uploads: TusUploads, jobs: ImportJobs, upload_id: str, now: floa
     if row is None:
         return "no upload owns it"
     expires_at, completed_at, job_id, final_id = row
-    if expires_at is not None and expires_at <= now:
-        return "its upload expired unfinished"
     if final_id:
         # A part of a split upload: it lives as long as the upload it was joined into.
         return _tus_reason(uploads, jobs, final_id, now) if final_id != upload_id else None
+    job = jobs.get(job_id) if job_id else None
+    if job is not None and job.state in OPEN_STATES:
+        return None  # its import is reading it right now, expired or not
+    if expires_at is not None and expires_at <= now:
+        return "its upload expired" + ("" if completed_at else " unfinished")
     if completed_at is None:
         return None  # still uploading (or resumable): never a leftover
     if not job_id:
         return None  # complete, and its import is about to start
-    job = jobs.get(job_id)
     if job is None:
         return "its import is gone"
-    if job.state in OPEN_STATES:
-        return None
     return "its import finished" if job.state == "done" else "its import failed"
 
 
