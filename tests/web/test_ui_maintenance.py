@@ -374,3 +374,28 @@ def test_image_signing_keys_are_trusted_and_removed_with_a_confirmation(ui_app: 
     page.wait_for_url(f"{ui_app.url}/ui/image-keys")
     assert f"No longer trusting image-signing key {key_id}." in page.locator(".flashes").inner_text()
     assert json.loads(cargohold("image-keys", "list", "--json", "--data-dir", ui_app.data_dir).stdout) == []
+
+
+def test_the_maintenance_pages_fit_a_phone(ui_app: Appliance, browser: Any) -> None:
+    staged = ui_app.data_dir / "imports" / "staging" / ("9f" * 32) / "sha256"
+    staged.mkdir(parents=True)
+    (staged / ("1e" * 32)).write_bytes(b"z" * 5000)
+    ctx = browser.new_context(viewport={"width": 390, "height": 800})
+    ctx.set_default_timeout(30_000)
+    try:
+        page = ctx.new_page()
+        login(page, ui_app)
+        page.wait_for_url(f"{ui_app.url}/ui/")
+        page.goto(f"{ui_app.url}/ui/maintenance")
+        assert page.locator("#leftovers").count() == 1  # the widest table is there
+        jobs = page.locator("#jobs a")
+        targets = ["/ui/maintenance", "/ui/edge-config", "/ui/image-keys"]
+        if jobs.count():
+            targets.append(str(jobs.first.get_attribute("href")))
+        for path in targets:
+            page.goto(f"{ui_app.url}{path}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} scrolls sideways at 390 px ({width} px wide)"
+        screenshot(page, "maintenance-phone")
+    finally:
+        ctx.close()
