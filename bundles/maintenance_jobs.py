@@ -209,7 +209,10 @@ class MaintenanceJobs:
                 result = report.to_json()
                 audited = ("update", "scrub", f"{report.checked} blobs checked, {len(report.damaged)} damaged")
         except GcRefused as exc:
-            self._finish(job_id, "failed", None, str(exc))
+            # The CLI's message ends with what to pass on its command line; a job says what to do instead.
+            why = str(exc).split(". Nothing was collected.", 1)[0]
+            self._finish(job_id, "failed", None, f"{why}. Nothing was collected. Check the appliance's connection "
+                                                 "to the cluster, then start the collection again.")
             return
         except Exception as exc:  # recorded on the job, which the caller follows; the log has the rest
             _log.exception("maintenance job %s (%s) failed", job_id, kind)

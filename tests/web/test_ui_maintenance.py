@@ -235,6 +235,8 @@ def test_gc_dry_run_then_run_as_background_jobs_match_the_cli(ui_app: Appliance,
     assert page.locator("#gc-manifests").inner_text() == str(len(cli["manifestsRemoved"]))
     assert page.locator("#gc-blobs").inner_text() == str(len(cli["blobsRemoved"]))
     assert pushed.digest in page.locator("#gc-removed").inner_text()
+    assert "No cluster is connected" in page.locator(".note").inner_text()  # plain words, no option names
+    assert "--" not in page.locator("#result").inner_text()
     assert v2.request("GET", f"/v2/spectro-images/gcjunk/manifests/{pushed.digest}").status_code == 200
     screenshot(page, "maintenance-gc-dry-run")
 
@@ -328,7 +330,12 @@ def test_a_gc_job_killed_with_its_worker_shows_interrupted(appliance_factory: Ca
         page.goto(f"{app.url}/ui/maintenance/jobs/{job['id']}")
         assert page.locator("#job-state").inner_text() == "interrupted"
         assert "start it again" in page.locator("#job-error").inner_text()
-        assert page.get_by_role("button", name="Start with a new dry run").is_visible()
+        # The cluster is gone now (connection refused): a new dry run fails, saying so in plain words.
+        page.get_by_role("button", name="Start with a new dry run").click()
+        page.wait_for_url(f"{app.url}/ui/maintenance/jobs/*")
+        assert _finished_job_page(page) == "failed"
+        error = page.locator("#job-error").inner_text()
+        assert "cluster cannot be reached" in error and "Nothing was collected" in error and "--" not in error
     finally:
         ctx.close()
 

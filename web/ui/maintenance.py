@@ -73,6 +73,16 @@ def edge_zip(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _plain_note(warning: str) -> str:
+    """A GC report warning in a technician's words (the report's own name command-line options)."""
+    if warning.startswith("no cluster is configured"):
+        return ("No cluster is connected to this appliance, so what edge clusters run now is not looked up: "
+                "only tags and the kept releases protect content.")
+    if "cluster cannot be reached" in warning:
+        return "The cluster could not be reached: what it runs now was not protected."
+    return warning
+
+
 def create_blueprint() -> Blueprint:
     bp = Blueprint("ui_maint", __name__, url_prefix="/ui")
 
@@ -149,7 +159,8 @@ def create_blueprint() -> Blueprint:
         if job is None:
             return Response(render_template("ui/error.html", status=404, title="No such job",
                                             message="This maintenance job does not exist (any more)."), status=404)
-        return Response(render_template("ui/maintenance_job.html", job=job, r=job.result or {}))
+        notes = [_plain_note(w) for w in (job.result or {}).get("warnings", [])]
+        return Response(render_template("ui/maintenance_job.html", job=job, r=job.result or {}, notes=notes))
 
     # -- edge-host configuration
 
