@@ -420,7 +420,7 @@ def _seed_health(trusted_keys: int) -> tuple[str, bool, str]:
     if not refused:
         return "seed directory", True, f"scan {scan.id} ({scan.state}): {summary}"
     codes = ", ".join(sorted({str(f.get("errorCode")) for f in refused}))
-    why = (" — no key is trusted: add the signing key (Trusted keys, or `cargohold keys add`), then scan again "
+    why = (" — no key is trusted: add the signing key on the Trusted keys page, then scan again "
            "retrying refused" if trusted_keys == 0 else "")
     return "seed directory", False, f"scan {scan.id}: {summary}; refused: {codes}{why}"
 
