@@ -202,7 +202,10 @@ def test_a_worker_killed_mid_import_and_a_racing_cli_scan_import_each_bundle_exa
     seed = data / "seed"
     seed.mkdir(parents=True)
     su.trust(data, public)
-    su.bundle(seed / "a-big.tar.zst", private, "big", {"docker.io/library/big:1": 40 << 20}, 21)
+    # Big and in one zstd frame (read as one stream), so its import lasts long enough to be killed in the middle:
+    # a framed 40 MiB bundle imported in parallel was sometimes done before the kill landed.
+    su.bundle(seed / "a-big.tar.zst", private, "big", {"docker.io/library/big:1": 160 << 20}, 21,
+              "--no-frame-index")
     for i in range(3):
         su.bundle(seed / f"b{i}.tar.zst", private, f"small{i}", {f"docker.io/library/small{i}:1": 20_000}, 22 + i)
     app = start_appliance(data, env=SETTLE)
@@ -217,6 +220,9 @@ def test_a_worker_killed_mid_import_and_a_racing_cli_scan_import_each_bundle_exa
             time.sleep(0.02)
         ((pid,),) = su.rows(data, "SELECT pid FROM seed_scans WHERE trigger = 'start'")
         assert pid in app.worker_pids()
+        os.kill(pid, signal.SIGSTOP)  # frozen mid-import: the kill below cannot miss the import
+        ((state,),) = su.rows(data, "SELECT state FROM import_jobs WHERE source = 'seed/a-big.tar.zst'")
+        assert state not in ("done", "failed"), f"the import ended ({state}) before the worker was stopped"
         os.kill(pid, signal.SIGKILL)
         out, err = cli.communicate(timeout=180)
         assert cli.returncode == 0, out + err
