@@ -44,7 +44,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from web.config import Config
@@ -97,6 +97,7 @@ class FrontLayout:
 
     runtime: Path
     scratch: Path
+    owner: int = field(default_factory=os.getpid)  # the process that made it: only it removes it
 
     @property
     def conf(self) -> Path:
@@ -133,7 +134,12 @@ class FrontLayout:
         return layout
 
     def remove(self) -> None:
-        shutil.rmtree(self.runtime, ignore_errors=True)
+        # gunicorn forks its workers inside Arbiter.run(), so a worker that exits gracefully (SIGTERM, as
+        # systemd sends to the whole service; a HUP reload; a recycle) unwinds through the master's own
+        # `finally` blocks: without this check it deleted the runtime directory, the app's socket with it,
+        # and the front answered 502 until a restart.
+        if os.getpid() == self.owner:
+            shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def _remove_stale(parent: Path) -> None:

@@ -5,6 +5,7 @@ Each test starts its own appliance: they kill and signal it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -161,3 +162,35 @@ def test_a_chunked_definition_upload_is_always_length_required(appliance: Applia
     url = f"{appliance.url}/api/cargohold/v1/cluster-definitions"
     answers = [requests.post(url, auth=appliance.admin, data=iter([b"x" * 5000]), timeout=10) for _ in range(30)]
     assert {(r.status_code, r.json()["errors"][0]["code"]) for r in answers} == {(411, "LENGTH_REQUIRED")}
+
+
+def test_a_worker_that_exits_gracefully_leaves_the_front_serving(appliance_factory: Callable[..., Appliance]) -> None:
+    # A worker exiting on SIGTERM (a HUP reload, systemd stopping the service, a recycle) unwound through the
+    # master's stack, which it was forked in, and deleted the runtime directory: the app's socket went with it
+    # and nginx answered 502 for everything until a restart.
+    app = appliance_factory()
+    v2 = V2(app)
+    digest = v2.push_blob("spectro-images/test/front-graceful", b"still served")
+    (socket_path,) = {Path(line.rsplit("unix:", 1)[1].split()[0]) for line in app.log().splitlines()
+                      if "the app on unix:" in line}
+    victim = app.worker_pids()[0]
+    os.kill(victim, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while victim in app.worker_pids() or len(app.worker_pids()) < 2:
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    assert socket_path.exists(), f"{socket_path} was removed by the exiting worker"
+    for _ in range(10):
+        r = v2.request("GET", f"/v2/spectro-images/test/front-graceful/blobs/{digest}")
+        assert r.status_code == 200 and r.content == b"still served"
+
+
+def test_sigterm_to_every_process_of_the_service_stops_it_cleanly(tmp_path: Path) -> None:
+    # systemd's default KillMode=control-group sends SIGTERM to the master, the workers and nginx at once.
+    app = start_appliance(tmp_path / "data")
+    pids = [app.process.pid, *app.worker_pids(), *app.front_pids()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    assert app.process.wait(timeout=40) == 0, app.log()
+    assert "Error:" not in app.log() and "Traceback" not in app.log(), app.log()
