@@ -17,28 +17,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from bundles.api_access import ApiAccess, ApiDenied
+from bundles.api_access import ApiAccess
+from bundles.api_json import PREFIX, error_response, flag, guarded_blueprint, json_body
 from bundles.gc_policy import DEFAULT_RETAIN
 from bundles.maintenance_jobs import GC, SCRUB, JobBusy, MaintenanceJobs
 from bundles.releases import ReleaseError
-from bundles.releases_api import PREFIX, _body, _error, _flag
 from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
 
 
 def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
-    bp = Blueprint("maintenance_jobs", __name__)
-
-    @bp.errorhandler(ApiDenied)
-    def _denied(exc: ApiDenied) -> Response:
-        return guard.denied(exc)
-
-    @bp.errorhandler(ReleaseError)
-    def _bad(exc: ReleaseError) -> Response:
-        return _error(exc.status, exc.code, exc.message, exc.detail)
-
-    @bp.before_request
-    def _authenticate() -> None:
-        guard.authenticate()
+    bp = guarded_blueprint("maintenance_jobs", guard)
 
     def _started(kind: str, dry_run: bool, **options: object) -> Response:
         principal = guard.principal()
@@ -46,7 +34,7 @@ def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
         try:
             job = jobs.start(kind, dry_run, principal.username, request.remote_addr or "", **options)  # type: ignore[arg-type]
         except JobBusy as exc:
-            return _error(409, "JOB_BUSY", f"{exc}; wait for it to finish", exc.job.to_json())
+            return error_response(409, "JOB_BUSY", f"{exc}; wait for it to finish", exc.job.to_json())
         resp = jsonify(job.to_json())
         resp.status_code = 202
         resp.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
@@ -55,7 +43,7 @@ def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
     @bp.post(f"{PREFIX}/jobs/gc")
     def start_gc() -> Response:
         guard.require_admin("collect garbage")
-        body = _body()
+        body = json_body()
         retain = body.get("retain", DEFAULT_RETAIN)
         if not isinstance(retain, int) or isinstance(retain, bool) or retain < 1:
             raise ReleaseError("retain must be a whole number of releases, at least 1", 400, "BAD_REQUEST")
@@ -63,13 +51,13 @@ def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
             grace = parse_grace(str(body["grace"])) if "grace" in body else DEFAULT_GRACE_SECONDS
         except ValueError as exc:
             raise ReleaseError(str(exc), 400, "BAD_REQUEST") from None
-        return _started(GC, _flag(body, "dryRun"), retain=retain, grace_seconds=grace)
+        return _started(GC, flag(body, "dryRun"), retain=retain, grace_seconds=grace)
 
     @bp.post(f"{PREFIX}/jobs/scrub")
     def start_scrub() -> Response:
         guard.require_admin("scrub the blob store")
-        body = _body()
-        return _started(SCRUB, False, quarantine=_flag(body, "quarantine", True))
+        body = json_body()
+        return _started(SCRUB, False, quarantine=flag(body, "quarantine", True))
 
     @bp.get(f"{PREFIX}/jobs")
     def list_jobs() -> Response:
@@ -81,7 +69,7 @@ def create_blueprint(jobs: MaintenanceJobs, guard: ApiAccess) -> Blueprint:
         guard.require_reader()
         job = jobs.get(job_id)
         if job is None:
-            return _error(404, "NOT_FOUND", f"no maintenance job {job_id}")
+            return error_response(404, "NOT_FOUND", f"no maintenance job {job_id}")
         return jsonify(job.to_json())
 
     return bp

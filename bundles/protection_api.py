@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from bundles.api_access import ApiAccess, ApiDenied
-from bundles.releases import ReleaseError
-from bundles.releases_api import PREFIX, _body, _error
+from bundles.api_access import ApiAccess
+from bundles.api_json import PREFIX, error_response, guarded_blueprint, json_body
 from registry.db import write_transaction
 from registry.model import Registry
 from registry.protection import DEFAULT_OVERRIDE_TTL, OverrideRefused, TagProtection
@@ -25,19 +24,11 @@ from registry.protection import DEFAULT_OVERRIDE_TTL, OverrideRefused, TagProtec
 
 def create_blueprint(registry: Registry, guard: ApiAccess) -> Blueprint:
     """The tag-override endpoints over one registry."""
-    bp = Blueprint("tag_overrides", __name__)
-
-    @bp.errorhandler(ApiDenied)
-    def _denied(exc: ApiDenied) -> Response:
-        return guard.denied(exc)
+    bp = guarded_blueprint("tag_overrides", guard)
 
     @bp.errorhandler(OverrideRefused)
     def _refused(exc: OverrideRefused) -> Response:
-        return _error(exc.status, exc.code, exc.message)
-
-    @bp.errorhandler(ReleaseError)  # what `_body` raises for a body that is not a small JSON object
-    def _bad_body(exc: ReleaseError) -> Response:
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
 
     @bp.before_request
     def _authenticate() -> None:
@@ -46,7 +37,7 @@ def create_blueprint(registry: Registry, guard: ApiAccess) -> Blueprint:
     @bp.post(f"{PREFIX}/tag-overrides")
     def grant() -> Response:
         principal = guard.require_admin("override tag protection")
-        body = _body()
+        body = json_body()
         repository, tag = body.get("repository"), body.get("tag")
         if not isinstance(repository, str) or not isinstance(tag, str) or not repository or not tag:
             raise OverrideRefused("repository and tag are required, e.g. {\"repository\": "

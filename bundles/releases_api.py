@@ -28,71 +28,22 @@ and scrub (``scrub``) after they ran.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from bundles.api_access import ApiAccess, ApiDenied
+from bundles.api_access import ApiAccess
+from bundles.api_json import PREFIX, error_response, flag, guarded_blueprint, json_body
 from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
 from bundles.releases import ReleaseError, Releases
 from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
 from registry.scrub import scrub
 from registry.uploads import Uploads
 
-PREFIX = "/api/cargohold/v1"
-MAX_BODY_BYTES = 64 << 10
-
-
-def _error(status: int, code: str, message: str, detail: Any = None) -> Response:
-    entry: dict[str, Any] = {"code": code, "message": message}
-    if detail is not None:
-        entry["detail"] = detail
-    resp = jsonify({"errors": [entry]})
-    resp.status_code = status
-    return resp
-
-
-def _body() -> dict[str, Any]:
-    """The request's small JSON object body ({} when empty); read with a cap, never whole whatever its size."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise ReleaseError(f"the request body may be at most {MAX_BODY_BYTES} bytes", 413, "PAYLOAD_TOO_LARGE")
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ReleaseError(f"the request body may be at most {MAX_BODY_BYTES} bytes", 413, "PAYLOAD_TOO_LARGE")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is bad input too
-        body = None
-    if not isinstance(body, dict):
-        raise ReleaseError("the request body must be a JSON object", 400, "BAD_REQUEST")
-    return body
-
-
-def _flag(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise ReleaseError(f"{name} must be true or false", 400, "BAD_REQUEST")
-    return value
-
 
 def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> Blueprint:
     """The release endpoints over one data directory."""
-    bp = Blueprint("releases", __name__)
-
-    @bp.errorhandler(ApiDenied)
-    def _denied(exc: ApiDenied) -> Response:
-        return guard.denied(exc)
-
-    @bp.errorhandler(ReleaseError)
-    def _release_error(exc: ReleaseError) -> Response:
-        return _error(exc.status, exc.code, exc.message, exc.detail)
-
-    @bp.before_request
-    def _authenticate() -> None:
-        guard.authenticate()
+    bp = guarded_blueprint("releases", guard)
 
     def _principal() -> Any:
         return guard.require_reader()
@@ -124,11 +75,11 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
     @bp.post(f"{PREFIX}/releases/<rid>/promote")
     def promote(rid: str) -> Response:
         principal = _admin("promote releases")
-        body = _body()
+        body = json_body()
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise ReleaseError("reason must be a string", 400, "BAD_REQUEST")
-        return jsonify(releases.promote(rid, principal.username, request.remote_addr or "", _flag(body, "force"),
+        return jsonify(releases.promote(rid, principal.username, request.remote_addr or "", flag(body, "force"),
                                         reason))
 
     @bp.post(f"{PREFIX}/releases/rollback")
@@ -139,7 +90,7 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
     @bp.delete(f"{PREFIX}/releases/<rid>")
     def discard(rid: str) -> Response:
         principal = _admin("discard releases")
-        body = _body()
+        body = json_body()
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise ReleaseError("reason must be a string", 400, "BAD_REQUEST")
@@ -148,7 +99,7 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
     @bp.post(f"{PREFIX}/gc")
     def gc() -> Response:
         _admin("collect garbage")
-        body = _body()
+        body = json_body()
         retain = body.get("retain", DEFAULT_RETAIN)
         if not isinstance(retain, int) or isinstance(retain, bool) or retain < 1:
             raise ReleaseError("retain must be a whole number of releases, at least 1", 400, "BAD_REQUEST")
@@ -156,12 +107,12 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
             grace = parse_grace(str(body["grace"])) if "grace" in body else DEFAULT_GRACE_SECONDS
         except ValueError as exc:
             raise ReleaseError(str(exc), 400, "BAD_REQUEST") from None
-        dry_run = _flag(body, "dryRun")
+        dry_run = flag(body, "dryRun")
         try:
             report = collect(releases, uploads, retain, grace, dry_run, ClusterSource.from_env(),
-                             _flag(body, "ignoreCluster"))
+                             flag(body, "ignoreCluster"))
         except GcRefused as exc:
-            return _error(409, "CLUSTER_UNREACHABLE", str(exc))
+            return error_response(409, "CLUSTER_UNREACHABLE", str(exc))
         if not dry_run:
             guard.record("delete", "garbage-collection", f"{len(report['manifestsRemoved'])} manifests, "
                          f"{len(report['blobsRemoved'])} blobs, {report['bytesReclaimed']} bytes (retain {retain})")
@@ -170,8 +121,8 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
     @bp.post(f"{PREFIX}/scrub")
     def run_scrub() -> Response:
         _admin("scrub the blob store")
-        body = _body()
-        report = scrub(releases.registry, quarantine=_flag(body, "quarantine", True))
+        body = json_body()
+        report = scrub(releases.registry, quarantine=flag(body, "quarantine", True))
         guard.record("update", "scrub", f"{report.checked} blobs checked, {len(report.damaged)} damaged")
         return jsonify(report.to_json())
 
