@@ -48,12 +48,13 @@ from bundles.importer import (
     RATIO_FLOOR,
     BundleRefused,
     Progress,
+    _listed_member,
     _member_name,
-    _read_layout_file,
     _read_small,
     _Staging,
     _State,
     _TarStream,
+    _verified_layout_file,
     _ZstdFrames,
 )
 from registry.digest import Digest
@@ -367,19 +368,10 @@ class FrameImport:
 
     def _take(self, tar: _FrameTar, info: tarfile.TarInfo, name: str, number: int, staging: _Staging) -> None:
         """`Importer._take_listed`, hashing on this worker's thread; state changes under the lock."""
-        member = self._listed.get(name)
+        member = _listed_member(self._listed, info, name)
         state = self.state
-        if member is None:
-            raise BundleRefused("UNLISTED_MEMBER", f"member {name} is not listed in the bundle manifest")
-        if info.size != member.size:
-            raise BundleRefused("SIZE_MISMATCH", f"member {name} has {info.size} bytes, the bundle manifest says "
-                                f"{member.size}")
         if name in fmt.LAYOUT_MEMBERS:
-            data = _read_layout_file(tar, info, name)
-            actual = Digest.of_bytes(data, member.digest.algorithm)
-            if actual != member.digest:
-                raise BundleRefused("DIGEST_MISMATCH", f"member {name} has digest {actual}, the bundle manifest "
-                                    f"says {member.digest}")
+            data = _verified_layout_file(tar, info, name, member)
             with self._lock:
                 state.layout[name] = data
             return

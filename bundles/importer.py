@@ -570,6 +570,27 @@ def _read_layout_file(tar: _TarStream, info: tarfile.TarInfo, name: str) -> byte
     return data
 
 
+def _listed_member(listed: dict[str, fmt.Member], info: tarfile.TarInfo, name: str) -> fmt.Member:
+    """The manifest's entry for member `name`; refused unless the manifest lists it with this size."""
+    member = listed.get(name)
+    if member is None:
+        raise BundleRefused("UNLISTED_MEMBER", f"member {name} is not listed in the bundle manifest")
+    if info.size != member.size:
+        raise BundleRefused("SIZE_MISMATCH", f"member {name} has {info.size} bytes, the bundle manifest says "
+                            f"{member.size}")
+    return member
+
+
+def _verified_layout_file(tar: _TarStream, info: tarfile.TarInfo, name: str, member: fmt.Member) -> bytes:
+    """oci-layout or index.json within its caps, refused unless it has the digest the manifest lists."""
+    data = _read_layout_file(tar, info, name)
+    actual = Digest.of_bytes(data, member.digest.algorithm)
+    if actual != member.digest:
+        raise BundleRefused("DIGEST_MISMATCH", f"member {name} has digest {actual}, the bundle manifest "
+                            f"says {member.digest}")
+    return data
+
+
 def _digest_from_path(name: str) -> Digest | None:
     algo, _, encoded = name[len(fmt.BLOB_PREFIX):].partition("/")
     try:
@@ -842,19 +863,9 @@ class Importer:
 
     def _take_listed(self, tar: _TarStream, info: tarfile.TarInfo, name: str,
                      listed: dict[str, fmt.Member], state: _State, staging: _Staging) -> None:
-        member = listed.get(name)
-        if member is None:
-            raise BundleRefused("UNLISTED_MEMBER", f"member {name} is not listed in the bundle manifest")
-        if info.size != member.size:
-            raise BundleRefused("SIZE_MISMATCH", f"member {name} has {info.size} bytes, the bundle manifest says "
-                                f"{member.size}")
+        member = _listed_member(listed, info, name)
         if name in fmt.LAYOUT_MEMBERS:
-            data = _read_layout_file(tar, info, name)
-            actual = Digest.of_bytes(data, member.digest.algorithm)
-            if actual != member.digest:
-                raise BundleRefused("DIGEST_MISMATCH", f"member {name} has digest {actual}, the bundle manifest "
-                                    f"says {member.digest}")
-            state.layout[name] = data
+            state.layout[name] = _verified_layout_file(tar, info, name, member)
             return
         if not name.startswith(fmt.BLOB_PREFIX):
             state.files[name] = member.digest
