@@ -366,6 +366,9 @@ def test_import_cut_by_a_kill_says_interrupted_and_retry_imports_it_without_uplo
         page = context.new_page()
         login(page, app)
         page.wait_for_url(f"{app.url}/ui/")
+        # The interrupted import's own report page offers the retry too.
+        page.goto(f"{app.url}/ui/imports/{cut['id']}")
+        assert page.locator("#job-error").get_by_role("button", name="Retry import").is_visible()
         page.goto(f"{app.url}/ui/imports")
         row = page.locator("#imports tbody tr", has_text=bundle.name)
         assert "interrupted" in row.locator(".badge").inner_text()

@@ -1,4 +1,4 @@
-// The Imports page: "Retry import" runs a failed or interrupted import again from the uploaded file still on the
+// The Imports page and an import's report page: "Retry import" runs a failed or interrupted import again from the uploaded file still on the
 // appliance (POST /api/v1/imports/<id>/retry), then opens the new import's page.
 "use strict";
 

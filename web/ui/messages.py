@@ -52,7 +52,8 @@ IMPORT_REFUSALS: dict[str, tuple[str, str]] = {
     "PUBLISH": ("The appliance's disk or database failed while importing.",
                 "Try again; if it fails again, ask your administrator to look at the appliance."),
     "INTERRUPTED": ("The appliance stopped (restart or power loss) before the import finished.",
-                    "Import the bundle again: the work already done is reused."),
+                    "Press Retry import (the file uploaded before is reused), or import the bundle again: the "
+                    "work already done is reused."),
     "INTERNAL": ("The import failed on something unexpected.",
                  "Try again; if it fails again, ask your administrator to look at the appliance's log."),
 }
