@@ -50,6 +50,7 @@ from bundles.importer import (
     Progress,
     _listed_member,
     _member_name,
+    _read_bundle_manifest,
     _read_small,
     _Staging,
     _State,
@@ -248,17 +249,8 @@ class FrameImport:
                 return False  # not a cargohold bundle: the streaming import reads (and judges) it
             name = fmt.MANIFEST_MEMBER
             where[0] = f"member {name}"
-            if info.size > fmt.MAX_MANIFEST_BYTES:
-                raise BundleRefused("MANIFEST_TOO_LARGE", f"{name} has {info.size} bytes, more than the "
-                                    f"{fmt.MAX_MANIFEST_BYTES} allowed")
-            data = _read_small(tar, info, name, fmt.MAX_MANIFEST_BYTES)
-            try:
-                state.manifest = fmt.BundleManifest.decode(data)
-            except fmt.ManifestTooLarge as exc:
-                raise BundleRefused("MANIFEST_TOO_LARGE", str(exc)) from None
-            except fmt.FormatError as exc:
-                raise BundleRefused("FORMAT", str(exc)) from None
-            state.manifest_digest = Digest.of_bytes(data)
+            data = _read_bundle_manifest(tar, info, state)
+            assert state.manifest is not None
             self._listed = {m.path: m for m in state.manifest.members}
             if tar.offset < frame.usize:
                 info = tar.next()

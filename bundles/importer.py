@@ -570,6 +570,23 @@ def _read_layout_file(tar: _TarStream, info: tarfile.TarInfo, name: str) -> byte
     return data
 
 
+def _read_bundle_manifest(tar: _TarStream, info: tarfile.TarInfo, state: _State) -> bytes:
+    """Read and decode cargohold-bundle.json into `state` within the format's caps; its bytes."""
+    name = fmt.MANIFEST_MEMBER
+    if info.size > fmt.MAX_MANIFEST_BYTES:  # refused at its header: not one byte of it is read
+        raise BundleRefused("MANIFEST_TOO_LARGE", f"{name} has {info.size} bytes, more than the "
+                            f"{fmt.MAX_MANIFEST_BYTES} allowed")
+    data = _read_small(tar, info, name, fmt.MAX_MANIFEST_BYTES)
+    try:
+        state.manifest = fmt.BundleManifest.decode(data)
+    except fmt.ManifestTooLarge as exc:
+        raise BundleRefused("MANIFEST_TOO_LARGE", str(exc)) from None
+    except fmt.FormatError as exc:
+        raise BundleRefused("FORMAT", str(exc)) from None
+    state.manifest_digest = Digest.of_bytes(data)
+    return data
+
+
 def _listed_member(listed: dict[str, fmt.Member], info: tarfile.TarInfo, name: str) -> fmt.Member:
     """The manifest's entry for member `name`; refused unless the manifest lists it with this size."""
     member = listed.get(name)
@@ -747,19 +764,9 @@ class Importer:
                 seen.add(name)
                 position += 1
                 if position == 1 and name == fmt.MANIFEST_MEMBER:
-                    if info.size > fmt.MAX_MANIFEST_BYTES:  # refused at its header: not one byte of it is read
-                        raise BundleRefused("MANIFEST_TOO_LARGE", f"{name} has {info.size} bytes, more than the "
-                                            f"{fmt.MAX_MANIFEST_BYTES} allowed")
-                    data = _read_small(tar, info, name, fmt.MAX_MANIFEST_BYTES)
-                    try:
-                        state.manifest = fmt.BundleManifest.decode(data)
-                    except fmt.ManifestTooLarge as exc:
-                        raise BundleRefused("MANIFEST_TOO_LARGE", str(exc)) from None
-                    except fmt.FormatError as exc:
-                        raise BundleRefused("FORMAT", str(exc)) from None
-                    state.manifest_digest = Digest.of_bytes(data)
+                    manifest_bytes = _read_bundle_manifest(tar, info, state)
+                    assert state.manifest is not None
                     listed = {m.path: m for m in state.manifest.members}
-                    manifest_bytes = data
                     continue
                 if position == 1:
                     # A plain OCI layout from other tooling: only a detached signature can vouch for it.
