@@ -23,6 +23,7 @@ from typing import Any
 
 from bundles.inuse import ClusterUnreachable, in_cluster_available, in_use_digests, read_cluster
 from bundles.releases import Releases
+from registry import metrics
 from registry.gc import DEFAULT_GRACE_SECONDS, GarbageCollector
 from registry.uploads import Uploads
 
@@ -70,6 +71,7 @@ def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_R
             found = read_cluster(cluster.kubeconfig, cluster.context)
         except ClusterUnreachable as exc:
             if not ignore_cluster:
+                metrics.record_gc("refused", dry_run, 0.0, None, 0.0)
                 raise GcRefused(f"the cluster cannot be reached, so the images it runs cannot be protected: {exc}. "
                                 "Nothing was collected. Fix the connection, or run again with --ignore-cluster "
                                 "to collect without in-use protection.") from None

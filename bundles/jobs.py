@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundles import metrics
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
 from registry.db import is_disk_full, migrate, open_database, write_transaction
 from registry.paths import DataPaths
@@ -218,19 +219,24 @@ def run_import(importer: Importer, jobs: ImportJobs, job_id: str, source: Path, 
         if progress is not None:
             progress(state, done, total)
 
+    started = time.monotonic()
     try:
         report = importer.run(source, signature, both, allow_unsigned)
     except BundleRefused as exc:
+        metrics.record_import("refused", exc.code, time.monotonic() - started)
         jobs.fail_or_log(job_id, exc.message, exc.code, record_retries)
         raise
     except BaseException as exc:
         if is_disk_full(exc):
             refusal = disk_full_refusal(exc)
+            metrics.record_import("refused", refusal.code, time.monotonic() - started)
             jobs.fail_or_log(job_id, refusal.message, refusal.code, record_retries)
             raise refusal from None
+        metrics.record_import("failed", INTERNAL, time.monotonic() - started)
         jobs.fail_or_log(job_id, f"internal error ({type(exc).__name__}); see the appliance log", INTERNAL,
                          record_retries)
         raise
+    metrics.record_import("done", "", time.monotonic() - started, int(report.get("bytesRead") or 0))
     report["jobId"] = job_id
     try:
         jobs.finish(job_id, report)

@@ -32,7 +32,8 @@ from typing import IO, Any
 from flask import Blueprint, Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestedRangeNotSatisfiable
 
-from registry.access import Access, LoginLimiter, TooManyAttempts
+from registry import metrics
+from registry.access import Access, LoginLimiter, TooManyAttempts, project_of
 from registry.auth import Principal, Users
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -237,6 +238,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         if request.method == "HEAD":
             headers["Content-Length"] = str(record.size)
             return Response(status=200, headers=headers)
+        metrics.PULLS.labels(project_of(name)).inc()  # a pull is the manifest GET; blobs follow it
         return Response(registry.manifest_bytes(record), status=200, headers=headers)
 
     def _negotiate(record: Any, accept: set[str]) -> Any:
@@ -261,6 +263,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
                                 status=413)
         body = request.stream.read(registry.max_manifest_bytes + 1)
         parsed = registry.put_manifest(name, reference, body, request.headers.get("Content-Type"))
+        metrics.PUSHES.labels(project_of(name)).inc()
         headers = {"Location": f"/v2/{name}/manifests/{parsed.digest}", "Docker-Content-Digest": str(parsed.digest)}
         if parsed.subject is not None:
             headers["OCI-Subject"] = str(parsed.subject.digest)

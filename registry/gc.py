@@ -46,6 +46,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from registry import metrics
 from registry.db import write_transaction
 from registry.digest import Digest
 from registry.model import Registry
@@ -147,6 +148,15 @@ class GarbageCollector:
         snapshot as the tags.
         """
         started = time.monotonic()
+        try:
+            report = self._run(roots, dry_run, started)
+        except BaseException:
+            metrics.record_gc("failed", dry_run, time.monotonic() - started, None, time.time())
+            raise
+        metrics.record_gc("done", dry_run, report.duration_seconds, report.to_json(), time.time())
+        return report
+
+    def _run(self, roots: GcRoots | RootsFn, dry_run: bool, started: float) -> GcReport:
         report = GcReport(dry_run=dry_run, grace_seconds=self.grace)
         cutoff = time.time() - self.grace
         db = self.registry.db

@@ -60,6 +60,7 @@ from registry.audit import AuditLog
 from registry.auth import Principal
 from registry.digest import Digest
 from registry.errors import RegistryError
+from registry.health import BLOBSTORE, readiness
 from registry.image_trust import METADATA_KEYS, ImageTrust, parse_flag
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
@@ -212,8 +213,9 @@ def _created(body: Any, location: str) -> Response:
 
 
 def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, default_project: str,
-                     external_url: str | None = None, has_ca_root: Callable[[], bool] = lambda: False) -> Blueprint:
-    """The /api/v2.0 blueprint."""
+                     external_url: str | None = None, has_ca_root: Callable[[], bool] = lambda: False,
+                     reserve_bytes: int = 0) -> Blueprint:
+    """The /api/v2.0 blueprint; `reserve_bytes`: the free space writes must leave (its health's disk check)."""
     bp = Blueprint("harbor", __name__, url_prefix=PREFIX)
     projects, robots, members = access.projects, access.robots, access.members
     image_trust = ImageTrust(projects.registry)
@@ -295,17 +297,17 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
 
     @bp.get("/health")
     def health() -> Response:
-        components = []
-        try:
-            access.registry.db.execute("SELECT 1").fetchone()
-            components.append({"name": "database", "status": "healthy"})
-        except sqlite3.Error as exc:
-            components.append({"name": "database", "status": "unhealthy", "error": str(exc)})
-        blobs = access.registry.paths.blobs
-        components.append({"name": "registry", "status": "healthy" if blobs.is_dir() else "unhealthy"})
-        components.insert(0, {"name": "core", "status": "healthy"})
-        healthy = all(c["status"] == "healthy" for c in components)
-        return jsonify({"status": "healthy" if healthy else "unhealthy", "components": components})
+        # The checks of /readyz (registry.health), in Harbor's shape: "registry" is the blob store. Harbor answers
+        # 200 either way; the body says unhealthy and which component is, with why.
+        ready = readiness(access.registry.paths, reserve_bytes)
+        names = {BLOBSTORE: "registry"}
+        components: list[dict[str, str]] = [{"name": "core", "status": "healthy"}]
+        for check in ready.checks:
+            component = {"name": names.get(check.name, check.name), "status": "healthy" if check.ok else "unhealthy"}
+            if check.error is not None:
+                component["error"] = check.error
+            components.append(component)
+        return jsonify({"status": "healthy" if ready.ok else "unhealthy", "components": components})
 
     @bp.get("/systeminfo")
     def systeminfo() -> Response:

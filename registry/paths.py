@@ -19,6 +19,8 @@
       imports/                bundles uploaded for import, and import scratch space
       seed/                   the default seed directory: bundles and definitions an installer placed
                               here are imported at start (bundles.seed); never written by the appliance
+      metrics                 a symbolic link to the serving appliance's private directory of metric values
+                              (prometheus_client multiprocess files, in the runtime directory; web/metrics_dir.py)
       front/                  request bodies the nginx front buffers (small ones only) and
                               its scratch for responses (web/front.py); disposable
 
@@ -93,6 +95,10 @@ class DataPaths:
     @property
     def seed(self) -> Path:
         return self.root / "seed"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
 
     @property
     def front_scratch(self) -> Path:

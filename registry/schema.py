@@ -24,6 +24,7 @@ ui_sessions       signed-in operator UI sessions by the SHA-256 of their id: sig
 project_metadata  Harbor project metadata beyond `public`, key -> "true"/"false" string as Harbor stores it
                   (enable_content_trust_cosign; registry.image_trust)
 image_signing_keys public keys whose cosign signatures the content-trust policy accepts (registry.image_trust)
+health_heartbeat  one row the readiness check rewrites to prove the database takes a write (registry.health)
 """
 
 from __future__ import annotations
@@ -165,3 +166,9 @@ def m006_content_trust(db: Database) -> None:
         {"id": str, "key_type": str, "description": str, "public_pem": str, "added_at": float}, pk="id",
         not_null={"public_pem", "added_at"},
     )
+
+
+@migrations()
+def m007_health_heartbeat(db: Database) -> None:
+    # One row that the readiness check (registry.health) rewrites: proof the database takes a write.
+    db.table("health_heartbeat").create({"id": int, "checked_at": float, "pid": int}, pk="id")

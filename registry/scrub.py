@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry import metrics
 from registry.blobstore import CHUNK
 from registry.digest import Digest
 from registry.errors import RegistryError
@@ -58,8 +59,19 @@ def _hash_file(path: os.PathLike[str] | str, algorithm: str) -> tuple[str, int]:
 def scrub(registry: Registry, quarantine: bool = True,
           progress: Callable[[int, int], None] | None = None) -> ScrubReport:
     """Re-hash every blob file; quarantine (unless told not to) and report mismatches. Read-only otherwise."""
-    started = time.monotonic()
     report = ScrubReport()
+    try:
+        _scrub(registry, quarantine, progress, report)
+    except BaseException:
+        metrics.record_scrub("failed", report.checked, report.bytes, len(report.damaged), 0, time.time())
+        raise
+    metrics.record_scrub("done", report.checked, report.bytes, len(report.damaged), len(report.missing), time.time())
+    return report
+
+
+def _scrub(registry: Registry, quarantine: bool, progress: Callable[[int, int], None] | None,
+           report: ScrubReport) -> None:
+    started = time.monotonic()
     paths = registry.paths
     for info in registry.store.walk():
         path = registry.store.local_path(info.digest)
@@ -94,4 +106,3 @@ def scrub(registry: Registry, quarantine: bool = True,
         if registry.store.stat(digest) is None and all(d["digest"] != text for d in report.damaged):
             report.missing.append(text)
     report.duration_seconds = time.monotonic() - started
-    return report

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from registry import hashstate
+from registry import hashstate, metrics
 from registry.blobstore import CHUNK, BlobInfo, require_space, storage_error
 from registry.db import write_transaction
 from registry.digest import Digest
@@ -74,6 +74,7 @@ class Uploads:
         with write_transaction(self.registry.db) as db:
             db.execute("INSERT INTO uploads (uuid, repository, offset, hash_state, created_at, updated_at) "
                        "VALUES (?, ?, 0, ?, ?, ?)", [uuid, name, state, now, now])
+        metrics.UPLOADS_STARTED.inc()
         return UploadSession(uuid, name, 0, now)
 
     def get(self, name: str, uuid: str) -> UploadSession:
@@ -196,6 +197,7 @@ class Uploads:
                 repo_id = self.registry.ensure_repository(db, session.repository)
                 self.registry.link(db, repo_id, info)
                 db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+        metrics.UPLOADS_COMPLETED.inc()
         return info
 
     def _stored_before_crash(self, session: UploadSession, digest: Digest) -> BlobInfo | None:

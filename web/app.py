@@ -32,7 +32,7 @@ from registry.model import Registry
 from registry.names import parse_mapping_rules
 from registry.tokens import TokenSigner
 from registry.uploads import Uploads
-from web import hardening, tls_api, ui
+from web import hardening, health, metrics, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
 from web.seed import scan_in_background, seed_scanner
@@ -108,7 +108,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(token_api.create_blueprint(services.access, signer, config.external_url))
     app.register_blueprint(harbor.create_blueprint(
         services.access, Artifacts(services.registry, services.access.projects), services.audit, config.project,
-        config.external_url, lambda: generated_ca(config) is not None))
+        config.external_url, lambda: generated_ca(config) is not None, config.import_reserve_bytes))
     harbor.register_audit(app, services.audit)
     app.register_blueprint(tls_api.create_blueprint(config))
     # The bundle and cluster-definition APIs authenticate, limit, refuse and audit as the Harbor API does.
@@ -134,6 +134,9 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.extensions["cargohold.seed"] = scanner  # the UI's seed page uses the same scanner
     app.register_blueprint(seed_api.create_blueprint(
         scanner, guard, seed_api.SeedApiConfig(config.seed_scan, scan_in_background)))
+    # Monitoring: /livez and /readyz (open), /metrics and the request metrics (web/metrics.py).
+    app.register_blueprint(health.create_blueprint(config))
+    metrics.install(app, config, services.access, accel_prefix)
     # The operator UI (web.ui): sign-in, resumable upload (tus), pages.
     ui.init_app(app, imports, ClusterDefinitions(config.paths), signer)
 

@@ -67,6 +67,10 @@ def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Paramet
             (require_appliance if existing else check_location)(paths)
         except DataDirError as exc:
             raise click.ClickException(str(exc)) from None
+        # What this command does (an import, a GC) counts in the serving appliance's metrics, if one serves.
+        from web.metrics_dir import adopt_for_command
+
+        adopt_for_command(paths)
         return value
     return callback
 
@@ -111,6 +115,7 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
     """
     from web.datadir import acquire_serve_lock
     from web.front import FrontError
+    from web.metrics_dir import MetricsDirError, prepare_for_serve, remove_after_serve
     from web.server import ApplianceServer, BindError, check_bind
 
     config = _config(data_dir=data_dir, bind=bind, workers=workers, worker_class=worker_class, threads=threads,
@@ -126,14 +131,23 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
         _check_admin_password(config.admin_password)  # a first start: refuse before creating anything
     # Before any set-up, and held until this process (and the workers it forks) exits.
     _lock = acquire_serve_lock(config.paths)  # kept referenced (and open) for the life of serve
+    # Before anything imports prometheus_client or forks: every process of this serve records there.
+    try:
+        metrics_dir = prepare_for_serve(config.paths, config.runtime_dir)
+    except MetricsDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    owner = os.getpid()
     config = _in_child(_prepare, config)
     click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
                err=True)
     try:
-        server = ApplianceServer(config)
-    except FrontError as exc:
-        raise click.ClickException(str(exc)) from None
-    server.run()
+        try:
+            server = ApplianceServer(config)
+        except FrontError as exc:
+            raise click.ClickException(str(exc)) from None
+        server.run()
+    finally:
+        remove_after_serve(metrics_dir, owner)
 
 
 def _prepare(config: Config) -> Config:

@@ -19,6 +19,7 @@ from registry.paths import DataPaths
 DEFAULT_PROJECT = "spectro-images"
 REGISTRY_HOSTNAME = "spectro.registry.local"
 FRONTS = ("nginx", "none")
+METRICS_ACCESS = ("loopback", "token", "open")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,13 @@ class Config:
     login_failures_per_user: int = 10
     login_failures_per_address: int = 30
     login_lockout_seconds: int = 300
+    # Monitoring (docs/operations.md, "Monitoring"). Who may read /metrics: "loopback" (default): clients on
+    # this host without credentials, anyone else with `metrics_token` as a bearer token or a system
+    # administrator's Basic credentials; "token": everyone needs those; "open": anyone. /livez and /readyz
+    # are always open.
+    metrics_access: str = "loopback"
+    # The bearer token for /metrics (empty: none; then only an administrator's Basic credentials).
+    metrics_token: str = field(default="", repr=False)
 
     @property
     def paths(self) -> DataPaths:
@@ -140,6 +148,8 @@ class Config:
 def _convert(name: str, type_name: Any, raw: str) -> Any:
     if name == "front" and raw not in FRONTS:
         raise ValueError(f"CARGOHOLD_FRONT={raw!r} is not one of {', '.join(FRONTS)}")
+    if name == "metrics_access" and raw not in METRICS_ACCESS:
+        raise ValueError(f"CARGOHOLD_METRICS_ACCESS={raw!r} is not one of {', '.join(METRICS_ACCESS)}")
     text = str(type_name)
     try:
         if text.startswith("int"):

@@ -33,7 +33,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web.config import Config
 from web.front import ACCEL_PREFIX, Front, FrontLayout, find_nginx, set_parent_death_signal
-from web.seed import start_up_thread
+from web.metrics_dir import worker_exited
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -126,9 +126,11 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
             # appliances (tests, benchmarks) on one host would fight over it.
             "control_socket_disable": True,
             "post_fork": _post_fork,
+            # A worker that exited no longer has requests in flight (its live gauges go; web/metrics_dir.py).
+            "child_exit": lambda server, worker: worker_exited(worker.pid),
             # Each booted worker offers to run the seed directory's start-up scan; the first to claim it in the
             # database does (web/seed.py). Not in the master: it holds no database handle.
-            "post_worker_init": lambda worker: start_up_thread(self.config),
+            "post_worker_init": lambda worker: _start_up_thread(self.config),
         }
         if self.front:
             # nginx logs every request (with the bytes of blob bodies it sends itself).
@@ -161,6 +163,14 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
         finally:
             if self.front:
                 self.front.layout.remove()
+
+
+def _start_up_thread(config: Config) -> None:
+    # Imported in the worker: the master must not import what records metrics before the metrics directory is
+    # set (web/metrics_dir.py), and web.seed brings the whole import core.
+    from web.seed import start_up_thread
+
+    start_up_thread(config)
 
 
 def _post_fork(server: Arbiter, worker: Any) -> None:

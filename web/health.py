@@ -1,0 +1,46 @@
+"""Health endpoints for supervisors and load balancers: ``/livez`` and ``/readyz``, open to anyone.
+
+- ``GET /livez``: the process answers (200 ``ok``); it touches nothing, so a
+  busy or broken database never gets a working process restarted.
+- ``GET /readyz``: the checks of `registry.health` (the database takes a
+  write, the blob store can be read, free space above the reserve). 200 when
+  all pass, 503 naming the failing ones. JSON
+  (``{"status": "ready"|"unready", "checks": [{"name", "ok", "error"?}]}``),
+  or plain text when the client asks for ``text/plain`` (one ``[+]``/``[-]``
+  line per check, as Kubernetes' own endpoints answer).
+
+Harbor's ``/api/v2.0/health`` (registry/harbor.py) reports the same checks.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from registry.health import readiness
+from web.config import Config
+
+
+def create_blueprint(config: Config) -> Blueprint:
+    bp = Blueprint("health", __name__)
+
+    @bp.get("/livez")
+    def livez() -> Response:
+        return Response("ok\n", mimetype="text/plain", headers={"Cache-Control": "no-store"})
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        ready = readiness(config.paths, config.import_reserve_bytes)
+        status = 200 if ready.ok else 503
+        if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
+            lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.error}" for c in ready.checks]
+            lines.append("ready" if ready.ok else f"not ready: {', '.join(ready.failing)}")
+            resp = Response("\n".join(lines) + "\n", status=status, mimetype="text/plain")
+        else:
+            checks = [{"name": c.name, "ok": c.ok, **({"error": c.error} if c.error else {})} for c in ready.checks]
+            resp = jsonify({"status": "ready" if ready.ok else "unready", "checks": checks,
+                            **({} if ready.ok else {"failing": ready.failing})})
+            resp.status_code = status
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    return bp
