@@ -30,7 +30,7 @@ def test_ping_health_systeminfo(admin: Harbor, anon: Harbor, appliance: Applianc
     assert r.status_code == 200 and r.text == "Pong"
     health = anon("GET", "/health").json()
     assert health["status"] == "healthy"
-    assert {c["name"] for c in health["components"]} == {"core", "database", "registry"}
+    assert {c["name"] for c in health["components"]} == {"core", "database", "registry", "disk"}
     info = anon("GET", "/systeminfo").json()
     assert info["auth_mode"] == "db_auth" and info["registry_url"] == appliance.host
     assert info["project_creation_restriction"] == "adminonly"
