@@ -38,12 +38,15 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 5000
 
-# Liveness of the appliance's own listener on loopback (the nginx front, and
-# the app behind it): GET / answers 200 without credentials. Over TLS the
-# probe skips verification on purpose (it talks to itself on 127.0.0.1, and
-# an operator's own certificate may not name 127.0.0.1).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request; tls = os.environ.get('CARGOHOLD_TLS', '').strip().lower() in ('1', 'true', 'yes', 'on'); urllib.request.urlopen(('https' if tls else 'http') + '://127.0.0.1:5000/', timeout=4, context=ssl._create_unverified_context() if tls else None)"]
+# Readiness of the appliance, asked on its own listener on loopback: GET /readyz
+# answers 200 without credentials when the database takes a write, the blob
+# store can be read and free space is above the reserve, 503 (naming the
+# failing check; `docker inspect` shows it) otherwise. Over TLS the probe skips
+# verification on purpose (it talks to itself on 127.0.0.1, and an operator's
+# own certificate may not name 127.0.0.1). The database check waits up to 3 s
+# for another writer, hence the timeouts.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, ssl, sys, urllib.error, urllib.request; tls = os.environ.get('CARGOHOLD_TLS', '').strip().lower() in ('1', 'true', 'yes', 'on'); req = urllib.request.Request(('https' if tls else 'http') + '://127.0.0.1:5000/readyz', headers={'Accept': 'text/plain'}); ok = True\ntry:\n    print(urllib.request.urlopen(req, timeout=8, context=ssl._create_unverified_context() if tls else None).read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.read().decode()); ok = False\nsys.exit(0 if ok else 1)"]
 
 # SIGTERM drains requests in flight for CARGOHOLD_GRACEFUL_TIMEOUT (30 s): give
 # `docker stop` longer than that (docker stop -t 45).
