@@ -64,7 +64,9 @@ def check_database(paths: DataPaths, timeout: float = DB_TIMEOUT_SECONDS) -> Che
     if not paths.database.is_file():
         return Check(DATABASE, "the database is missing")
     try:
-        conn = sqlite3.connect(f"file:{paths.database}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+        # mode=rw: a missing database is reported, never created empty.
+        conn = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout,
+                               isolation_level=None)
     except sqlite3.Error as exc:
         return Check(DATABASE, f"the database cannot be opened ({_sqlite_reason(exc)})")
     try:

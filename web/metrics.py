@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ from registry.errors import RegistryError
 from registry.metrics import PREFIX, RegistryCollector
 from web.config import Config
 
+_log = logging.getLogger(__name__)
 UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ROUTE_KEY = "cargohold.metrics.route"
@@ -113,7 +115,10 @@ class RequestMetrics:
             return self.app(environ, start)
         finally:
             IN_FLIGHT.dec()
-            self._record(environ, answer[0], answer[1], body.count, time.perf_counter() - started)
+            try:
+                self._record(environ, answer[0], answer[1], body.count, time.perf_counter() - started)
+            except Exception:  # counting must never cost a client its answer
+                _log.exception("could not record the metrics of a request")
 
     def _record(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]], received: int,
                 duration: float) -> None:
