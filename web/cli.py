@@ -21,14 +21,31 @@ from typing import Any
 import click
 
 from registry.paths import DataPaths
+from web import settings
 from web.config import FRONTS, Config
+
+_CONFIG_FILE = "cargohold.config_file"  # ctx.meta key: the --config FILE of this invocation
 
 
 def _config(**overrides: Any) -> Config:
+    """The settings: defaults < config file (--config or $CARGOHOLD_CONFIG) < CARGOHOLD_* < `overrides`.
+
+    A refused setting is one ``Error:`` line naming it, exit status 2 (as a bad option).
+    """
+    ctx = click.get_current_context(silent=True)
+    config_file = ctx.meta.get(_CONFIG_FILE) if ctx is not None else None
     try:
-        return Config.from_env(**overrides)
+        return Config.from_env(config_file=config_file, **overrides)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        error = click.ClickException(str(exc))
+        error.exit_code = 2
+        raise error from None
+
+
+def _remember_config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """The --config callback (eager: before --data-dir's, which reads the settings)."""
+    if value is not None:
+        ctx.meta[_CONFIG_FILE] = value
 
 
 class _Main(click.Group):
@@ -63,6 +80,9 @@ def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Paramet
             return value
         paths = _config(data_dir=value).paths
         click.echo(f"Data directory: {paths.root}", err=True)
+        config_file = settings.config_file(ctx.meta.get(_CONFIG_FILE), os.environ)
+        if config_file is not None:
+            click.echo(f"Config file: {config_file.resolve()}", err=True)
         try:
             (require_appliance if existing else check_location)(paths)
         except DataDirError as exc:
@@ -76,13 +96,26 @@ def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Paramet
 
 
 _DATA_DIR_HELP = "Data directory [default: ./cargohold-data, or CARGOHOLD_DATA_DIR]"
+# Every command with --data-dir also takes --config: the same settings as `serve`.
+_config_option = click.option(
+    "--config", type=click.Path(path_type=Path, dir_okay=False), default=None, is_eager=True, expose_value=False,
+    callback=_remember_config_file, metavar="FILE",
+    help=f"TOML config file (keys: the setting names of the README's table) [default: ${settings.CONFIG_ENV}, "
+         "or none].")
+
+
+def _with_config_option(data_dir: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda function: _config_option(data_dir(function))
+
+
 # For commands that may start a new appliance's directory (serve, imports, adding keys).
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                               callback=_announce_data_dir(existing=False), help=f"{_DATA_DIR_HELP}.")
+data_dir_option = _with_config_option(click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, callback=_announce_data_dir(existing=False),
+    help=f"{_DATA_DIR_HELP}."))
 # For commands that read or change an existing appliance: a directory without one is refused, not created.
-existing_data_dir_option = click.option(
+existing_data_dir_option = _with_config_option(click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None, callback=_announce_data_dir(existing=True),
-    help=f"{_DATA_DIR_HELP}; must hold an appliance.")
+    help=f"{_DATA_DIR_HELP}; must hold an appliance."))
 
 
 @main.command()

@@ -1,25 +1,53 @@
 """Appliance configuration: defaults, environment variables, command line.
 
 Every setting has an embedded default so `cargohold serve` runs with no
-configuration at all (SQLite and ./cargohold-data). Environment variables
-``CARGOHOLD_<FIELD>`` override the defaults; command-line options override
-both. Secrets are excluded from `repr` so they never reach a log line.
+configuration at all (SQLite and ./cargohold-data). An optional TOML file
+(``--config FILE`` or ``CARGOHOLD_CONFIG``, keys are the field names)
+overrides the defaults, environment variables ``CARGOHOLD_<FIELD>`` override
+the file, and command-line options override everything. Every field is a
+setting, read and checked by web/settings.py from its annotation and
+metadata (``Bytes``, ``setting(choices=..., minimum=...)``); an unknown
+``CARGOHOLD_*`` variable or file key is refused. Secrets are excluded from
+`repr` so they never reach a log line.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from registry.names import parse_mapping_rules
 from registry.paths import DataPaths
+from web import settings
+from web.settings import Bytes, Spec, setting
 
 DEFAULT_PROJECT = "spectro-images"
 REGISTRY_HOSTNAME = "spectro.registry.local"
 FRONTS = ("nginx", "none")
 METRICS_ACCESS = ("loopback", "token", "open")
+CONFIG_ENV = settings.CONFIG_ENV
+# CARGOHOLD_* variables that are not settings (no Config field), with who reads them: anything else
+# named CARGOHOLD_* is refused at start as a likely typo. tests/web/test_config.py checks this list
+# against every CARGOHOLD_* name in the repository.
+OTHER_VARIABLES = (
+    CONFIG_ENV,                    # the config file (web/settings.py)
+    "CARGOHOLD_NEW_PASSWORD",      # `admin add-user` / `set-password` input (web/cli.py)
+    "CARGOHOLD_KUBECONFIG",        # the edge cluster garbage collection protects (bundles/gc_policy.py)
+    "CARGOHOLD_KEY_PASSPHRASE",    # a signing key's passphrase on the build side (web/cli_build.py)
+    "CARGOHOLD_REGISTRY_CREDS",    # `bundle build --from-registry` credentials (web/cli_build.py)
+    "CARGOHOLD_MIRROR_PASSWORD",   # `mirror-config --username`'s password (web/cli_clusterdef.py)
+    # Knobs of the test suite and scripts/ (the tests hand their whole environment to the appliance).
+    "CARGOHOLD_DOC_SCREENSHOTS", "CARGOHOLD_KILL_SEED", "CARGOHOLD_FUZZ_EXAMPLES",
+    "CARGOHOLD_SCHEMATHESIS_EXAMPLES",
+)
+
+
+def _mapping_rules(text: str) -> None:
+    parse_mapping_rules(text)  # raises ValueError naming the malformed rule
 
 
 @dataclass(frozen=True)
@@ -32,7 +60,7 @@ class Config:
     # Debian's nginx in front of gunicorn (slow and idle clients, blob bodies,
     # TLS); "none" runs gunicorn alone on `bind`, for development only: slow
     # or idle clients can hold every one of its threads.
-    front: str = "nginx"
+    front: str = setting("nginx", choices=FRONTS)
     # The nginx binary (default: found on PATH or in /usr/sbin).
     nginx: str = ""
     # nginx worker processes (0: one per core).
@@ -44,12 +72,12 @@ class Config:
     # between two reads of a request body, between two writes of a response,
     # and an idle keep-alive connection. An upload or download that keeps
     # moving is never cut, however long it runs.
-    client_header_timeout: int = 10
-    client_body_timeout: int = 60
-    send_timeout: int = 60
+    client_header_timeout: int = setting(10, minimum=1)
+    client_body_timeout: int = setting(60, minimum=1)
+    send_timeout: int = setting(60, minimum=1)
     keepalive_timeout: int = 15
     # How long the front waits for the app to answer one request.
-    app_timeout: int = 300
+    app_timeout: int = setting(300, minimum=1)
     # Requests in flight from one client address (0: no limit); more get 429.
     max_requests_per_address: int = 128
     # SIGTERM: requests in flight get this long to finish.
@@ -60,10 +88,10 @@ class Config:
     # lets at most three quarters of the threads take uploads. Two workers
     # suit 2 cores (docs/performance.md).
     worker_class: str = "gthread"
-    workers: int = 2
-    threads: int = 32
+    workers: int = setting(2, minimum=1)
+    threads: int = setting(32, minimum=1)
     project: str = DEFAULT_PROJECT
-    max_manifest_bytes: int = 4 << 20
+    max_manifest_bytes: Bytes = setting(4 << 20, minimum=1)
     upload_expiry_seconds: int = 24 * 3600
     admin_password: str | None = field(default=None, repr=False)
     tls: bool = False
@@ -80,14 +108,14 @@ class Config:
     # trusted key's signature unless this is turned on; those inside a bundle are covered by its signature.
     allow_unsigned_definitions: bool = False
     # Largest bundle file (or upload) accepted, compressed.
-    bundle_max_bytes: int = 512 << 30
+    bundle_max_bytes: Bytes = setting(512 << 30, minimum=1)
     # Largest total a bundle may decompress to, and the largest ratio of
     # decompressed to compressed bytes (a zstd bomb is refused long before it
     # fills the disk). Real bundles carry gzip layers and stay near 1:1.
-    bundle_max_unpacked_bytes: int = 1 << 40
-    bundle_max_ratio: int = 100
+    bundle_max_unpacked_bytes: Bytes = setting(1 << 40, minimum=1)
+    bundle_max_ratio: int = setting(100, minimum=1)
     # Free space an import must leave on the data volume.
-    import_reserve_bytes: int = 256 << 20
+    import_reserve_bytes: Bytes = 256 << 20
     # Zero-touch first start (docs/bundle-import.md, "Seed directory"): bundles and signed definitions in
     # this directory (default <data>/seed) are imported once, under the policy above; scanned at start
     # unless seed_scan is off, and on demand. A file counts once unchanged for seed_settle_seconds (a copy
@@ -97,11 +125,11 @@ class Config:
     seed_settle_seconds: int = 2
     # Image name mapping rules, ``prefix=replacement,...``: a matched reference prefix is replaced (the
     # rest of the path kept) before nesting under the project (registry.names.MappingRule).
-    mapping_rules: str = ""
+    mapping_rules: str = setting("", validate=_mapping_rules)
     # Access control (docs/api.md, Access control). Registry bearer tokens live this long; this many
     # distinct wrong passwords for one user, or from one source address, within the lockout window
     # lock the user or address out for the window (429). 0 turns a limit off.
-    token_expiry_seconds: int = 1800
+    token_expiry_seconds: int = setting(1800, minimum=1)
     login_failures_per_user: int = 10
     login_failures_per_address: int = 30
     login_lockout_seconds: int = 300
@@ -109,7 +137,7 @@ class Config:
     # this host without credentials, anyone else with `metrics_token` as a bearer token or a system
     # administrator's Basic credentials; "token": everyone needs those; "open": anyone. /livez and /readyz
     # are always open.
-    metrics_access: str = "loopback"
+    metrics_access: str = setting("loopback", choices=METRICS_ACCESS)
     # The bearer token for /metrics (empty: none; then only an administrator's Basic credentials).
     metrics_token: str = field(default="", repr=False)
 
@@ -131,33 +159,20 @@ class Config:
         return frozenset({n.lower() for n in names} | {f"{n.lower()}:{port}" for n in names})
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
-        """Defaults, then CARGOHOLD_* variables, then non-None `overrides`."""
+    def from_env(cls, environ: dict[str, str] | None = None, config_file: Path | None = None,
+                 **overrides: Any) -> Config:
+        """Defaults, then the config file, then CARGOHOLD_* variables, then non-None `overrides`.
+
+        The file is `config_file`, else $CARGOHOLD_CONFIG, else none. Raises
+        settings.ConfigError (a ValueError) naming the setting and where it came from.
+        """
         environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"CARGOHOLD_{f.name.upper()}")
-            if raw == "" and f.name == "admin_password":
-                raw = None  # set but empty (an env file's `CARGOHOLD_ADMIN_PASSWORD=`): generate one, as when unset
-            if raw is not None:
-                values[f.name] = _convert(f.name, f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = settings.resolve(config_specs(), environ, OTHER_VARIABLES,
+                                  settings.config_file(config_file, environ), overrides)
         return replace(cls(), **values)
 
 
-def _convert(name: str, type_name: Any, raw: str) -> Any:
-    if name == "front" and raw not in FRONTS:
-        raise ValueError(f"CARGOHOLD_FRONT={raw!r} is not one of {', '.join(FRONTS)}")
-    if name == "metrics_access" and raw not in METRICS_ACCESS:
-        raise ValueError(f"CARGOHOLD_METRICS_ACCESS={raw!r} is not one of {', '.join(METRICS_ACCESS)}")
-    text = str(type_name)
-    try:
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("bool"):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if "Path" in text:
-            return Path(raw)
-    except ValueError:
-        raise ValueError(f"CARGOHOLD_{name.upper()}={raw!r} is not a valid {text}") from None
-    return raw
+@cache
+def config_specs() -> dict[str, Spec]:
+    """Every Config field as a setting (its type and checks)."""
+    return settings.specs(Config)

@@ -367,7 +367,7 @@ def test_metrics_access_open_and_a_bad_setting_is_refused_at_start(
     proc = cli("serve", "--data-dir", str(tmp_path / "bad"), env={"CARGOHOLD_METRICS_ACCESS": "public"},
                check=False, timeout=30)
     assert proc.returncode == 2
-    assert "CARGOHOLD_METRICS_ACCESS='public' is not one of loopback, token, open" in proc.stderr
+    assert "CARGOHOLD_METRICS_ACCESS='public': not one of loopback, token, open" in proc.stderr
 
 
 def test_the_metrics_directory_is_private_fresh_at_each_start_and_removed_at_stop(
