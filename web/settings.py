@@ -230,9 +230,11 @@ def _make(f: Field[Any], kind: str, optional: bool, choices: tuple[str, ...] | N
                 f.metadata.get(MINIMUM, default_minimum), f.metadata.get(MAXIMUM), f.metadata.get(VALIDATE))
 
 
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
-    return f" (did you mean {close[0]}?)" if close else ""
+def _did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """A near-miss spelling among `known`, compared without the `prefix` they share (it would make all look alike)."""
+    candidates = {k.removeprefix(prefix): k for k in known if k.startswith(prefix)}
+    close = difflib.get_close_matches(name.removeprefix(prefix), sorted(candidates), n=1, cutoff=0.7)
+    return f" (did you mean {candidates[close[0]]}?)" if close else ""
 
 
 def check_environment(environ: Mapping[str, str], settings: Mapping[str, Spec], others: Iterable[str]) -> None:
@@ -240,7 +242,7 @@ def check_environment(environ: Mapping[str, str], settings: Mapping[str, Spec], 
     known = {s.variable for s in settings.values()} | set(others)
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
-        raise ConfigError("; ".join(f"unknown environment variable {name}{_did_you_mean(name, known)}"
+        raise ConfigError("; ".join(f"unknown environment variable {name}{_did_you_mean(name, known, ENV_PREFIX)}"
                                     for name in unknown) + ": cargohold reads no such setting (README, Configuration)")
 
 
@@ -302,7 +304,8 @@ def read_file(path: Path, settings: Mapping[str, Spec]) -> dict[str, Any]:
         at = f"{where}, line {n}" if (n := _line_of(text, key)) else where
         spec = settings.get(key)
         if spec is None:
-            hint = _did_you_mean(key, settings)
+            variable_like = key.removeprefix(ENV_PREFIX).lower()
+            hint = f" (did you mean {variable_like}?)" if variable_like in settings else _did_you_mean(key, settings)
             raise ConfigError(f"{at}: unknown setting {key!r}{hint}: cargohold reads no such setting "
                               "(README, Configuration)")
         if spec.secret and value != "" and mode & (stat.S_IRGRP | stat.S_IROTH):
@@ -319,11 +322,14 @@ def read_file(path: Path, settings: Mapping[str, Spec]) -> dict[str, Any]:
 
 def _line_of(text: str, key: str) -> int | None:
     """The line (1-based) where top-level `key` is set, if it can be found."""
-    pattern = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
+    name = rf"""(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')"""
+    assignment, table = re.compile(rf"\s*{name}\s*="), re.compile(rf"\s*\[\[?\s*{name}\s*[].]")
+    top_level = True
     for number, line in enumerate(text.splitlines(), 1):
-        if line.lstrip().startswith("["):
-            return None  # past the top level: a table header
-        if pattern.match(line):
+        if table.match(line):
+            return number
+        top_level = top_level and not line.lstrip().startswith("[")  # past a table header: not top-level keys
+        if top_level and assignment.match(line):
             return number
     return None
 
