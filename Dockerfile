@@ -1,12 +1,26 @@
 # The cargohold appliance as a container image.
 #
 #   docker build -t cargohold .
-#   docker run -d --name cargohold -p 5000:5000 -v cargohold-data:/data \
+#   docker run -d --name cargohold --stop-timeout 45 -p 5000:5000 -v cargohold-data:/data \
 #       -e CARGOHOLD_ADMIN_PASSWORD=... cargohold
+#
+# --stop-timeout 45: on `docker stop` the appliance drains requests in flight
+# for CARGOHOLD_GRACEFUL_TIMEOUT (30 s) before it exits, and Docker's own
+# default (10 s) would kill it mid-drain. Keep it above the graceful timeout
+# (compose: `stop_grace_period: 45s`; Kubernetes: terminationGracePeriodSeconds: 45).
 #
 # Serve HTTPS with the generated local CA by adding `-e CARGOHOLD_TLS=1` and
 # `-e CARGOHOLD_TLS_SAN=<host IP>,<cluster VIP>` (the container cannot see the
 # host's addresses). See docs/operations.md.
+#
+# Settings from a config file (docs/cargohold.example.toml): mount it read-only
+# and name it; the command line below still sets bind and data_dir.
+#   docker run ... -v /etc/cargohold/cargohold.toml:/etc/cargohold/cargohold.toml:ro \
+#       -e CARGOHOLD_CONFIG=/etc/cargohold/cargohold.toml cargohold
+# Keep `tls` in the environment (CARGOHOLD_TLS) rather than the file: the
+# HEALTHCHECK below reads it to choose http or https. A file holding
+# admin_password must be readable by its owner alone, and that owner must be
+# the container's user: chown 10001 and chmod 600 it on the host.
 
 # Build stage: turn the source tree into a wheel, so no source or build
 # tooling ends up in the runtime image.
@@ -49,6 +63,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, ssl, sys, urllib.error, urllib.request; tls = os.environ.get('CARGOHOLD_TLS', '').strip().lower() in ('1', 'true', 'yes', 'on'); req = urllib.request.Request(('https' if tls else 'http') + '://127.0.0.1:5000/readyz', headers={'Accept': 'text/plain'}); ok = True\ntry:\n    print(urllib.request.urlopen(req, timeout=8, context=ssl._create_unverified_context() if tls else None).read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.read().decode()); ok = False\nsys.exit(0 if ok else 1)"]
 
 # SIGTERM drains requests in flight for CARGOHOLD_GRACEFUL_TIMEOUT (30 s): give
-# `docker stop` longer than that (docker stop -t 45).
+# the container longer than that before Docker kills it (docker run
+# --stop-timeout 45, compose stop_grace_period: 45s, or docker stop -t 45).
 STOPSIGNAL SIGTERM
 CMD ["cargohold", "serve", "--bind", "0.0.0.0:5000", "--data-dir", "/data"]
