@@ -194,7 +194,8 @@ def _prepare(config: Config) -> Config:
             # Never the value: only that it has no effect any more.
             click.echo("warning: CARGOHOLD_ADMIN_PASSWORD is ignored: it sets the admin password on the first "
                        "start only, and user 'admin' already exists. Change the password with `cargohold admin "
-                       "set-password`, and remove the variable from the environment.", err=True)
+                       "set-password`, and remove the variable from the environment (or admin_password from the config "
+                       "file).", err=True)
     else:
         if config.admin_password is not None:
             _check_admin_password(config.admin_password)
