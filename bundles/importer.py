@@ -75,6 +75,7 @@ from registry.manifests import MANIFEST_TYPES, OCI_INDEX, ParsedManifest, parse_
 from registry.model import Registry
 from registry.names import ImageReference, MappingRule, map_reference
 from registry.paths import DataPaths
+from registry.quotas import QuotaExceeded
 
 CHUNK = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
@@ -732,6 +733,7 @@ class Importer:
                                 "policy (allow_unsigned_bundles)")
         plan = self._plan(state, staging)
         self._check_content_trust(plan, staging)
+        _check_quotas(self.registry, self.registry.db, plan)  # before anything moves into the store
         definitions = self._parse_definitions(state, staging)
         manifest = state.manifest
         release = ReleaseInfo(
@@ -1278,6 +1280,23 @@ def _plain_name(source: Path) -> str:
     return name
 
 
+def _check_quotas(registry: Registry, db: Any, plans: dict[str, _RepoPlan]) -> None:
+    """Refuse (QUOTA_EXCEEDED) a bundle whose new content would take a project past its storage limit."""
+    by_project: dict[str, dict[str, int]] = {}
+    for repository, plan in plans.items():
+        wanted = by_project.setdefault(repository.split("/", 1)[0], {})
+        wanted.update({str(d): size for d, size in plan.blobs.items()})
+        wanted.update({str(d): info.size for d, (_, info) in plan.manifests.items()})
+    for project, blobs in sorted(by_project.items()):
+        try:
+            registry.quota.require(db, project, blobs)
+        except QuotaExceeded as exc:
+            raise BundleRefused("QUOTA_EXCEEDED", f"nothing was imported: the bundle's new content for project "
+                                f"{project} is {exc.adding} bytes, and the project uses {exc.used} of its "
+                                f"{exc.hard}-byte storage quota; raise the quota (PUT /api/v2.0/quotas/{{id}}) "
+                                "or free space in the project first") from None
+
+
 def publish(registry: Registry, plans: dict[str, _RepoPlan], files: list[BlobInfo], definitions: list[Any],
             paths: DataPaths, release: ReleaseInfo | None = None,
             named_files: list[tuple[str, str, int]] | None = None) -> dict[str, Any] | None:
@@ -1297,6 +1316,7 @@ def publish(registry: Registry, plans: dict[str, _RepoPlan], files: list[BlobInf
         store_defs = ClusterDefinitions(paths)
     pending: dict[str, set[str]] = {}
     with write_transaction(registry.db) as db:
+        _check_quotas(registry, db, plans)  # again under the write lock: pushes may have landed meanwhile
         for info in files:
             registry.register_blob(db, info)  # charts and definitions: recorded, served by no repository
         for repository, plan in sorted(plans.items()):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from registry import quotas
 from registry.access import AccessError, Projects
 from registry.db import write_transaction
 from registry.digest import Digest
@@ -154,6 +155,51 @@ class Artifacts:
         total, rows = self._artifact_rows(repository.id, extra, params, offset, limit)
         return total, [self._artifact_json(repository, row, with_tag, with_accessory) for row in rows]
 
+    def list_project_artifacts(self, project: str, filters: dict[str, tuple[str, str]], offset: int, limit: int,
+                               with_tag: bool, with_accessory: bool, latest: bool = False
+                               ) -> tuple[int, list[dict[str, Any]]]:
+        """Top-level artifacts of every repository of `project`, newest first (Harbor's project artifact list).
+
+        `filters`: digest, tags, repository_name ("exact"|"fuzzy"); `latest`
+        keeps only each repository's most recently pushed artifact.
+        """
+        length, prefix = len(project) + 1, f"{project}/"
+        where, params = [f"substr(r.name, 1, ?) = ? AND {_TOP_LEVEL}"], [length, prefix]
+        for key, (kind, value) in filters.items():
+            op = "= ?" if kind == "exact" else "LIKE ? ESCAPE '\\'"
+            arg = value if kind == "exact" else _like(value)
+            if key == "digest":
+                where.append(f"m.digest {op}")
+            elif key == "repository_name":
+                where.append(f"r.name {op}")
+                arg = (f"{prefix}{value}" if not value.startswith(prefix) else value) if kind == "exact" else arg
+            elif key == "tags":
+                where.append(f"EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id "
+                             f"AND t.digest = m.digest AND t.name {op})")
+            else:
+                raise AccessError("BAD_REQUEST", f"artifacts cannot be filtered by {key!r}: use digest, tags or "
+                                  "repository_name")
+            params.append(arg)
+        if latest:
+            where.append("NOT EXISTS (SELECT 1 FROM manifests n WHERE n.repository_id = m.repository_id AND "
+                         f"{_TOP_LEVEL.replace('m.', 'n.')} AND (n.created_at > m.created_at OR "
+                         "(n.created_at = m.created_at AND n.digest < m.digest)))")
+        clause = " AND ".join(where)
+        db = self.registry.db
+        base = f" FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE {clause}"
+        total = int(db.execute(f"SELECT COUNT(*){base}", params).fetchone()[0])
+        rows = db.execute(
+            f"SELECT r.name, m.rowid, m.digest, m.media_type, m.artifact_type, m.size, m.annotations, m.created_at, "
+            f"m.subject{base} ORDER BY m.created_at DESC, m.digest LIMIT ? OFFSET ?",
+            [*params, limit, offset]).fetchall()
+        repositories: dict[str, Repository] = {}
+        out = []
+        for name, *row in rows:
+            if name not in repositories:
+                repositories[name] = self.repository(name)
+            out.append(self._artifact_json(repositories[name], row, with_tag, with_accessory))
+        return total, out
+
     def resolve(self, repository: Repository, reference: str) -> Digest:
         """The digest a tag or digest reference names; raises RegistryError (MANIFEST_UNKNOWN, *_INVALID)."""
         if not is_digest_reference(reference):
@@ -260,12 +306,8 @@ class Artifacts:
         self.registry.delete_tag(repository.name, tag)
 
     def storage_used(self, project: str | None = None) -> int:
-        """Bytes of the distinct blobs the project's repositories (or all) reference."""
+        """Bytes of the distinct blobs the project's repositories hold (its quota usage, `registry.quotas`), or of
+        every blob the store records."""
         if project is None:
             return int(self.registry.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0])
-        prefix = f"{project}/"
-        row = self.registry.db.execute(
-            "SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN (SELECT rb.digest FROM repository_blobs "
-            "rb JOIN repositories r ON r.id = rb.repository_id WHERE substr(r.name, 1, ?) = ?)",
-            [len(prefix), prefix]).fetchone()
-        return int(row[0])
+        return quotas.usage(self.registry.db, project)

@@ -71,9 +71,20 @@ class AuditLog:
         with write_transaction(self.registry.db) as own:
             append(own, username, operation, resource_type, resource, source_ip)
 
-    def list(self, filters: dict[str, tuple[str, str]], offset: int, limit: int) -> tuple[int, list[AuditEntry]]:
-        """(total, one page) newest first; `filters` maps a column to ("exact"|"fuzzy", value)."""
-        where, params = [], []
+    def list(self, filters: dict[str, tuple[str, str]], offset: int, limit: int,
+             project: str | None = None) -> tuple[int, list[AuditEntry]]:
+        """(total, one page) newest first; `filters` maps a column to ("exact"|"fuzzy", value).
+
+        `project` keeps the entries about one project: the project itself
+        (``p``), what is inside it (``p/repo...``), its members (``p:user``),
+        its metadata and its robots (``robot$p+name``).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if project is not None:
+            where.append("(resource = ? OR substr(resource, 1, ?) IN (?, ?) OR substr(resource, 1, ?) = ?)")
+            robot = f"robot${project}+"
+            params += [project, len(project) + 1, f"{project}/", f"{project}:", len(robot), robot]
         for column, (kind, value) in filters.items():
             if column not in ("username", "operation", "resource_type", "resource", "source_ip"):
                 raise ValueError(f"audit logs cannot be filtered by {column!r}")

@@ -27,7 +27,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from registry.db import write_transaction
 from registry.errors import RegistryError
@@ -143,9 +145,10 @@ class VerifiedCache:
 
 
 def validate_username(username: str) -> str:
-    """Return `username` if it may name a user; robots' ``robot$`` names are reserved."""
-    if not _USERNAME.match(username or ""):
-        raise ValueError(f"invalid username {username!r}: 1-255 of [A-Za-z0-9._@-], starting with a letter or digit")
+    """Return `username` if it may name a user; robots' ``robot$`` names are reserved (UserError BAD_REQUEST)."""
+    if not isinstance(username, str) or not _USERNAME.match(username or ""):
+        raise UserError("BAD_REQUEST", f"invalid username {username!r}: 1-255 of [A-Za-z0-9._@-], starting with "
+                        "a letter or digit")
     return username
 
 
@@ -155,6 +158,8 @@ class Users:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.verified = VerifiedCache()
+        # Called with the user name after each password change (the web layer voids the first-start password).
+        self.on_password_set: list[Callable[[str], None]] = []
 
     def bootstrap_admin(self, password: str | None) -> str | None:
         """Create the admin user on first start.
@@ -172,18 +177,99 @@ class Users:
                        [ADMIN, hash_password(password), time.time()])
         return password if generated else None
 
-    def add_user(self, username: str, password: str, admin: bool = False) -> None:
-        """Create a user; raises ValueError for a bad name, a refused password or a name already taken."""
+    def add_user(self, username: str, password: str, admin: bool = False, email: str = "", realname: str = "",
+                 comment: str = "") -> int:
+        """Create a user and return its id.
+
+        Raises UserError (a ValueError): BAD_REQUEST for a bad name, a bad
+        profile field or a password the policy refuses, CONFLICT for a name
+        or email already taken.
+        """
         validate_username(username)
+        profile = validate_profile(email, realname, comment)
         check_password_policy(username, password)
         hashed = hash_password(password)  # before the write lock: scrypt takes tens of milliseconds
         with write_transaction(self.registry.db) as db:
             taken = db.execute("SELECT 1 FROM users WHERE username = ?", [username]).fetchone()
             if taken:
-                raise ValueError(f"user {username!r} already exists; change its password with "
-                                 "`cargohold admin set-password`")
-            db.execute("INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, ?, ?)",
-                       [username, hashed, int(admin), time.time()])
+                raise UserError("CONFLICT", f"user {username!r} already exists; change its password with "
+                                "`cargohold admin set-password`")
+            self._email_free(db, profile[0], None)
+            now = time.time()
+            cur = db.execute("INSERT INTO users (username, password_hash, admin, created_at, updated_at, email, "
+                             "realname, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [username, hashed, int(admin), now, now, *profile])
+            return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def _email_free(db: Any, email: str, user_id: int | None) -> None:
+        if email and db.execute("SELECT 1 FROM users WHERE email = ? COLLATE NOCASE AND id IS NOT ?",
+                                [email, user_id]).fetchone():
+            raise UserError("CONFLICT", f"the email {email!r} is already another user's")
+
+    def update_profile(self, user_id: int, email: str | None, realname: str | None, comment: str | None) -> None:
+        """Change a user's email, real name or comment (None: unchanged); raises UserError."""
+        current = self.get(user_id=user_id)
+        if current is None:
+            raise UserError("NOT_FOUND", f"user {user_id} not found")
+        profile = validate_profile(*(str(current[k]) if v is None else v for k, v in
+                                     (("email", email), ("realname", realname), ("comment", comment))))
+        with write_transaction(self.registry.db) as db:
+            self._email_free(db, profile[0], user_id)
+            db.execute("UPDATE users SET email = ?, realname = ?, comment = ?, updated_at = ? WHERE id = ?",
+                       [*profile, time.time(), user_id])
+
+    def set_admin(self, user_id: int, admin: bool) -> None:
+        """Grant or take away the system administrator flag; PRECONDITION for the last administrator."""
+        with write_transaction(self.registry.db) as db:
+            row = db.execute("SELECT admin, username FROM users WHERE id = ?", [user_id]).fetchone()
+            if row is None:
+                raise UserError("NOT_FOUND", f"user {user_id} not found")
+            if bool(row[0]) and not admin and self._admins(db) <= 1:
+                raise UserError("PRECONDITION", f"{row[1]} is the last system administrator; make another user "
+                                "an administrator first")
+            db.execute("UPDATE users SET admin = ?, updated_at = ? WHERE id = ?", [int(admin), time.time(), user_id])
+
+    @staticmethod
+    def _admins(db: Any) -> int:
+        return int(db.execute("SELECT COUNT(*) FROM users WHERE admin = 1").fetchone()[0])
+
+    def delete(self, user_id: int, acting_user_id: int | None) -> str:
+        """Delete a user with its project memberships and UI sessions; returns its name.
+
+        Its bearer tokens stop working at once (`registry.token_api.token_holder`
+        finds no account). Raises UserError: NOT_FOUND; PRECONDITION for the
+        caller's own account or the last system administrator.
+        """
+        with write_transaction(self.registry.db) as db:
+            row = db.execute("SELECT username, admin FROM users WHERE id = ?", [user_id]).fetchone()
+            if row is None:
+                raise UserError("NOT_FOUND", f"user {user_id} not found")
+            if user_id == acting_user_id:
+                raise UserError("PRECONDITION", "you cannot delete your own account")
+            if bool(row[1]) and self._admins(db) <= 1:
+                raise UserError("PRECONDITION", f"{row[0]} is the last system administrator and cannot be deleted")
+            db.execute("DELETE FROM project_members WHERE user_id = ?", [user_id])
+            db.execute("DELETE FROM ui_sessions WHERE user_id = ?", [user_id])
+            db.execute("DELETE FROM users WHERE id = ?", [user_id])
+        return str(row[0])
+
+    def list(self, username: tuple[str, str] | None, offset: int, limit: int) -> tuple[int, list[dict[str, object]]]:
+        """(total, one page) of users by name; `username` filters ("exact"|"fuzzy", text)."""
+        where, params = "", []
+        if username is not None:
+            if username[0] == "fuzzy":
+                where = " WHERE username LIKE ? ESCAPE '\\'"
+                params.append("%" + username[1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                              + "%")
+            else:
+                where = " WHERE username = ?"
+                params.append(username[1])
+        db = self.registry.db
+        total = int(db.execute(f"SELECT COUNT(*) FROM users{where}", params).fetchone()[0])
+        rows = db.execute(f"SELECT {_PUBLIC} FROM users{where} ORDER BY id LIMIT ? OFFSET ?",
+                          [*params, limit, offset]).fetchall()
+        return total, [_public(r) for r in rows]
 
     def set_password(self, username: str, password: str) -> None:
         """Change an existing user's password; raises ValueError for an unknown user or a refused password.
@@ -194,9 +280,12 @@ class Users:
         check_password_policy(username, password)
         hashed = hash_password(password)
         with write_transaction(self.registry.db) as db:
-            changed = db.execute("UPDATE users SET password_hash = ? WHERE username = ?", [hashed, username]).rowcount
+            changed = db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE username = ?",
+                                 [hashed, time.time(), username]).rowcount
             if not changed:
-                raise ValueError(f"no user {username!r}; create it with `cargohold admin add-user`")
+                raise UserError("NOT_FOUND", f"no user {username!r}; create it with `cargohold admin add-user`")
+        for hook in self.on_password_set:
+            hook(username)
 
     def stored(self, username: str) -> tuple[int, str, bool] | None:
         """(id, password hash, admin) of a user, or None."""
@@ -219,12 +308,41 @@ class Users:
 
     def get(self, user_id: int | None = None, username: str | None = None) -> dict[str, object] | None:
         """A user's public fields (never the hash), by id or name."""
-        sql = "SELECT id, username, admin, created_at FROM users WHERE " + ("id = ?" if user_id is not None
-                                                                              else "username = ?")
+        sql = f"SELECT {_PUBLIC} FROM users WHERE " + ("id = ?" if user_id is not None else "username = ?")
         row = self.registry.db.execute(sql, [user_id if user_id is not None else username]).fetchone()
-        if row is None:
-            return None
-        return {"user_id": row[0], "username": row[1], "sysadmin_flag": bool(row[2]), "creation_time": row[3]}
+        return _public(row) if row is not None else None
+
+
+_PUBLIC = "id, username, admin, created_at, email, realname, comment, updated_at"
+
+
+def _public(row: Any) -> dict[str, object]:
+    """A users row's public fields: Harbor's names, the times as epoch seconds."""
+    return {"user_id": row[0], "username": row[1], "sysadmin_flag": bool(row[2]), "creation_time": row[3],
+            "email": row[4] or "", "realname": row[5] or "", "comment": row[6] or "",
+            "update_time": row[7] if row[7] is not None else row[3]}
+
+
+class UserError(ValueError):
+    """A user change that cannot be made; `code` is Harbor's (BAD_REQUEST, CONFLICT, NOT_FOUND, PRECONDITION)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def validate_profile(email: object, realname: object, comment: object) -> tuple[str, str, str]:
+    """(email, realname, comment) as stored; UserError BAD_REQUEST naming a bad field."""
+    for name, value, cap in (("email", email, 255), ("realname", realname, 255), ("comment", comment, 1024)):
+        if not isinstance(value, str) or len(value) > cap or any(ord(c) < 32 for c in value):
+            raise UserError("BAD_REQUEST", f"{name} must be a string of at most {cap} printable characters")
+    assert isinstance(email, str) and isinstance(realname, str) and isinstance(comment, str)
+    if email and not _EMAIL.match(email):
+        raise UserError("BAD_REQUEST", f"email {email!r} is not an email address")
+    return email, realname, comment
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:

@@ -42,6 +42,7 @@ from registry.manifests import DOCKER_LIST, OCI_INDEX
 from registry.model import Page, Registry
 from registry.names import is_digest_reference, is_manifest_reference, mirror_repository, validate_name
 from registry.numbers import NumberInvalid, parse_number
+from registry.quotas import QuotaExceeded
 from registry.token_api import bearer_challenge, request_principal
 from registry.tokens import TokenSigner
 from registry.uploads import ClientGone, Uploads
@@ -342,7 +343,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
                 _allow("pull", validate_name(source))
                 mounted = registry.mount_blob(name, source, digest)
             except RegistryError as exc:
-                if exc.code not in _MOUNT_FALLBACK:
+                if exc.code not in _MOUNT_FALLBACK or isinstance(exc, QuotaExceeded):  # an upload would fail too
                     raise
                 mounted = None
             if mounted is not None:
@@ -351,6 +352,8 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         if digest_text:
             digest = Digest.parse(digest_text)
             uploads.require_space(_content_length())
+            # Refused before a byte is stored when the declared size would pass the project's quota.
+            registry.quota.require_repository(registry.db, name, {str(digest): _content_length() or 0})
             info = registry.store.ingest(_body(), digest, _content_length())
             registry.link_blob(name, info)
             return _created(name, info.digest)

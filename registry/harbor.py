@@ -4,7 +4,10 @@ Route table (``{p}`` is a project name or id; ``X-Is-Resource-Name: true``
 forces a name; ``{r}`` is a repository name inside the project, URL-encoded
 twice as Harbor's clients send it: ``a/b`` is ``a%252Fb``):
 
-    GET                 /ping  /health  /systeminfo  /systeminfo/volumes  /users/current
+    GET                 /ping  /health  /systeminfo  /systeminfo/volumes
+    GET POST            /users  (and /users/{id}..., /users/current...: registry.harbor_users)
+    GET POST            /projects/{p}/metadatas, _deletable, artifacts, logs   (registry.harbor_projects)
+    GET PUT             /quotas, /quotas/{id}                                  (registry.harbor_quotas)
     GET                 /statistics  /search?q=
     GET POST HEAD       /projects                (HEAD: ?project_name=)
     GET PUT DELETE      /projects/{p}
@@ -61,12 +64,17 @@ from registry.auth import Principal
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.health import BLOBSTORE, readiness
-from registry.image_trust import METADATA_KEYS, ImageTrust, parse_flag
+from registry.harbor_context import RouteContext
+from registry.harbor_projects import add_routes as add_project_routes
+from registry.harbor_quotas import add_routes as add_quota_routes
+from registry.harbor_users import add_routes as add_user_routes
+from registry.image_trust import ImageTrust
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.names import is_digest_reference
 from registry.numbers import MAX_INT64, NumberInvalid, is_ascii_number, parse_number
 from registry.openapi import openapi_document
+from registry.project_metadata import validate_all as validate_metadata
 from registry.protection import TagProtected
 from registry.token_api import request_principal
 
@@ -221,8 +229,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     image_trust = ImageTrust(projects.registry)
 
     def extra_metadata(metadata: dict[str, Any]) -> dict[str, str]:
-        """The stored project metadata keys beyond `public` (content trust), validated."""
-        return {key: parse_flag(key, metadata[key]) for key in METADATA_KEYS if key in metadata}
+        """The stored project metadata keys beyond `public` (registry.project_metadata), validated."""
+        return {k: v for k, v in validate_metadata(metadata).items() if k != "public"}
 
     @bp.before_request
     def _authenticate() -> None:
@@ -325,18 +333,6 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         require_admin()
         usage = shutil.disk_usage(access.registry.paths.root)
         return jsonify({"storage": [{"total": usage.total, "free": usage.free}]})
-
-    @bp.get("/users/current")
-    def current_user() -> Response:
-        p = require_login()
-        if p.kind != "user":
-            raise HarborError("FORBIDDEN", f"{p.username} is a robot account, not a user", 403)
-        user = access.users.get(user_id=p.id)
-        if user is None:
-            raise HarborError("NOT_FOUND", "the user no longer exists", 404)
-        created = rfc3339(float(user["creation_time"]))  # type: ignore[arg-type]
-        return jsonify({**user, "email": "", "realname": "", "comment": "", "admin_role_in_auth": False,
-                        "creation_time": created, "update_time": created})
 
     def visible_projects() -> list[Project]:
         _, every = projects.list([], [], 0, -1)
@@ -697,6 +693,11 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         return Response(status=200)
 
     add_immutable_rule_routes(bp, ImmutableRules(access.registry), readable_project, managed_project, record)
+    # Users, project metadata/artifacts/logs and quotas: their own modules, sharing this blueprint's checks.
+    context = RouteContext(access, artifacts, audit, default_project, principal, require_login, require_admin,
+                           forbid, find_project, readable_project, managed_project, record)
+    for add_routes in (add_user_routes, add_project_routes, add_quota_routes):
+        add_routes(bp, context)
 
     # -- robots
 

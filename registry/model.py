@@ -23,6 +23,7 @@ from registry.manifests import ParsedManifest, parse_manifest, referrer_artifact
 from registry.names import is_digest_reference, validate_name, validate_tag
 from registry.paths import DataPaths
 from registry.protection import TagProtection
+from registry.quotas import ProjectQuota
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 << 20
 
@@ -56,6 +57,8 @@ class Registry:
         self.max_manifest_bytes = max_manifest_bytes
         # Protected tags (released, immutable) neither move nor vanish through this facade.
         self.protection = TagProtection()
+        # Writes that would take a project past its storage limit are refused (registry.quotas).
+        self.quota = ProjectQuota()
 
     @property
     def db(self) -> Database:
@@ -103,8 +106,9 @@ class Registry:
                    [str(info.digest), info.size, time.time()])
 
     def link_blob(self, name: str, info: BlobInfo) -> None:
-        """Make a stored blob servable from repository `name` (idempotent)."""
+        """Make a stored blob servable from repository `name` (idempotent); raises QuotaExceeded."""
         with write_transaction(self.db) as db:
+            self.quota.require_repository(db, name, {str(info.digest): info.size})
             self.link(db, self.ensure_repository(db, name), info)
 
     def link(self, db: Database, repo_id: int, info: BlobInfo) -> None:
@@ -157,7 +161,8 @@ class Registry:
         match the body), MANIFEST_BLOB_UNKNOWN (a referenced blob or child
         manifest is missing from the repository), TAG_INVALID, NAME_INVALID,
         DENIED (412, `registry.protection.TagProtected`: the tag is protected
-        and points elsewhere). Nothing is changed when it raises.
+        and points elsewhere), DENIED (403, `registry.quotas.QuotaExceeded`:
+        the project's storage limit). Nothing is changed when it raises.
         """
         validate_name(name)
         if len(body) > self.max_manifest_bytes:
@@ -173,8 +178,11 @@ class Registry:
         if expected is not None and digest != expected:
             raise RegistryError("DIGEST_INVALID", f"manifest digest {digest} does not match the reference {expected}")
         parsed = parse_manifest(body, content_type, digest)
+        cost = {str(digest): len(body)}
+        self.quota.require_repository(self.db, name, cost)  # before the bytes are written: nothing to undo
         info = self.store.ingest_bytes(body, digest)
         with write_transaction(self.db) as db:
+            self.quota.require_repository(db, name, cost)  # again under the write lock: concurrent pushes
             repo_id = self.ensure_repository(db, name)
             self.publish_manifest(db, repo_id, name, parsed, info)
             if tag is not None:
@@ -276,17 +284,28 @@ class Registry:
     def delete_manifest(self, name: str, digest: Digest) -> None:
         """Delete a manifest and every tag pointing at it; raises MANIFEST_UNKNOWN.
 
+        The repository also stops holding the blobs (layers, config) that
+        only this manifest used there, as Harbor drops a deleted artifact's
+        blob associations: the project's quota usage goes down at once, not
+        at the next garbage collection. The bytes stay until the collection.
         Raises DENIED (412) when a protected tag needs the manifest (`registry.protection`).
         """
         with write_transaction(self.db) as db:
             repo_id = self.repository_id(name)
             self.protection.before_remove_content(db, repo_id, name, digest)
+            blobs = [r[0] for r in db.execute("SELECT child FROM manifest_refs WHERE repository_id = ? AND "
+                                              "manifest = ? AND kind = 'blob'", [repo_id, str(digest)])]
             cur = db.execute("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
             if cur.rowcount == 0:
                 raise RegistryError("MANIFEST_UNKNOWN", f"manifest {digest} is not known to repository {name}")
             db.execute("DELETE FROM tags WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
             db.execute("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", [repo_id, str(digest)])
             db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", [repo_id, str(digest)])
+            for blob in blobs:
+                db.execute("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ? AND NOT EXISTS "
+                           "(SELECT 1 FROM manifest_refs WHERE repository_id = ? AND child = ?) AND NOT EXISTS "
+                           "(SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?)",
+                           [repo_id, blob, repo_id, blob, repo_id, blob])
 
     def delete_tag(self, name: str, tag: str) -> None:
         """Delete one tag, keeping its manifest; raises MANIFEST_UNKNOWN, or DENIED (412) if it is protected."""

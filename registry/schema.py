@@ -7,7 +7,7 @@ manifests         manifests per repository, with media type, artifactType and su
 manifest_refs     what each manifest references: layers/config (blob) or children (manifest)
 tags              tag -> manifest digest per repository
 uploads           open upload sessions with their resumable hash state
-users             appliance users (passwords hashed with scrypt)
+users             appliance users (passwords hashed with scrypt), with Harbor's profile: email, real name, comment
 projects          Harbor projects: the first component of every repository name; public or private
 project_members   users' roles in projects (Harbor role ids: 1 admin, 2 developer, 3 guest,
                   4 maintainer, 5 limited guest)
@@ -172,3 +172,12 @@ def m006_content_trust(db: Database) -> None:
 def m007_health_heartbeat(db: Database) -> None:
     # One row that the readiness check (registry.health) rewrites: proof the database takes a write.
     db.table("health_heartbeat").create({"id": int, "checked_at": float, "pid": int}, pk="id")
+
+
+@migrations()
+def m008_user_profiles(db: Database) -> None:
+    # Harbor's user profile (email, real name, comment) and when a user last changed (Harbor's update_time).
+    users = db.table("users")
+    for column in ("email", "realname", "comment"):
+        users.add_column(column, str, not_null_default="")
+    users.add_column("updated_at", float)

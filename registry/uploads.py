@@ -28,6 +28,7 @@ from registry.db import write_transaction
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.model import Registry
+from registry.quotas import QuotaExceeded
 
 _UUID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 DEFAULT_EXPIRY_SECONDS = 24 * 3600
@@ -163,7 +164,9 @@ class Uploads:
 
         Raises RANGE_INVALID (416) when `start` (from Content-Range) is not the
         current offset, and DIGEST_INVALID when the content does not match
-        `digest`; the session is then discarded, since no later chunk can fix it.
+        `digest`, and QuotaExceeded (DENIED, 403) when the blob would take the
+        repository's project past its storage limit; the session is then
+        discarded, since no later chunk can fix it.
         Idempotent across a crash: a finish cut short after the blob was
         stored is completed by the client's retry (see `_stored_before_crash`).
         """
@@ -190,13 +193,23 @@ class Uploads:
                 self._discard(session.uuid)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}",
                                     detail={"expected": str(digest), "actual": str(actual)})
-            info = self.registry.store.adopt(self.paths.upload(session.uuid), digest, offset)
-            # Still under the lock: a chunk waiting for it must find the session gone,
-            # never write into the file that is now a blob.
-            with write_transaction(self.registry.db) as db:
-                repo_id = self.registry.ensure_repository(db, session.repository)
-                self.registry.link(db, repo_id, info)
-                db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+            cost = {str(digest): offset}
+            try:
+                # Before the blob enters the store: a refused upload leaves nothing behind.
+                self.registry.quota.require_repository(self.registry.db, session.repository, cost)
+                info = self.registry.store.adopt(self.paths.upload(session.uuid), digest, offset)
+                # Still under the lock: a chunk waiting for it must find the session gone,
+                # never write into the file that is now a blob.
+                with write_transaction(self.registry.db) as db:
+                    self.registry.quota.require_repository(db, session.repository, cost)  # concurrent pushes
+                    repo_id = self.registry.ensure_repository(db, session.repository)
+                    self.registry.link(db, repo_id, info)
+                    db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+            except QuotaExceeded:
+                # No later chunk can fix it. A blob a concurrent push beat us to the quota with stays an
+                # unrecorded file, which garbage collection removes.
+                self._discard(session.uuid)
+                raise
         metrics.UPLOADS_COMPLETED.inc()
         return info
 

@@ -32,7 +32,7 @@ from registry.model import Registry
 from registry.names import parse_mapping_rules
 from registry.tokens import TokenSigner
 from registry.uploads import Uploads
-from web import hardening, health, metrics, tls_api, ui
+from web import hardening, health, initial_password, metrics, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
 from web.seed import scan_in_background, seed_scanner
@@ -62,6 +62,8 @@ def build_services(config: Config) -> Services:
     registry.protection.add_owner(promoted_release_tags, "Released tags move only by promoting or rolling back a "
                                   "release (cargohold release promote / rollback).")
     users = Users(registry)
+    # Whichever way a password changes (CLI, UI, Harbor's user API), the first start's generated one is void.
+    users.on_password_set.append(lambda username: initial_password.changed(config.paths, username))
     access = Access(registry, users, LoginLimiter(
         registry, config.login_failures_per_user, config.login_failures_per_address,
         window=config.login_lockout_seconds, lockout=config.login_lockout_seconds))
