@@ -31,6 +31,7 @@ from registry.artifacts import rfc3339
 from registry.auth import Principal, UserError
 from registry.errors import RegistryError
 from registry.harbor_context import RouteContext
+from registry.passwords import PasswordPolicyError
 
 _STATUS = {"BAD_REQUEST": 400, "NOT_FOUND": 404, "CONFLICT": 409, "PRECONDITION": 412}
 
@@ -85,6 +86,10 @@ def add_routes(bp: Blueprint, ctx: RouteContext) -> None:
     @bp.errorhandler(UserError)
     def _user_error(exc: UserError) -> Response:
         return harbor_error(exc.code, exc.message, _STATUS.get(exc.code, 400))
+
+    @bp.errorhandler(PasswordPolicyError)
+    def _policy(exc: PasswordPolicyError) -> Response:
+        return harbor_error("BAD_REQUEST", f"the password is refused: {exc}", 400)  # never quotes the password
 
     def person() -> Principal:
         p = ctx.require_login()
