@@ -74,6 +74,7 @@ from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.names import is_digest_reference
 from registry.numbers import MAX_INT64, NumberInvalid, is_ascii_number, parse_number
 from registry.openapi import openapi_document
+from registry.project_metadata import KEYS as METADATA_KEYS
 from registry.project_metadata import validate_all as validate_metadata
 from registry.protection import TagProtected
 from registry.token_api import request_principal
@@ -230,7 +231,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
 
     def extra_metadata(metadata: dict[str, Any]) -> dict[str, str]:
         """The stored project metadata keys beyond `public` (registry.project_metadata), validated."""
-        return {k: v for k, v in validate_metadata(metadata).items() if k != "public"}
+        known = {k: v for k, v in metadata.items() if k in METADATA_KEYS and k != "public"}  # others: ignored
+        return validate_metadata(known)
 
     @bp.before_request
     def _authenticate() -> None:

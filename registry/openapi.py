@@ -151,8 +151,6 @@ def _schemas() -> dict[str, Any]:
         "AuditLog": {"type": "object", "properties": {
             "id": _INT, "username": _STR, "operation": _STR, "resource_type": _STR, "resource": _STR,
             "source_ip": _STR, "op_time": _STR}},
-        "UserResp": {"type": "object", "properties": {
-            "user_id": _INT, "username": _STR, "sysadmin_flag": _BOOL, "creation_time": _STR}},
         "Statistic": {"type": "object", "properties": {
             "private_project_count": _INT, "private_repo_count": _INT, "public_project_count": _INT,
             "public_repo_count": _INT, "total_project_count": _INT, "total_repo_count": _INT,
@@ -186,8 +184,6 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "/systeminfo": {"get": _op("General system information", _ok(_ref("GeneralInfo")), tag="system")},
         "/systeminfo/volumes": {"get": _op("Storage volume capacity (admin)",
                                            {**_ok(_ref("SystemInfo")), **_errors(401, 403)}, tag="system")},
-        "/users/current": {"get": _op("The current user", {**_ok(_ref("UserResp")), **_errors(401, 403)},
-                                      tag="user")},
         "/statistics": {"get": _op("Project and repository counts", {**_ok(_ref("Statistic")), **_errors(401)},
                                    tag="statistic")},
         "/search": {"get": _op("Search projects and repositories by name",
@@ -291,12 +287,16 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         },
         "/audit-logs": {"get": _op("List audit log entries (admin)", lst("AuditLog"), _PAGING, tag="auditlog")},
     }
+    from registry import openapi_accounts  # users, project metadata/artifacts/logs, quotas
+
+    paths.update(openapi_accounts.paths())
     return {
         "openapi": "3.0.3",
         "info": {"title": "cargohold Harbor-compatible API", "version": "2.0",
                  "description": "The subset of Harbor's /api/v2.0 that cargohold implements."},
         "servers": [{"url": server_url}],
         "security": [{"basic": []}, {}],
-        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}}, "schemas": _schemas()},
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+                       "schemas": {**_schemas(), **openapi_accounts.schemas()}},
         "paths": paths,
     }

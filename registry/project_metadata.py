@@ -35,9 +35,9 @@ def validate(name: str, value: Any) -> str:
             raise AccessError("BAD_REQUEST", f"metadata severity must be one of {', '.join(SEVERITIES)}, "
                               f"not {str(value)[:80]!r}")
         return value.lower()
-    if value in ("true", True):
+    if value is True or value == "true":  # not `in (..., True)`: 1 == True in Python
         return "true"
-    if value in ("false", False):
+    if value is False or value == "false":
         return "false"
     raise AccessError("BAD_REQUEST", f'metadata {name} must be "true" or "false", not {str(value)[:80]!r}')
 
