@@ -1,0 +1,50 @@
+"""A bundle import whose new content would take a project past its storage quota is refused, and nothing changes.
+
+Driven through the import core over a real data directory (real SQLite and
+blob store), like test_import_refusals: the refusal is QUOTA_EXCEEDED,
+names the project and the numbers, and leaves every row and blob file as it
+was; with room in the quota the same bundle imports, and the project's
+usage is exactly what it brought.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bundles import keys
+from bundles.importer import BundleRefused
+from registry import quotas
+from registry.access import Projects
+from tests.bundles import craft
+from tests.bundles.conftest import make_site, snapshot, unique_layout
+
+
+def test_import_past_the_quota_is_refused_before_anything_is_published(tmp_path: Path,
+                                                                       ec_key: keys.PrivateKey) -> None:
+    site = make_site(tmp_path / "data", ec_key)
+    projects = Projects(site.registry)
+    project = projects.create("spectro-images", True, None, 50_000)
+    layout, refs = unique_layout(tmp_path / "layout", images=2, layer_sizes=(40_000, 30_000), multiarch=False)
+    bundle = craft.write_bundle(tmp_path / "b.tar.zst", craft.standard_entries(layout.root, ec_key))
+    before = snapshot(site.paths.root)
+    with pytest.raises(BundleRefused) as info:
+        site.importer().run(bundle)
+    assert info.value.code == "QUOTA_EXCEEDED", info.value.message
+    assert "project spectro-images" in info.value.message and "50000-byte storage quota" in info.value.message
+    assert snapshot(site.paths.root) == before
+    for ref in refs:
+        assert site.registry.repository_id("spectro-images/" + ref.rsplit(":", 1)[0]) is None
+    assert quotas.usage(site.registry.db, "spectro-images") == 0
+    # With room, the same bundle imports; its usage is every distinct blob and manifest it linked.
+    projects.update(project, None, 10 << 20)
+    report = site.importer().run(bundle)
+    assert len(report["images"]) == 2
+    linked = site.registry.db.execute(
+        "SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb)"
+    ).fetchone()[0]
+    assert quotas.usage(site.registry.db, "spectro-images") == linked > 70_000
+    # Importing it again brings nothing new, so even a quota now below the usage lets it through.
+    projects.update(projects.get("spectro-images"), None, 1000)  # type: ignore[arg-type]
+    site.importer().run(bundle)
