@@ -13,6 +13,7 @@ pushes that add content are refused until usage is below it again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -50,22 +51,29 @@ def add_routes(bp: Blueprint, ctx: RouteContext) -> None:
         reference, reference_id = request.args.get("reference"), request.args.get("reference_id")
         if reference not in (None, "", "project"):
             raise _bad(f"reference must be project, not {reference[:40]!r}: quotas here are per project")
-        _, every = projects.list([], [], 0, -1)
-        if reference_id:
-            every = [p for p in every if str(p.id) == reference_id]
-        used = quotas.usages(ctx.access.registry.db)
-        items = [quota_of(p, used.get(p.name, 0)) for p in every]
         sort = request.args.get("sort") or "id"
         key = sort.lstrip("-")
         if key not in _SORTS:
             raise _bad(f"sort by one of {', '.join(sorted(_SORTS))} (a leading - for descending), not {sort[:40]!r}")
+        _, every = projects.list([], [], 0, -1)
+        if reference_id:
+            every = [p for p in every if str(p.id) == reference_id]
+        db = ctx.access.registry.db
+        if key == "used.storage":  # every project's usage, in one pass over the links
+            used = quotas.usages(db)
+            items = [quota_of(p, used.get(p.name, 0)) for p in every]
+        else:  # only the page's projects' usage: it is the one costly figure
+            items = [quota_of(p, 0) for p in every]
 
         def value(q: quotas.Quota) -> Any:
             return {"creation_time": q.created or "", "update_time": q.updated or "", "hard.storage": q.hard,
                     "used.storage": q.used, "id": q.id}[key]
 
         items.sort(key=value, reverse=sort.startswith("-"))
-        return _listed([q.to_json() for q in items[offset:offset + size]], len(items), page, size)
+        shown = items[offset:offset + size]
+        if key != "used.storage":
+            shown = [replace(q, used=quotas.usage(db, q.project_name)) for q in shown]
+        return _listed([q.to_json() for q in shown], len(items), page, size)
 
     @bp.get("/quotas/<quota_id>")
     def get_quota(quota_id: str) -> Response:

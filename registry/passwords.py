@@ -1,8 +1,9 @@
 """The password policy for appliance users: one function every way of setting a password calls.
 
 The CLI (`cargohold admin add-user` / `set-password`, the first start's
-``CARGOHOLD_ADMIN_PASSWORD``) checks here today; the UI and the Harbor user
-API are meant to call the same function, so a site has one rule. The rule
+``CARGOHOLD_ADMIN_PASSWORD``), the UI's password page and Harbor's user API
+(`registry.harbor_users`) all set passwords through `registry.auth.Users`,
+which checks here, so a site has one rule. The rule
 favours length over composition (NIST SP 800-63B): a passphrase of common
 words is fine, a short or guessable one is not.
 

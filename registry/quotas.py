@@ -77,15 +77,17 @@ def _prefix(project: str) -> tuple[int, str]:
     return len(prefix), prefix
 
 
-_PROJECT_DIGESTS = ("SELECT DISTINCT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
-                    "WHERE substr(r.name, 1, ?) = ?")
+# The project's repositories by a range of the name index ("p/" <= name < "p0": '0' follows '/'), then their
+# links by primary key. CROSS JOIN keeps SQLite from starting at the links' digest index instead, which
+# visits every link of every project (measured: 34 ms instead of 3 ms with 5,000 blobs, docs/performance.md).
+_USAGE = ("SELECT COALESCE(SUM(b.size), 0) FROM (SELECT DISTINCT rb.digest FROM repositories r CROSS JOIN "
+          "repository_blobs rb ON rb.repository_id = r.id WHERE r.name >= ? AND r.name < ?) x "
+          "JOIN blobs b ON b.digest = x.digest")
 
 
 def usage(db: Database, project: str) -> int:
     """Bytes of the distinct blobs the repositories of `project` hold."""
-    row = db.execute(f"SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN ({_PROJECT_DIGESTS})",
-                     list(_prefix(project))).fetchone()
-    return int(row[0])
+    return int(db.execute(_USAGE, [f"{project}/", f"{project}0"]).fetchone()[0])
 
 
 def usages(db: Database) -> dict[str, int]:

@@ -153,6 +153,13 @@ def test_shared_blobs_count_once_per_project_and_in_each_project(appliance: Appl
         v2.push_blob(repo, layer)
     assert _used(admin, one_id) == 5000  # two repositories, one blob: counted once
     assert _used(admin, two_id) == 5000  # another project holds it too: counted there as well
+    for sort in ("-used.storage", "id"):  # every project's usage at once, or only the page's
+        listed = admin("GET", "/quotas", params={"sort": sort, "page_size": 100}).json()
+        used = {q["ref"]["name"]: q["used"]["storage"] for q in listed}
+        assert used[one] == used[two] == 5000, sort
+        if sort == "-used.storage":
+            assert [q["used"]["storage"] for q in listed] == sorted(used.values(), reverse=True)
+    assert admin("GET", "/quotas", params={"sort": "colour"}).status_code == 400
     # A blob the project already holds costs nothing, even over a limit lowered below the usage.
     assert admin("PUT", f"/quotas/{one_id}", json={"hard": {"storage": 100}}).status_code == 200
     v2.push_blob(f"{one}/d", layer)
