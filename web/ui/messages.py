@@ -43,6 +43,9 @@ IMPORT_REFUSALS: dict[str, tuple[str, str]] = {
                         "Ask the build site for a bundle that carries every image in full."),
     "IMAGE_UNSIGNED": ("An image in the bundle lacks the image signature this appliance requires.",
                        "Ask the build site for a bundle whose images are signed with a trusted key."),
+    "QUOTA_EXCEEDED": ("The bundle would take a project past its storage quota.",
+                       "Ask your administrator to raise the project's quota, or free space in the project (delete "
+                       "what it no longer needs), then import again."),
     "FORMAT": ("The file is not a bundle this appliance can read.",
                "Check that you chose the right file (a .tar.zst bundle), then upload it again."),
     "BUSY": ("The same bundle is being imported right now.",
