@@ -61,8 +61,8 @@ class QuotaExceeded(RegistryError):
     def __init__(self, project: str, hard: int, used: int, adding: int) -> None:
         message = (f"Quota exceeded when processing the request of adding {display_size(adding)} of storage "
                    f"resource, which when updated to current usage of {display_size(used)} will exceed the "
-                   f"configured upper limit of {display_size(hard)} (project {project}, storage quota "
-                   f"{hard} bytes, {used} used, {adding} more needed)")
+                   f"configured upper limit of {display_size(hard)} (project {project}: storage quota "
+                   f"{hard} bytes, {used} used, this adds {adding})")
         super().__init__("DENIED", message, detail={"project": project, "hard": {"storage": hard},
                                                     "used": {"storage": used}, "adding": {"storage": adding}})
         self.project, self.hard, self.used, self.adding = project, hard, used, adding
