@@ -270,3 +270,20 @@ def test_skopeo_push_into_a_small_quota_fails_with_the_quota_message(appliance: 
     # Deleting it frees the usage again.
     assert admin("DELETE", f"/projects/{name}/repositories/app").status_code == 200
     assert _used(admin, pid) == 0
+
+
+def test_concurrent_pushes_never_pass_the_limit_together(appliance: Appliance, admin: Harbor) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    name, pid = _project(admin, 1000)
+    v2 = V2(appliance)
+    blobs = [os.urandom(400) for _ in range(8)]  # each fits alone; at most two fit together
+
+    def push(data: bytes) -> int:
+        location = v2.start_upload(f"{name}/app")
+        return v2.request("PUT", location, params={"digest": sha256(data)}, data=data).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(push, blobs))
+    assert sorted(statuses) == [201, 201] + [403] * 6, statuses
+    assert _used(admin, pid) == 800
