@@ -56,13 +56,15 @@ def add_routes(bp: Blueprint, ctx: RouteContext) -> None:
             raise HarborError("NOT_FOUND", f"project {project.name} has no metadata {name[:80]!r}", 404)
         return value
 
-    @bp.get("/projects/<ref>/metadatas/<name>")
-    def get_metadata(ref: str, name: str) -> Response:
+    @bp.get("/projects/<ref>/metadatas/<meta_name>")
+    def get_metadata(ref: str, meta_name: str) -> Response:
+        name = meta_name
         project = ctx.readable_project(ref)
         return jsonify({name: key_of(project, name)})
 
-    @bp.put("/projects/<ref>/metadatas/<name>")
-    def update_metadata(ref: str, name: str) -> Response:
+    @bp.put("/projects/<ref>/metadatas/<meta_name>")
+    def update_metadata(ref: str, meta_name: str) -> Response:
+        name = meta_name
         project = ctx.managed_project(ref)
         body = _json_body()
         if set(body) != {name}:
@@ -71,8 +73,9 @@ def add_routes(bp: Blueprint, ctx: RouteContext) -> None:
         ctx.record("update", "project-metadata", f"{project.name}:{name}")
         return Response(status=200)
 
-    @bp.delete("/projects/<ref>/metadatas/<name>")
-    def delete_metadata(ref: str, name: str) -> Response:
+    @bp.delete("/projects/<ref>/metadatas/<meta_name>")
+    def delete_metadata(ref: str, meta_name: str) -> Response:
+        name = meta_name
         project = ctx.managed_project(ref)
         key_of(project, name)
         metadata.delete(project, name)

@@ -30,6 +30,7 @@ VALUES = {"name": "spectro-images/guard", "digest": "sha256:" + "0" * 64, "refer
           "ref": "spectro-images", "repo": "guard", "mid": "1", "robot_id": "1", "tag": "t", "check_id": "1",
           "action": "delete", "rest": "projects/spectro-images/anything", "filename": "x.css",
           "rule_id": "1", "scan_id": "1", "spec": "installer.iso"}
+VALUES.update({"user_id": "1", "quota_id": "1", "meta_name": "auto_scan"})  # Harbor's users, quotas, project metadata
 
 
 def _unsafe_routes(tmp_path: Path) -> list[tuple[str, str]]:
