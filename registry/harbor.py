@@ -63,11 +63,11 @@ from registry.audit import AuditLog
 from registry.auth import Principal
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.health import BLOBSTORE, readiness
 from registry.harbor_context import RouteContext
 from registry.harbor_projects import add_routes as add_project_routes
 from registry.harbor_quotas import add_routes as add_quota_routes
 from registry.harbor_users import add_routes as add_user_routes
+from registry.health import BLOBSTORE, readiness
 from registry.image_trust import ImageTrust
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
