@@ -10,6 +10,7 @@ repository is here because only Harbor's API does it.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -31,6 +32,33 @@ def rfc3339(t: float | None) -> str | None:
     if t is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+# How Harbor (Go's zero time.Time through strfmt.DateTime) writes a time that never happened: a pull time
+# of an artifact nobody pulled. The appliance does not record pulls (edge hosts pull at every start).
+NEVER = "0001-01-01T00:00:00.000Z"
+# A config blob larger than this is not an image config anyone wrote by hand; extra_attrs stays empty.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=512)
+def _image_attrs(registry: Registry, config_digest: str) -> tuple[tuple[str, Any], ...]:
+    """Harbor's extra_attrs from an image config blob (content-addressed, so cached by digest)."""
+    try:
+        with registry.store.open(Digest.parse(config_digest)) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        config = json.loads(data) if len(data) <= MAX_CONFIG_BYTES else None
+    except (OSError, ValueError, RegistryError):
+        config = None
+    if not isinstance(config, dict):
+        return ()
+    inner: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
+    author = config["author"] if isinstance(config.get("author"), str) else ""
+    labels: dict[str, Any] = inner["Labels"] if isinstance(inner.get("Labels"), dict) else {}
+    if not author:  # as Harbor: the OCI authors annotation, then Docker's maintainer label
+        author = next((str(labels[k]) for k in ("org.opencontainers.image.authors", "maintainer") if labels.get(k)), "")
+    return (("architecture", str(config.get("architecture") or "")), ("os", str(config.get("os") or "")),
+            ("author", author), ("created", config.get("created")), ("config", inner))
 
 
 def _like(value: str) -> str:
@@ -61,8 +89,11 @@ class Artifacts:
     """Repositories and artifacts as Harbor's API shows them."""
 
     def __init__(self, registry: Registry, projects: Projects) -> None:
+        from registry.labels import Labels  # registry.labels formats times with this module's rfc3339
+
         self.registry = registry
         self.projects = projects
+        self.labels = Labels(registry)
 
     # -- repositories
 
@@ -214,6 +245,29 @@ class Artifacts:
             raise RegistryError("MANIFEST_UNKNOWN", f"artifact {reference} not found in {repository.name}")
         return self._artifact_json(repository, rows[0], with_tag, with_accessory)
 
+    def _size(self, repository_id: int, digest: str, media_type: str, own: int, depth: int = 0) -> int:
+        """Harbor's artifact size: the manifest, its config and layers; an index adds its children's sizes."""
+        db = self.registry.db
+        if media_type not in INDEXES:
+            blobs = db.execute("SELECT COALESCE(SUM(size), 0) FROM manifest_refs WHERE repository_id = ? AND "
+                               "manifest = ? AND kind = 'blob'", [repository_id, digest]).fetchone()[0]
+            return own + int(blobs)
+        if depth > 4:  # indexes of indexes nest a level or two; a deeper chain is not worth following
+            return own
+        children = db.execute(
+            "SELECT m.digest, m.media_type, m.size FROM manifest_refs f JOIN manifests m ON m.repository_id = "
+            "f.repository_id AND m.digest = f.child WHERE f.repository_id = ? AND f.manifest = ? AND "
+            "f.kind = 'manifest'", [repository_id, digest]).fetchall()
+        return own + sum(self._size(repository_id, d, mt, int(sz), depth + 1) for d, mt, sz in children)
+
+    def _extra_attrs(self, repository_id: int, digest: str) -> dict[str, Any]:
+        """Harbor's extra_attrs of an image: architecture, os, author, created and config from its config blob."""
+        row = self.registry.db.execute(
+            "SELECT child FROM manifest_refs WHERE repository_id = ? AND manifest = ? AND kind = 'blob' AND "
+            f"media_type IN ({','.join('?' * len(IMAGE_CONFIGS))}) LIMIT 1",
+            [repository_id, digest, *sorted(IMAGE_CONFIGS)]).fetchone()
+        return dict(_image_attrs(self.registry, row[0])) if row else {}
+
     def _artifact_json(self, repository: Repository, row: Any, with_tag: bool, with_accessory: bool
                        ) -> dict[str, Any]:
         rowid, digest, media_type, artifact_type, size, annotations, created, _subject = row
@@ -224,25 +278,30 @@ class Artifacts:
             "SELECT f.child, f.platform, m.rowid FROM manifest_refs f LEFT JOIN manifests m ON "
             "m.repository_id = f.repository_id AND m.digest = f.child WHERE f.repository_id = ? AND f.manifest = ? "
             "AND f.kind = 'manifest'", [repository.id, digest]).fetchall()
+        # Arrays and maps are never null (Harbor sends [] / {}); a time never reached is Go's zero time, as
+        # Harbor formats an artifact that was never pulled.
         doc: dict[str, Any] = {
             "id": rowid, "type": kind, "media_type": config_type or media_type, "manifest_media_type": media_type,
             "artifact_type": artifact_type, "project_id": repository.project_id, "repository_id": repository.id,
-            "repository_name": repository.name, "digest": digest, "size": size, "icon": "",
-            "push_time": rfc3339(created), "pull_time": None, "extra_attrs": {},
-            "annotations": json.loads(annotations) if annotations else None, "labels": None,
+            "repository_name": repository.name, "digest": digest,
+            "size": self._size(repository.id, digest, media_type, int(size)), "icon": "",
+            "push_time": rfc3339(created), "pull_time": NEVER,
+            "extra_attrs": self._extra_attrs(repository.id, digest) if artifact_type in IMAGE_CONFIGS else {},
+            "annotations": json.loads(annotations) if annotations else {},
+            "labels": [label.to_json() for label in self.labels.of_artifacts(repository.id, [digest]).get(digest, [])],
             "references": [{"parent_id": rowid, "child_id": child_id, "child_digest": child,
-                            "platform": json.loads(platform) if platform else None, "urls": None}
-                           for child, platform, child_id in refs] or None,
+                            **({"platform": json.loads(platform)} if platform else {}), "urls": []}
+                           for child, platform, child_id in refs],
         }
         if with_tag:
             tags = db.execute("SELECT rowid, name, updated_at FROM tags WHERE repository_id = ? AND digest = ? "
                               "ORDER BY name", [repository.id, digest]).fetchall()
             protected = self.registry.protection.protectors(db, repository.name, [t[1] for t in tags])
             doc["tags"] = [{"id": tid, "repository_id": repository.id, "artifact_id": rowid, "name": name,
-                            "push_time": rfc3339(t), "pull_time": None, "immutable": name in protected}
-                           for tid, name, t in tags] or None
+                            "push_time": rfc3339(t), "pull_time": NEVER, "immutable": name in protected}
+                           for tid, name, t in tags]
         if with_accessory:
-            doc["accessories"] = self.accessories(repository, Digest.parse(digest), rowid) or None
+            doc["accessories"] = self.accessories(repository, Digest.parse(digest), rowid)
         return doc
 
     def accessories(self, repository: Repository, subject: Digest, subject_id: int | None = None
@@ -252,6 +311,10 @@ class Artifacts:
             "SELECT m.rowid, m.digest, m.artifact_type, m.size, m.created_at FROM manifests m "
             "WHERE m.repository_id = ? AND m.subject = ? ORDER BY m.created_at, m.digest",
             [repository.id, str(subject)]).fetchall()
+        if subject_id is None:
+            found = self.registry.db.execute("SELECT rowid FROM manifests WHERE repository_id = ? AND digest = ?",
+                                             [repository.id, str(subject)]).fetchone()
+            subject_id = int(found[0]) if found else None
         kinds = {"application/vnd.dev.cosign.artifact.sig.v1+json": "signature.cosign",
                  "application/vnd.cncf.notary.signature": "signature.notation"}
         return [{"id": rid, "artifact_id": rid, "subject_artifact_id": subject_id,
@@ -281,7 +344,7 @@ class Artifacts:
                           "ORDER BY name LIMIT ? OFFSET ?", [repository.id, str(digest), limit, offset]).fetchall()
         protected = self.registry.protection.protectors(db, repository.name, [r[1] for r in rows])
         return total, [{"id": tid, "repository_id": repository.id, "artifact_id": artifact_id[0] if artifact_id
-                        else None, "name": name, "push_time": rfc3339(t), "pull_time": None,
+                        else None, "name": name, "push_time": rfc3339(t), "pull_time": NEVER,
                         "immutable": name in protected} for tid, name, t in rows]
 
     def create_tag(self, repository: Repository, reference: str, tag: Any) -> None:

@@ -24,6 +24,13 @@ twice as Harbor's clients send it: ``a/b`` is ``a%252Fb``):
     DELETE              /projects/{p}/repositories/{r}/artifacts/{reference}/tags/{tag}
     GET POST            /projects/{p}/immutabletagrules          (registry.immutable_api)
     PUT DELETE          /projects/{p}/immutabletagrules/{id}
+    GET POST            /labels                                   (registry.labels_api)
+    GET PUT DELETE      /labels/{id}
+    POST                /projects/{p}/repositories/{r}/artifacts/{reference}/labels
+    DELETE              /projects/{p}/repositories/{r}/artifacts/{reference}/labels/{id}
+    POST                /projects/{p}/repositories/{r}/artifacts?from=   (copy; registry.system_api)
+    GET                 /systeminfo/getcert  /permissions  (registry.system_api)
+    GET PUT             /configurations                           (PUT refuses: read-only settings)
     GET POST            /robots
     GET PUT PATCH DELETE /robots/{id}
     GET                 /audit-logs
@@ -32,7 +39,9 @@ twice as Harbor's clients send it: ``a/b`` is ``a%252Fb``):
 Conventions: lists take ``page`` (from 1) and ``page_size`` (1-100, default
 10) and answer ``X-Total-Count`` and ``Link`` (rel="prev"/"next"); ``q`` takes
 Harbor's query syntax (``k=v``, ``k=~v`` fuzzy, ``k={v1 v2}`` any of);
-creations answer 201 with ``Location``; errors are
+creations answer 201 with ``Location``; other writes answer 200 with no body
+and no ``Content-Type`` (as Harbor's go-swagger responders do: a JSON type on
+an empty body breaks clients that parse JSON bodies); errors are
 ``{"errors": [{"code": "NOT_FOUND", "message": "..."}]}``. Credentials are
 Basic (users and robots). Every write lands in the audit log.
 """
@@ -71,12 +80,15 @@ from registry.health import BLOBSTORE, readiness
 from registry.image_trust import ImageTrust
 from registry.immutable import ImmutableRules
 from registry.immutable_api import add_routes as add_immutable_rule_routes
+from registry.labels_api import add_routes as add_label_routes
 from registry.names import is_digest_reference
 from registry.numbers import MAX_INT64, NumberInvalid, is_ascii_number, parse_number
 from registry.openapi import openapi_document
 from registry.project_metadata import KEYS as METADATA_KEYS
 from registry.project_metadata import validate_all as validate_metadata
 from registry.protection import TagProtected
+from registry.system_api import SystemSettings
+from registry.system_api import add_routes as add_system_routes
 from registry.token_api import request_principal
 
 PREFIX = "/api/v2.0"
@@ -211,8 +223,15 @@ def _parse_id(text: str, what: str) -> int:
     return int(text)
 
 
+def _empty(status: int = 200) -> Response:
+    """A success with no body, as Harbor sends it: no Content-Type either."""
+    resp = Response(status=status)
+    del resp.headers["Content-Type"]
+    return resp
+
+
 def _created(body: Any, location: str) -> Response:
-    resp = jsonify(body) if body is not None else Response(status=201)
+    resp = jsonify(body) if body is not None else _empty(201)
     resp.status_code = 201
     resp.headers["Location"] = location
     return resp
@@ -223,7 +242,7 @@ def _created(body: Any, location: str) -> Response:
 
 def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, default_project: str,
                      external_url: str | None = None, has_ca_root: Callable[[], bool] = lambda: False,
-                     reserve_bytes: int = 0) -> Blueprint:
+                     reserve_bytes: int = 0, system: SystemSettings | None = None) -> Blueprint:
     """The /api/v2.0 blueprint; `reserve_bytes`: the free space writes must leave (its health's disk check)."""
     bp = Blueprint("harbor", __name__, url_prefix=PREFIX)
     projects, robots, members = access.projects, access.robots, access.members
@@ -237,6 +256,14 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     @bp.before_request
     def _authenticate() -> None:
         g.principal = request_principal(access, None)
+
+    @bp.after_request
+    def _no_html(resp: Response) -> Response:
+        # Flask labels a bodiless Response text/html; Harbor sends no Content-Type with an empty answer.
+        if resp.mimetype == "text/html" and not resp.is_streamed and not resp.direct_passthrough \
+                and not resp.get_data():
+            del resp.headers["Content-Type"]
+        return resp
 
     @bp.errorhandler(HarborError)
     def _harbor(exc: HarborError) -> Response:
@@ -378,8 +405,9 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         return {"project_id": project.id, "name": project.name, "owner_id": project.owner_id or 1,
                 "owner_name": "admin", "creation_time": rfc3339(project.created_at),
                 "update_time": rfc3339(project.updated_at), "deleted": False,
-                "repo_count": projects.repository_count(project.name), "registry_id": None,
-                "current_user_role_id": role or 0, "current_user_role_ids": [role] if role else None,
+                "repo_count": projects.repository_count(project.name),
+                # Harbor leaves registry_id out for a project that is no proxy cache (every project here).
+                "current_user_role_id": role or 0, "current_user_role_ids": [role] if role else [],
                 "togglable": True, "metadata": {**image_trust.metadata(project.id),
                                                 "public": "true" if project.public else "false"}}
 
@@ -700,6 +728,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                            forbid, find_project, readable_project, managed_project, record)
     for add_routes in (add_user_routes, add_project_routes, add_quota_routes):
         add_routes(bp, context)
+    add_label_routes(bp, access, artifacts, principal, repository, record)
+    add_system_routes(bp, access, system or SystemSettings(), principal, find_project, record)
 
     # -- robots
 

@@ -25,6 +25,10 @@ project_metadata  Harbor project metadata beyond `public`, key -> "true"/"false"
                   (enable_content_trust_cosign; registry.image_trust)
 image_signing_keys public keys whose cosign signatures the content-trust policy accepts (registry.image_trust)
 health_heartbeat  one row the readiness check rewrites to prove the database takes a write (registry.health)
+labels            Harbor labels: global (scope g, project_id 0) or of one project (scope p); name unique per scope
+                  and project (registry.labels)
+artifact_labels   which label is on which artifact, keyed by (repository_id, digest) as manifests are; triggers
+                  drop the rows with their manifest, their label, and a project's labels with the project
 """
 
 from __future__ import annotations
@@ -181,3 +185,28 @@ def m008_user_profiles(db: Database) -> None:
     for column in ("email", "realname", "comment"):
         users.add_column(column, str, not_null_default="")
     users.add_column("updated_at", float)
+
+
+@migrations()
+def m009_labels(db: Database) -> None:
+    db.table("labels").create(
+        {"id": int, "name": str, "description": str, "color": str, "scope": str, "project_id": int,
+         "created_at": float, "updated_at": float},
+        pk="id", not_null={"name", "scope", "project_id", "created_at", "updated_at"},
+    )
+    db.table("labels").create_index(["scope", "project_id", "name"], unique=True)
+    db.table("artifact_labels").create(
+        {"repository_id": int, "digest": str, "label_id": int, "created_at": float},
+        pk=("repository_id", "digest", "label_id"),
+        foreign_keys=[("repository_id", "repositories", "id"), ("label_id", "labels", "id")],
+    )
+    db.table("artifact_labels").create_index(["label_id"])
+    # Triggers, so every path that deletes a manifest (/v2/, Harbor, GC, releases), a label or a project
+    # takes the attachments with it. A re-push of the same digest (INSERT OR REPLACE) fires no delete
+    # trigger (recursive_triggers is off): the artifact is the same, and Harbor keeps its labels too.
+    db.execute("CREATE TRIGGER artifact_labels_manifest_gone AFTER DELETE ON manifests BEGIN "
+               "DELETE FROM artifact_labels WHERE repository_id = OLD.repository_id AND digest = OLD.digest; END")
+    db.execute("CREATE TRIGGER artifact_labels_label_gone AFTER DELETE ON labels BEGIN "
+               "DELETE FROM artifact_labels WHERE label_id = OLD.id; END")
+    db.execute("CREATE TRIGGER labels_project_gone AFTER DELETE ON projects BEGIN "
+               "DELETE FROM labels WHERE scope = 'p' AND project_id = OLD.id; END")

@@ -30,6 +30,7 @@ from registry.db import migrate
 from registry.distribution import DistributionConfig, create_blueprint, register_error_handlers
 from registry.model import Registry
 from registry.names import parse_mapping_rules
+from registry.system_api import SystemSettings
 from registry.tokens import TokenSigner
 from registry.uploads import Uploads
 from web import hardening, health, initial_password, metrics, tls_api, ui
@@ -110,7 +111,8 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(token_api.create_blueprint(services.access, signer, config.external_url))
     app.register_blueprint(harbor.create_blueprint(
         services.access, Artifacts(services.registry, services.access.projects), services.audit, config.project,
-        config.external_url, lambda: generated_ca(config) is not None, config.import_reserve_bytes))
+        config.external_url, lambda: generated_ca(config) is not None, config.import_reserve_bytes,
+        SystemSettings(config.token_expiry_seconds, lambda: generated_ca(config))))
     harbor.register_audit(app, services.audit)
     app.register_blueprint(tls_api.create_blueprint(config))
     # The bundle and cluster-definition APIs authenticate, limit, refuse and audit as the Harbor API does.
