@@ -243,8 +243,7 @@ def create_blueprint() -> Blueprint:
             return _error_page(404, "Artifact not found", f"There is no artifact {reference!r} in {name!r}.")
         layers = manifest.get("layers") or []
         config = manifest.get("config")
-        total = doc["size"] + sum(int(x.get("size", 0)) for x in layers) + (int(config.get("size", 0))
-                                                                         if config else 0)
+        total = doc["size"]  # Harbor's sum: manifest, config and layers (an index: with its platforms')
         referrers = services.registry.referrers(name, Digest.parse(doc["digest"]))
         tags = [t["name"] for t in (doc.get("tags") or [])]
         host = registry_host()
