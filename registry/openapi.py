@@ -13,6 +13,7 @@ from typing import Any
 _STR: dict[str, Any] = {"type": "string"}
 _INT: dict[str, Any] = {"type": "integer"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -39,6 +40,7 @@ _REFERENCE = _path("reference", "A tag, or a digest (sha256:...).")
 _ROBOT = _path("robot_id", "Robot id.", {"type": "integer", "minimum": 1})
 _MEMBER = _path("mid", "Member id.", {"type": "integer", "minimum": 1})
 _RULE = _path("immutable_rule_id", "Immutable tag rule id.", {"type": "integer", "minimum": 1})
+_LABEL = _path("label_id", "Label id.", {"type": "integer", "minimum": 1})
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -79,13 +81,14 @@ def _schemas() -> dict[str, Any]:
                                                                                           "*"]}}}
     permission = {"type": "object", "properties": {"kind": {"type": "string", "enum": ["project", "system"]},
                                                    "namespace": _STR,
-                                                   "access": {"type": "array", "items": access_item}}}
+                                                   "access": {"type": "array", "items": _ref("Access")}}}
     return {
         "Errors": {"type": "object", "properties": {"errors": {"type": "array", "items": {
             "type": "object", "properties": {"code": _STR, "message": _STR}}}}},
         "Project": {"type": "object", "properties": {
             "project_id": _INT, "name": _STR, "owner_id": _INT, "owner_name": _STR, "creation_time": _STR,
             "update_time": _STR, "deleted": _BOOL, "repo_count": _INT, "current_user_role_id": _INT,
+            "current_user_role_ids": {"type": "array", "items": _INT},
             "togglable": _BOOL, "metadata": {"type": "object", "properties": {
                 "public": _STR, "enable_content_trust_cosign": _STR}}}},
         "ProjectReq": {"type": "object", "properties": {
@@ -109,19 +112,49 @@ def _schemas() -> dict[str, Any]:
             "pull_count": _INT, "creation_time": _STR, "update_time": _STR}},
         "RepositoryUpdate": {"type": "object", "properties": {"description": _STR}},
         "Tag": {"type": "object", "properties": {
-            "id": _INT, "repository_id": _INT, "artifact_id": _INT, "name": _STR, "push_time": _STR,
-            "immutable": _BOOL}},
+            "id": _INT, "repository_id": _INT, "artifact_id": _INT, "name": _STR, "push_time": _TIME,
+            "pull_time": _TIME, "immutable": _BOOL}},
         "TagReq": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
         "Artifact": {"type": "object", "properties": {
-            "id": _INT, "type": _STR, "media_type": _STR, "manifest_media_type": _STR, "project_id": _INT,
-            "repository_id": _INT, "repository_name": _STR, "digest": _STR, "size": _INT, "push_time": _STR,
-            "tags": {"type": "array", "nullable": True, "items": _ref("Tag")},
-            "references": {"type": "array", "nullable": True, "items": {"type": "object"}},
-            "accessories": {"type": "array", "nullable": True, "items": _ref("Accessory")}}},
+            "id": _INT, "type": _STR, "media_type": _STR, "manifest_media_type": _STR,
+            "artifact_type": {"type": "string", "nullable": True}, "project_id": _INT, "repository_id": _INT,
+            "repository_name": _STR, "digest": _STR, "size": _INT, "icon": _STR, "push_time": _TIME,
+            "pull_time": _TIME,
+            "extra_attrs": {"type": "object", "description": "Images: architecture, os, author, created, config."},
+            "annotations": {"type": "object", "additionalProperties": _STR},
+            "labels": {"type": "array", "items": _ref("Label")},
+            "tags": {"type": "array", "items": _ref("Tag")},
+            "references": {"type": "array", "items": _ref("Reference")},
+            "accessories": {"type": "array", "items": _ref("Accessory")}}},
+        "Reference": {"type": "object", "properties": {
+            "parent_id": _INT, "child_id": _INT, "child_digest": _STR, "platform": _ref("Platform"),
+            "urls": {"type": "array", "items": _STR}}},
+        "Platform": {"type": "object", "properties": {"architecture": _STR, "os": _STR, "variant": _STR}},
         "Accessory": {"type": "object", "properties": {
-            "id": _INT, "artifact_id": _INT, "subject_artifact_digest": _STR, "digest": _STR, "size": _INT,
-            "type": _STR, "creation_time": _STR}},
-        "Permission": permission,
+            "id": _INT, "artifact_id": _INT, "subject_artifact_id": {"type": "integer", "nullable": True},
+            "subject_artifact_digest": _STR, "subject_artifact_repo": _STR, "digest": _STR, "size": _INT,
+            "type": _STR, "icon": _STR, "creation_time": _TIME}},
+        "Label": {"type": "object", "properties": {
+            "id": _INT, "name": {"type": "string", "maxLength": 128}, "description": _STR,
+            "color": {"type": "string", "description": "#RRGGBB or #RGB"},
+            "scope": {"type": "string", "enum": ["g", "p"]}, "project_id": _INT, "creation_time": _TIME,
+            "update_time": _TIME}},
+        "Permission": {"type": "object", "properties": {"resource": _STR, "action": _STR}},
+        "Permissions": {"type": "object", "properties": {"system": {"type": "array", "items": _ref("Permission")},
+                                                         "project": {"type": "array",
+                                                                     "items": _ref("Permission")}}},
+        "StringConfigItem": {"type": "object", "properties": {"value": _STR, "editable": _BOOL}},
+        "BoolConfigItem": {"type": "object", "properties": {"value": _BOOL, "editable": _BOOL}},
+        "IntegerConfigItem": {"type": "object", "properties": {"value": _INT, "editable": _BOOL}},
+        "ConfigurationsResponse": {"type": "object", "properties": {
+            "auth_mode": _ref("StringConfigItem"), "primary_auth_mode": _ref("BoolConfigItem"),
+            "self_registration": _ref("BoolConfigItem"), "project_creation_restriction": _ref("StringConfigItem"),
+            "read_only": _ref("BoolConfigItem"), "notification_enable": _ref("BoolConfigItem"),
+            "token_expiration": _ref("IntegerConfigItem"), "robot_name_prefix": _ref("StringConfigItem")}},
+        "Configurations": {"type": "object", "description": "Refused: the appliance's settings are read-only here.",
+                           "properties": {"self_registration": _BOOL, "read_only": _BOOL, "auth_mode": _STR}},
+        "Access": access_item,
+        "RobotPermission": permission,
         "ImmutableSelector": {"type": "object", "properties": {
             "kind": {"type": "string", "enum": ["doublestar"]},
             "decoration": {"type": "string", "enum": ["matches", "excludes", "repoMatches", "repoExcludes"]},
@@ -140,12 +173,12 @@ def _schemas() -> dict[str, Any]:
         "RobotCreate": {"type": "object", "properties": {
             "name": _STR, "description": _STR, "level": {"type": "string", "enum": ["system", "project"]},
             "duration": {"type": "integer", "minimum": -1}, "disable": _BOOL, "secret": _STR,
-            "permissions": {"type": "array", "items": _ref("Permission")}}},
+            "permissions": {"type": "array", "items": _ref("RobotPermission")}}},
         "RobotCreated": {"type": "object", "properties": {
             "id": _INT, "name": _STR, "secret": _STR, "creation_time": _STR, "expires_at": _INT}},
         "Robot": {"type": "object", "properties": {
             "id": _INT, "name": _STR, "description": _STR, "level": _STR, "duration": _INT, "disable": _BOOL,
-            "expires_at": _INT, "editable": _BOOL, "permissions": {"type": "array", "items": _ref("Permission")},
+            "expires_at": _INT, "editable": _BOOL, "permissions": {"type": "array", "items": _ref("RobotPermission")},
             "creation_time": _STR, "update_time": _STR}},
         "RobotSec": {"type": "object", "properties": {"secret": _STR}},
         "AuditLog": {"type": "object", "properties": {
@@ -164,6 +197,54 @@ def _schemas() -> dict[str, Any]:
             "type": "object", "properties": {"total": _INT, "free": _INT}}}}},
         "OverallHealthStatus": {"type": "object", "properties": {"status": _STR, "components": {
             "type": "array", "items": {"type": "object", "properties": {"name": _STR, "status": _STR}}}}},
+    }
+
+
+def _labels_and_system(art: list[dict[str, Any]], repo: list[dict[str, Any]], lst: Any) -> dict[str, Any]:
+    """Labels, copy artifact, getcert, configurations and permissions (registry.labels_api, registry.system_api)."""
+    label_list = [_query("scope", "g (global) or p (project).", {"type": "string", "enum": ["g", "p"]}),
+                  _query("project_id", "The project, with scope p.", {"type": "integer", "minimum": 1}),
+                  _query("name", "Fuzzy name filter."), *_PAGING[:2]]
+    artifacts = "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts"
+    return {
+        "/labels": {
+            "get": _op("List global labels (scope g) or a project's (scope p)", lst("Label"), label_list,
+                       tag="label"),
+            "post": _op("Create a label (global: admin; project: its admins and maintainers)",
+                        {**_ok(None, "Created", "201"), **_errors(400, 401, 403, 404, 409)}, body=_ref("Label"),
+                        tag="label"),
+        },
+        "/labels/{label_id}": {
+            "get": _op("Get a label", {**_ok(_ref("Label")), **_errors(401, 403, 404)}, [_LABEL], tag="label"),
+            "put": _op("Change a label's name, description or colour",
+                       {**_ok(None), **_errors(400, 401, 403, 404, 409)}, [_LABEL], _ref("Label"), tag="label"),
+            "delete": _op("Delete a label (it leaves every artifact)", {**_ok(None), **_errors(401, 403, 404)},
+                          [_LABEL], tag="label"),
+        },
+        artifacts + "/{reference}/labels": {
+            "post": _op("Add a label to an artifact (who may push)",
+                        {**_ok(None, "Created", "201"), **_errors(400, 401, 403, 404, 409)}, art,
+                        {"type": "object", "required": ["id"], "properties": {"id": _INT}}, tag="artifact")},
+        artifacts + "/{reference}/labels/{label_id}": {
+            "delete": _op("Remove a label from an artifact", {**_ok(None), **_errors(400, 401, 403, 404)},
+                          [*art, _LABEL], tag="artifact")},
+        artifacts: {
+            "post": _op("Copy an artifact here (pull on the source, push here; 412 for a protected tag)",
+                        {**_ok(None, "Created", "201"), **_errors(400, 401, 403, 404, 412)},
+                        [*repo, {**_query("from", "<project>/<repository>:<tag> or <project>/<repository>@<digest>"),
+                                 "required": True}], tag="artifact")},
+        "/systeminfo/getcert": {"get": _op("The appliance's CA certificate (404 when it has none)", {
+            "200": {"description": "The CA certificate, PEM, as a download",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(404)}, tag="systeminfo")},
+        "/configurations": {
+            "get": _op("The settings that map to the appliance, read-only (admin)",
+                       {**_ok(_ref("ConfigurationsResponse")), **_errors(401, 403)}, tag="configure"),
+            "put": _op("Refused, naming the keys: the settings come from the appliance's configuration",
+                       {**_ok(None), **_errors(400, 401, 403)}, body=_ref("Configurations"), tag="configure"),
+        },
+        "/permissions": {"get": _op("What robot accounts can be granted here",
+                                    {**_ok(_ref("Permissions")), **_errors(401, 403)}, tag="permissions")},
     }
 
 
@@ -289,7 +370,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     }
     from registry import openapi_accounts  # users, project metadata/artifacts/logs, quotas
 
-    paths.update(openapi_accounts.paths())
+    for source in (openapi_accounts.paths(), _labels_and_system(art, repo, lst)):
+        for path, operations in source.items():  # copy artifact shares a path with the artifact list: merge
+            paths.setdefault(path, {}).update(operations)
     return {
         "openapi": "3.0.3",
         "info": {"title": "cargohold Harbor-compatible API", "version": "2.0",
