@@ -183,7 +183,7 @@ def add_routes(bp: Blueprint, access: Access, artifacts: Artifacts, principal: C
             raise HarborError("NOT_FOUND", f"label {label_id} not found", 404)
         labels.attach(found.id, found.project_id, digest, label)
         record("create", "artifact-label", f"{found.name}@{digest}: {label.name}")
-        return _created(None, f"{request.path}/{label.id}")
+        return _empty()  # Harbor's addLabel answers 200 with no body (its swagger, and harborapi, expect that)
 
     @bp.delete("/projects/<ref>/repositories/<repo>/artifacts/<reference>/labels/<label_id>")
     def remove_artifact_label(ref: str, repo: str, reference: str, label_id: str) -> Response:

@@ -223,7 +223,7 @@ def _labels_and_system(art: list[dict[str, Any]], repo: list[dict[str, Any]], ls
         },
         artifacts + "/{reference}/labels": {
             "post": _op("Add a label to an artifact (who may push)",
-                        {**_ok(None, "Created", "201"), **_errors(400, 401, 403, 404, 409)}, art,
+                        {**_ok(None), **_errors(400, 401, 403, 404, 409)}, art,
                         {"type": "object", "required": ["id"], "properties": {"id": _INT}}, tag="artifact")},
         artifacts + "/{reference}/labels/{label_id}": {
             "delete": _op("Remove a label from an artifact", {**_ok(None), **_errors(400, 401, 403, 404)},

@@ -213,8 +213,8 @@ def test_labels_on_artifacts_with_harborapi(world: World) -> None:
 
     run(scenario())
     base = f"/projects/{world.project}/repositories/app/artifacts/1/labels"
-    r = admin("POST", base, json={"id": mine})
-    assert r.status_code == 201 and r.headers["Location"].endswith(f"/labels/{mine}") and r.content == b""
+    r = admin("POST", base, json={"id": mine})  # Harbor's addLabel: 200, no body, no Content-Type
+    assert r.status_code == 200 and r.content == b"" and "Content-Type" not in r.headers
     r = admin("POST", base, json={"name": "qa"})
     assert r.status_code == 400 and "id" in r.json()["errors"][0]["message"]
     assert world.http(None)("POST", base, json={"id": glob}).status_code == 401
@@ -234,7 +234,7 @@ def test_labels_go_with_their_artifact_and_project(world: World) -> None:
     lid = label_id(admin("POST", "/labels", json={"name": "doomed", "scope": "p", "project_id": project_id}
                          ).headers["Location"])
     base = f"/projects/{project}/repositories/gone/artifacts"
-    assert admin("POST", f"{base}/1/labels", json={"id": lid}).status_code == 201
+    assert admin("POST", f"{base}/1/labels", json={"id": lid}).status_code == 200
     assert admin("DELETE", f"{base}/1").status_code == 200
     # the same manifest pushed again is a new artifact, without the old one's labels
     V2(world.app).put_manifest(f"{project}/gone", "1", pushed.body, pushed.media_type)
