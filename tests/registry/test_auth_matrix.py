@@ -138,6 +138,23 @@ def _robot(w: World) -> dict[str, str]:
     return {"id": str(robot.id), "name": robot.name, "secret": robot.secret}
 
 
+def _labelled(w: World, attach: bool) -> dict[str, str]:
+    """An image and a global label (on the image when `attach`)."""
+    state = _image(w)
+    r = w.admin("POST", "/labels", json={"name": f"l{uuid.uuid4().hex[:10]}", "scope": "g"})
+    assert r.status_code == 201, r.text
+    state["label"] = r.headers["Location"].rsplit("/", 1)[1]
+    if attach:
+        path = f"/projects/{w.project}/repositories/{state['inner']}/artifacts/1/labels"
+        assert w.admin("POST", path, json={"id": int(state["label"])}).status_code == 200
+    return state
+
+
+def _label_ids(w: World, s: dict[str, str]) -> list[str]:
+    art = w.admin("GET", f"/projects/{w.project}/repositories/{s['inner']}/artifacts/1").json()
+    return [str(label["id"]) for label in art["labels"]]
+
+
 def _req(w: World, auth: tuple[str, str] | None, method: str, path: str, **kw: object) -> requests.Response:
     return w.v2.request(method, path, auth=auth, **kw)
 
@@ -237,6 +254,31 @@ CASES: dict[str, Case] = {
     "api delete robot": Case(
         "admin", _robot, lambda w, s, a: _req(w, a, "DELETE", _api(f"/robots/{s['id']}")), 200,
         lambda w, s: w.admin("GET", f"/robots/{s['id']}").status_code == 200),
+    "api add artifact label": Case(
+        "push", lambda w: _labelled(w, False),
+        lambda w, s, a: _req(w, a, "POST", _art(s, w, "/labels"), json={"id": int(s["label"])}), 200,
+        lambda w, s: _label_ids(w, s) == []),
+    "api remove artifact label": Case(
+        "push", lambda w: _labelled(w, True),
+        lambda w, s, a: _req(w, a, "DELETE", _art(s, w, f"/labels/{s['label']}")), 200,
+        lambda w, s: _label_ids(w, s) == [s["label"]]),
+    "api copy artifact": Case(
+        "push", lambda w: {**_image(w), "target": f"c{uuid.uuid4().hex[:10]}"},
+        lambda w, s, a: _req(w, a, "POST", _api(f"/projects/{w.project}/repositories/{s['target']}/artifacts"),
+                             params={"from": f"{s['repo']}:1"}), 201,
+        lambda w, s: _status(w, "GET", f"/v2/{w.project}/{s['target']}/manifests/1") == 404),
+    "api create project label": Case(
+        "admin", lambda w: {"name": f"p{uuid.uuid4().hex[:10]}"},
+        lambda w, s, a: _req(w, a, "POST", _api("/labels"), json={
+            "name": s["name"], "scope": "p",
+            "project_id": w.admin("GET", f"/projects/{w.project}").json()["project_id"]}), 201,
+        lambda w, s: s["name"] not in str(w.admin("GET", "/labels", params={
+            "scope": "p", "project_id": w.admin("GET", f"/projects/{w.project}").json()["project_id"],
+            "page_size": 100}).json())),
+    "api delete global label": Case(
+        "admin", lambda w: _labelled(w, False),
+        lambda w, s, a: _req(w, a, "DELETE", _api(f"/labels/{s['label']}")), 200,
+        lambda w, s: w.admin("GET", f"/labels/{s['label']}").status_code == 200),
     "api add member": Case(
         "admin", _project,
         lambda w, s, a: _req(w, a, "POST", _api(f"/projects/{s['name']}/members"),
