@@ -333,11 +333,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts": {
             "get": _op("List artifacts", lst("Artifact"),
                        [*repo, *_PAGING, _query("with_tag", "Include tags.", _BOOL),
-                        _query("with_accessory", "Include accessories.", _BOOL)], tag="artifact")},
+                        _query("with_accessory", "Include accessories.", _BOOL),
+                        _query("with_label", "Accepted; labels are always included.", _BOOL)], tag="artifact")},
         "/projects/{project_name_or_id}/repositories/{repository_name}/artifacts/{reference}": {
             "get": _op("Get an artifact", {**_ok(_ref("Artifact")), **_errors(400, 401, 403, 404)},
                        [*art, _query("with_tag", "Include tags.", _BOOL),
-                        _query("with_accessory", "Include accessories.", _BOOL)], tag="artifact"),
+                        _query("with_accessory", "Include accessories.", _BOOL),
+                        _query("with_label", "Accepted; labels are always included.", _BOOL)], tag="artifact"),
             "delete": _op("Delete an artifact and its tags (412 when a protected tag needs it)",
                           {**_ok(None), **_errors(400, 401, 403, 404, 412)}, art,
                           tag="artifact"),
