@@ -61,6 +61,20 @@ def _image_attrs(registry: Registry, config_digest: str) -> tuple[tuple[str, Any
             ("author", author), ("created", config.get("created")), ("config", inner))
 
 
+@functools.lru_cache(maxsize=2048)
+def _described_bytes(registry: Registry, manifest_digest: str) -> int | None:
+    """config.size plus every layers[].size of a stored manifest, as Harbor adds them (a layer listed twice
+    counts twice); None if it cannot be read."""
+    try:
+        with registry.store.open(Digest.parse(manifest_digest)) as f:
+            doc = json.loads(f.read(registry.max_manifest_bytes + 1))  # manifests are capped at push
+        config = doc.get("config") or {}
+        sizes = [config.get("size", 0), *(layer.get("size", 0) for layer in doc.get("layers") or [])]
+        return sum(int(size) for size in sizes if isinstance(size, int) and not isinstance(size, bool))
+    except (OSError, ValueError, AttributeError, RegistryError):
+        return None
+
+
 def _like(value: str) -> str:
     return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -249,9 +263,11 @@ class Artifacts:
         """Harbor's artifact size: the manifest, its config and layers; an index adds its children's sizes."""
         db = self.registry.db
         if media_type not in INDEXES:
-            blobs = db.execute("SELECT COALESCE(SUM(size), 0) FROM manifest_refs WHERE repository_id = ? AND "
-                               "manifest = ? AND kind = 'blob'", [repository_id, digest]).fetchone()[0]
-            return own + int(blobs)
+            described = _described_bytes(self.registry, digest)
+            if described is None:  # unreadable: the distinct blobs the manifest references
+                described = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM manifest_refs WHERE repository_id = ? "
+                                           "AND manifest = ? AND kind = 'blob'", [repository_id, digest]).fetchone()[0])
+            return own + described
         if depth > 4:  # indexes of indexes nest a level or two; a deeper chain is not worth following
             return own
         children = db.execute(

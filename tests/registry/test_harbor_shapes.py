@@ -82,6 +82,12 @@ def test_artifact_size_and_extra_attrs_as_harbor_computes_them(appliance: Applia
                                   "config": {"Env": ["PATH=/bin"], "Cmd": ["/app"],
                                              "Labels": {"org.opencontainers.image.authors": "site team"}}}
     conforms(Artifact, art)
+    # a layer listed twice counts twice, as Harbor adds up the manifest's descriptors
+    twice = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
+                       "layers": [descriptor(OCI_LAYER, layers[0]), descriptor(OCI_LAYER, layers[0])]})
+    v2.put_manifest(f"{project}/described", "twice", twice, OCI_MANIFEST)
+    art = admin("GET", f"/projects/{project}/repositories/described/artifacts/twice").json()
+    assert art["size"] == len(twice) + len(config) + 2 * len(layers[0])
     # an index: its own bytes plus its children's sizes (Harbor's abstractor)
     amd = v2.push_image(f"{project}/multi", None, seed=b"a")
     arm = v2.push_image(f"{project}/multi", None, seed=b"b", platform="linux/arm64")
