@@ -9,6 +9,7 @@ codes, headers and error bodies harborapi does not show.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -235,9 +236,16 @@ def test_labels_go_with_their_artifact_and_project(world: World) -> None:
                          ).headers["Location"])
     base = f"/projects/{project}/repositories/gone/artifacts"
     assert admin("POST", f"{base}/1/labels", json={"id": lid}).status_code == 200
+    v2 = V2(world.app)
+    manifest = json.loads(pushed.body)
+    blobs = [v2.request("GET", f"/v2/{project}/gone/blobs/{d['digest']}").content
+             for d in [manifest["config"], *manifest["layers"]]]
     assert admin("DELETE", f"{base}/1").status_code == 200
-    # the same manifest pushed again is a new artifact, without the old one's labels
-    V2(world.app).put_manifest(f"{project}/gone", "1", pushed.body, pushed.media_type)
+    # the same manifest pushed again (its blobs too: deleting the artifact dropped the repository's links to
+    # them, as Harbor does) is a new artifact, without the old one's labels
+    for blob in blobs:
+        v2.push_blob(f"{project}/gone", blob)
+    v2.put_manifest(f"{project}/gone", "1", pushed.body, pushed.media_type)
     assert admin("GET", f"{base}/1").json()["labels"] == []
     assert admin("DELETE", f"/projects/{project}/repositories/gone").status_code == 200
     assert admin("DELETE", f"/projects/{project}").status_code == 200

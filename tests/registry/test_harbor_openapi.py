@@ -39,9 +39,10 @@ from tests.appliance import Appliance, start_appliance
 
 EXAMPLES = int(os.environ.get("CARGOHOLD_SCHEMATHESIS_EXAMPLES", "12"))
 KNOWN = {"project_name_or_id": "fuzz", "repository_name": "app", "reference": "1", "tag_name": "1", "robot_id": 1,
-         "mid": 1, "immutable_rule_id": 1, "label_id": 1}
+         "mid": 1, "immutable_rule_id": 1, "label_id": 1,
+         "user_id": 1, "quota_id": 1, "id": 1, "meta_name": "public"}
 # Query parameters a read needs to answer 200 in the explicit round (below).
-EXPLICIT_QUERY = {"/search": {"q": "fuzz"}, "/labels": {"scope": "g"}}
+EXPLICIT_QUERY = {"/search": {"q": "fuzz"}, "/labels": {"scope": "g"}, "/users/search": {"username": "admin"}}
 EXPLICIT_STATUS = {"/systeminfo/getcert": 404}  # this appliance serves plain HTTP: no CA to hand out
 # Answers whose shape the document must describe (schemathesis' own checks).
 CONFORMANCE = [checks.response_schema_conformance, checks.content_type_conformance]
@@ -141,7 +142,10 @@ def test_no_server_errors_long_run(api: Appliance) -> None:
 
 # The served document's schemas against harborapi's models (generated from Harbor's swagger.yaml).
 # Request-only shapes that Harbor's swagger spells with another model are mapped to that model.
-HARBOR_MODELS = {"TagReq": "Tag", "RepositoryUpdate": "Repository", "Errors": "Errors"}
+HARBOR_MODELS = {"TagReq": "Tag", "RepositoryUpdate": "Repository", "Errors": "Errors",
+                 # Harbor's user permission is `Permission` (the robot one here is RobotPermission); its
+                 # metadata answers are a free string map, whose keys are ProjectMetadata's.
+                 "UserPermission": "Permission", "ProjectMetadataMap": "ProjectMetadata"}
 # Fields the appliance adds to Harbor's shapes, on purpose (docs/api.md says so).
 EXTENSIONS = {("AuditLog", "source_ip")}  # where a write came from; Harbor's audit log has no such field
 _JSON_TYPES = {str: "string", int: "integer", bool: "boolean", float: "number", datetime.datetime: "string"}

@@ -31,6 +31,7 @@ VALUES = {"name": "spectro-images/guard", "digest": "sha256:" + "0" * 64, "refer
           "action": "delete", "rest": "projects/spectro-images/anything", "filename": "x.css",
           "rule_id": "1", "scan_id": "1", "spec": "installer.iso"}
 VALUES.update({"user_id": "1", "quota_id": "1", "meta_name": "auto_scan"})  # Harbor's users, quotas, project metadata
+VALUES.update({"label_id": "1"})  # Harbor's labels
 
 
 def _unsafe_routes(tmp_path: Path) -> list[tuple[str, str]]:
