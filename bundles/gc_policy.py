@@ -24,7 +24,7 @@ from typing import Any
 from bundles.inuse import ClusterUnreachable, in_cluster_available, in_use_digests, read_cluster
 from bundles.releases import Releases
 from registry import metrics
-from registry.gc import DEFAULT_GRACE_SECONDS, GarbageCollector
+from registry.gc import DEFAULT_GRACE_SECONDS, GarbageCollector, Progress
 from registry.uploads import Uploads
 
 DEFAULT_RETAIN = 3
@@ -57,7 +57,8 @@ class ClusterSource:
 
 def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_RETAIN,
             grace_seconds: float = DEFAULT_GRACE_SECONDS, dry_run: bool = False,
-            cluster: ClusterSource = ClusterSource(), ignore_cluster: bool = False) -> dict[str, Any]:
+            cluster: ClusterSource = ClusterSource(), ignore_cluster: bool = False,
+            progress: Progress | None = None) -> dict[str, Any]:
     """Run (or dry-run) garbage collection with retention and in-use protection; returns the JSON report.
 
     Raises GcRefused when a configured cluster cannot be reached and
@@ -87,7 +88,9 @@ def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_R
         warnings.append("no cluster is configured (--kubeconfig or CARGOHOLD_KUBECONFIG): in-use protection is "
                         "off; only tags and retained releases are kept")
     kept = releases.retained(retain)
-    report = GarbageCollector(releases.registry, uploads, grace_seconds).run(releases.roots(retain, in_use),
-                                                                            dry_run=dry_run)
+    collector = GarbageCollector(releases.registry, uploads, grace_seconds)
+    roots = releases.roots(retain, in_use)
+    report = collector.run(roots, dry_run=dry_run) if progress is None else \
+        collector.run(roots, dry_run=dry_run, progress=progress)
     report.warnings[:0] = warnings
     return {**report.to_json(), "retain": retain, "keptReleases": kept, "cluster": cluster_json}

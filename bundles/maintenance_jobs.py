@@ -1,20 +1,28 @@
-"""Garbage collection and scrub as background jobs: one at a time, with progress, a result, and a record.
+"""Maintenance as background jobs: garbage collection, scrub and expiry, one at a time, with progress and a record.
 
-A job is a row of ``maintenance_jobs`` (bundles.schema m007) and a daemon
-thread in the process that accepted it (a gunicorn worker, or the CLI).
+A job is a row of ``maintenance_jobs`` (bundles.schema m007, m008) and a
+thread in the process that claimed it (a gunicorn worker, or the CLI).
 The row records that process (pid and start time, `registry.processes`), so
 a job whose process died (a killed worker, a restart) reads ``interrupted``
 instead of ``running`` forever; nothing about such a job needs undoing,
-since collection and scrub are safe to stop at any point and to run again.
+since collection, scrub and expiry are safe to stop at any point and to run
+again.
 
-Only one job runs at a time, across every worker: `MaintenanceJobs.start`
-claims the slot in a write transaction (a second start while one runs gets
-`JobBusy` naming it). Bundle imports keep their own guard against the file
-sweep (`registry.gc.import_guard`).
+Only one job runs at a time, across every worker and process: every entry
+point (the jobs API, the older synchronous ``POST /gc`` and ``/scrub``, the
+UI, the CLI's ``gc``/``scrub``/``expire``, the scheduler of
+`bundles.maintenance_schedule`) claims the one slot with `claim` inside a
+write transaction; a claim while a job runs raises `JobBusy` naming it.
+Bundle imports keep their own guard against the file sweep
+(`registry.gc.import_guard`).
 
-Kinds: ``gc`` (with ``dry_run``: what would be removed, nothing changed) and
-``scrub`` (re-hash every blob, quarantine damaged ones). Their results are
-the same JSON `cargohold gc --json` and `cargohold scrub --json` print.
+Kinds: ``gc`` (with ``dry_run``: what would be removed, nothing changed),
+``scrub`` (re-hash every blob at a limited read rate, quarantine damaged
+ones) and ``expire`` (stale upload sessions and import staging,
+`bundles.expiry`). A job's thread runs at a lower CPU and I/O priority
+(`registry.throttle.lower_priority`), so pulls keep their speed. Results are
+the JSON `cargohold gc|scrub|expire --json` print; ``options`` records the
+settings the job ran with (retention, grace, read-rate limit).
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
+from bundles.expiry import ExpireStep, expire_staging
 from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
 from bundles.releases import Releases
 from registry.audit import AuditLog
@@ -40,22 +50,57 @@ from registry.gc import DEFAULT_GRACE_SECONDS
 from registry.paths import DataPaths
 from registry.processes import process_alive, process_start
 from registry.scrub import scrub
+from registry.throttle import lower_priority
 from registry.uploads import Uploads
 
 _log = logging.getLogger(__name__)
 
 GC = "gc"
 SCRUB = "scrub"
+EXPIRE = "expire"
+KINDS = (GC, SCRUB, EXPIRE)
 RUNNING = "running"
+MANUAL = "manual"
+SCHEDULE = "schedule"
+DEFAULT_SCRUB_RATE = 64 << 20  # bytes per second a scrub reads by default
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+Errors = list[BaseException]  # what a job's thread raised, for a caller that waits for it
+Audited = tuple[str, str, str]  # (action, resource type, summary) for the audit log
 
 
 class JobBusy(RuntimeError):
     """Another maintenance job runs now; `job` is it."""
 
     def __init__(self, job: MaintenanceJob) -> None:
-        super().__init__(f"a {job.title.lower()} is already running (job {job.id})")
+        by = f", started by {job.requested_by}" if job.requested_by else ""
+        super().__init__(f"a {job.title.lower()} is already running (job {job.id}{by}, "
+                         f"{job.phase or 'starting'} {job.done}/{job.total})")
         self.job = job
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job runs. `rate_bytes` None: the appliance's configured scrub rate."""
+
+    retain: int = DEFAULT_RETAIN
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    quarantine: bool = True
+    ignore_cluster: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    rate_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"retain": self.retain, "graceSeconds": self.grace_seconds, "quarantine": self.quarantine,
+                "ignoreCluster": self.ignore_cluster, "kubeconfig": self.kubeconfig, "context": self.context,
+                "rateBytes": self.rate_bytes}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> JobOptions:
+        d = doc or {}
+        return cls(int(d.get("retain", DEFAULT_RETAIN)), float(d.get("graceSeconds", DEFAULT_GRACE_SECONDS)),
+                   bool(d.get("quarantine", True)), bool(d.get("ignoreCluster", False)), d.get("kubeconfig"),
+                   d.get("context"), d.get("rateBytes"))
 
 
 @dataclass(frozen=True)
@@ -73,31 +118,47 @@ class MaintenanceJob:
     created_at: float
     updated_at: float
     finished_at: float | None
+    trigger: str = MANUAL
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
         if self.kind == SCRUB:
             return "Scrub"
+        if self.kind == EXPIRE:
+            return "Expiry of stale uploads"
         return "Garbage collection dry run" if self.dry_run else "Garbage collection"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "dryRun": self.dry_run, "state": self.state, "phase": self.phase,
                 "done": self.done, "total": self.total, "result": self.result, "error": self.error,
                 "requestedBy": self.requested_by, "createdAt": self.created_at, "updatedAt": self.updated_at,
-                "finishedAt": self.finished_at}
+                "finishedAt": self.finished_at, "trigger": self.trigger, "options": self.options}
 
 
 _COLUMNS = ("id, kind, dry_run, state, phase, done, total, result, error, requested_by, created_at, updated_at, "
-            "finished_at, pid, pid_start")
+            "finished_at, pid, pid_start, trigger, options")
 
 
 class MaintenanceJobs:
-    """The maintenance jobs of one data directory."""
+    """The maintenance jobs of one data directory.
 
-    def __init__(self, releases: Releases, uploads: Uploads | None, audit: AuditLog | None = None) -> None:
+    `scrub_rate_bytes`: the read rate a scrub keeps to unless told otherwise
+    (0: no limit); `expire_steps`: what the expire job clears besides registry
+    upload sessions and import staging; `upload_expiry_seconds`: how long an
+    idle upload, or an untouched staging directory, lives.
+    """
+
+    def __init__(self, releases: Releases, uploads: Uploads | None, audit: AuditLog | None = None,
+                 scrub_rate_bytes: int = DEFAULT_SCRUB_RATE, expire_steps: Sequence[ExpireStep] = (),
+                 upload_expiry_seconds: float | None = None) -> None:
         self.releases = releases
         self.uploads = uploads
         self.audit = audit
+        self.scrub_rate_bytes = scrub_rate_bytes
+        self.expire_steps = tuple(expire_steps)
+        self.upload_expiry_seconds = float(upload_expiry_seconds if upload_expiry_seconds is not None else
+                                           uploads.expiry_seconds if uploads is not None else 24 * 3600)
 
     @property
     def paths(self) -> DataPaths:
@@ -113,21 +174,37 @@ class MaintenanceJobs:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs WHERE id = ?", [job_id]).fetchone()
         return self._reap(row) if row else None
 
-    def list(self, limit: int = 20) -> list[MaintenanceJob]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs ORDER BY created_at DESC LIMIT ?",
-                               [limit]).fetchall()
+    def list(self, limit: int = 20, kind: str | None = None, offset: int = 0) -> list[MaintenanceJob]:
+        where, args = ("WHERE kind = ? ", [kind]) if kind else ("", [])
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs {where}ORDER BY created_at DESC "
+                               "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
         return [self._reap(r) for r in rows]
 
+    def count(self, kind: str | None = None) -> int:
+        where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        return int(self.db.execute(f"SELECT COUNT(*) FROM maintenance_jobs {where}", args).fetchone()[0])
+
     def latest(self, kind: str, dry_run: bool | None = None) -> MaintenanceJob | None:
-        for job in self.list(50):
-            if job.kind == kind and (dry_run is None or job.dry_run == dry_run):
+        for job in self.list(50, kind):
+            if dry_run is None or job.dry_run == dry_run:
+                return job
+        return None
+
+    def running(self) -> MaintenanceJob | None:
+        """The job holding the slot now, if any (one whose process died is marked interrupted first)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs WHERE state = 'running' "
+                               "ORDER BY created_at DESC").fetchall()
+        for row in rows:
+            job = self._reap(row)
+            if job.state == RUNNING:
                 return job
         return None
 
     def _reap(self, row: Any) -> MaintenanceJob:
         """The job of `row`; one left running by a process that is gone is marked interrupted."""
         job = MaintenanceJob(row[0], row[1], bool(row[2]), row[3], row[4], int(row[5] or 0), int(row[6] or 0),
-                             json.loads(row[7]) if row[7] else None, row[8], row[9], row[10], row[11], row[12])
+                             json.loads(row[7]) if row[7] else None, row[8], row[9], row[10], row[11], row[12],
+                             row[15] or MANUAL, json.loads(row[16]) if row[16] else {})
         if job.state != RUNNING or process_alive(row[13], row[14]):
             return job
         message = ("interrupted: the appliance process running it ended before it finished. Nothing needs "
@@ -141,46 +218,100 @@ class MaintenanceJobs:
             _log.warning("maintenance job %s: could not record it as interrupted: %s", job.id, exc)
         return MaintenanceJob(**{**job.__dict__, "state": "interrupted", "error": message, "finished_at": now})
 
+    # -- claiming the slot
+
+    def claim(self, db: Database, kind: str, dry_run: bool, requested_by: str,
+              options: JobOptions | None = None, trigger: str = MANUAL) -> str:
+        """Record a new running job owned by this process, inside the caller's write transaction; its id.
+
+        Raises JobBusy when another job holds the slot; ValueError for an unknown kind.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown maintenance job kind {kind!r}")
+        running = self.running()
+        if running is not None:
+            raise JobBusy(running)
+        options = options or JobOptions()
+        if kind == SCRUB and options.rate_bytes is None:
+            options = JobOptions(**{**asdict(options), "rate_bytes": self.scrub_rate_bytes})
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        pid = os.getpid()
+        db.execute("INSERT INTO maintenance_jobs (id, kind, dry_run, state, phase, done, total, requested_by, "
+                   "pid, pid_start, created_at, updated_at, trigger, options) VALUES (?, ?, ?, 'running', "
+                   "'starting', 0, 0, ?, ?, ?, ?, ?, ?, ?)",
+                   [job_id, kind, int(dry_run and kind == GC), requested_by, pid, process_start(pid), now, now,
+                    trigger, json.dumps(options.to_json())])
+        return job_id
+
+    def _claim_now(self, kind: str, dry_run: bool, requested_by: str, options: JobOptions | None,
+                   trigger: str) -> str:
+        with write_transaction(self.db) as db:
+            return self.claim(db, kind, dry_run, requested_by, options, trigger)
+
     # -- running
 
     def start(self, kind: str, dry_run: bool, requested_by: str, source_ip: str = "",
               retain: int = DEFAULT_RETAIN, grace_seconds: float = DEFAULT_GRACE_SECONDS,
-              quarantine: bool = True) -> MaintenanceJob:
+              quarantine: bool = True, options: JobOptions | None = None, trigger: str = MANUAL) -> MaintenanceJob:
         """Claim the one slot and run the job on a daemon thread of this process; raises JobBusy."""
-        if kind not in (GC, SCRUB):
-            raise ValueError(f"unknown maintenance job kind {kind!r}")
-        for job in self.list(20):  # reaps jobs whose process died, so they free the slot
-            if job.state == RUNNING:
-                raise JobBusy(job)
-        job_id = uuid.uuid4().hex
-        now = time.time()
-        pid = os.getpid()
-        with write_transaction(self.db) as db:
-            running = db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs WHERE state = 'running' "
-                                 "ORDER BY created_at DESC LIMIT 1").fetchone()
-            if running is not None:  # started by another worker meanwhile
-                raise JobBusy(self._reap(running))
-            db.execute("INSERT INTO maintenance_jobs (id, kind, dry_run, state, phase, done, total, requested_by, "
-                       "pid, pid_start, created_at, updated_at) VALUES (?, ?, ?, 'running', 'starting', 0, 0, ?, ?, "
-                       "?, ?, ?)", [job_id, kind, int(dry_run and kind == GC), requested_by, pid,
-                                    process_start(pid), now, now])
-
-        def work() -> None:
-            self._run(job_id, kind, dry_run, requested_by, source_ip, retain, grace_seconds, quarantine)
-
-        threading.Thread(target=work, name=f"maintenance-{kind}-{job_id[:8]}", daemon=True).start()
+        options = options or JobOptions(retain=retain, grace_seconds=grace_seconds, quarantine=quarantine)
+        job_id = self._claim_now(kind, dry_run, requested_by, options, trigger)
+        self.launch(job_id, source_ip)
         started = self.get(job_id)
         assert started is not None
         return started
 
-    def _progress(self, job_id: str) -> Progress:
-        last = [0.0]
+    def launch(self, job_id: str, source_ip: str = "", progress: Progress | None = None,
+               errors: Errors | None = None) -> threading.Thread:
+        """Run the claimed job `job_id` on a daemon thread (at a lower priority); returns the thread."""
+        job = self.get(job_id)
+        assert job is not None, job_id
+
+        def work() -> None:
+            lower_priority()
+            self._run(job, source_ip, progress, errors)
+
+        thread = threading.Thread(target=work, name=f"maintenance-{job.kind}-{job_id[:8]}", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self, kind: str, dry_run: bool, requested_by: str, source_ip: str = "",
+            options: JobOptions | None = None, progress: Progress | None = None,
+            wait: float | None = None) -> MaintenanceJob:
+        """Claim the slot, run the job to its end (on its own lower-priority thread) and return it finished.
+
+        With `wait` (seconds), a busy slot is waited for that long before JobBusy is raised.
+        Raises GcRefused (as `collect` words it) when a collection was refused; the job records it too.
+        """
+        deadline = time.monotonic() + (wait or 0)
+        while True:
+            try:
+                job_id = self._claim_now(kind, dry_run, requested_by, options, MANUAL)
+                break
+            except JobBusy:
+                if wait is None or time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+        errors: Errors = []
+        self.launch(job_id, source_ip, progress, errors).join()
+        for exc in errors:
+            raise exc
+        finished = self.get(job_id)
+        assert finished is not None
+        return finished
+
+    def _progress(self, job_id: str, also: Progress | None = None) -> Progress:
+        last_at = [0.0]
+        last_phase = [""]
 
         def report(phase: str, done: int, total: int) -> None:
+            if also is not None:
+                also(phase, done, total)
             now = time.monotonic()
-            if now - last[0] < 0.5 and done < total:
+            if now - last_at[0] < 0.5 and done < total and phase == last_phase[0]:
                 return  # at most twice a second: progress is for eyes, not a write per blob
-            last[0] = now
+            last_at[0], last_phase[0] = now, phase
             try:
                 with write_transaction(self.db) as db:
                     db.execute("UPDATE maintenance_jobs SET phase = ?, done = ?, total = ?, updated_at = ? "
@@ -190,41 +321,71 @@ class MaintenanceJobs:
 
         return report
 
-    def _run(self, job_id: str, kind: str, dry_run: bool, requested_by: str, source_ip: str, retain: int,
-             grace_seconds: float, quarantine: bool) -> None:
-        progress = self._progress(job_id)
+    def _execute(self, job: MaintenanceJob, progress: Progress) -> tuple[dict[str, Any], Audited | None]:
+        """Do the work of `job`; its result and what to audit (None: nothing). Raises what the work raises."""
+        options = JobOptions.from_json(job.options)
+        if job.kind == GC:
+            progress("checking the cluster", 0, 0)
+            cluster = ClusterSource.from_env(Path(options.kubeconfig) if options.kubeconfig else None,
+                                             options.context)
+            result = collect(self.releases, self.uploads, options.retain, options.grace_seconds, job.dry_run,
+                             cluster, options.ignore_cluster, progress)
+            summary = (f"{len(result['manifestsRemoved'])} manifests, {len(result['blobsRemoved'])} blobs, "
+                       f"{result['bytesReclaimed']} bytes (retain {options.retain})")
+            return result, None if job.dry_run else ("delete", "garbage-collection", summary)
+        if job.kind == SCRUB:
+            count = int(self.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
+            progress("hashing", 0, count)
+            report = scrub(self.releases.registry, options.quarantine,
+                           lambda checked, _bytes: progress("hashing", checked, max(count, checked)),
+                           rate_bytes=int(options.rate_bytes or 0))
+            return report.to_json(), ("update", "scrub",
+                                      f"{report.checked} blobs checked, {len(report.damaged)} damaged")
+        return self._expire(progress), None
+
+    def _expire(self, progress: Progress) -> dict[str, Any]:
+        started = time.monotonic()
+        steps: list[ExpireStep] = []
+        if self.uploads is not None:
+            uploads = self.uploads
+            steps.append(ExpireStep("uploads", lambda: uploads.expire(self.upload_expiry_seconds)))
+        steps += self.expire_steps
+        steps.append(ExpireStep("staging", lambda: expire_staging(self.paths, self.upload_expiry_seconds)))
+        result: dict[str, Any] = {"maxAgeSeconds": self.upload_expiry_seconds}
+        freed = 0
+        for done, step in enumerate(steps):
+            progress(f"expiring {step.name}", done, len(steps))
+            count, size = step.run()
+            result[step.name] = {"removed": count, "bytes": size}
+            freed += size
+        result["bytesReclaimed"] = freed
+        result["durationSeconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    def _run(self, job: MaintenanceJob, source_ip: str, also: Progress | None,
+             errors: Errors | None) -> None:
+        progress = self._progress(job.id, also)
         try:
-            if kind == GC:
-                progress("collecting", 0, 0)
-                result = collect(self.releases, self.uploads, retain, grace_seconds, dry_run,
-                                 ClusterSource.from_env(), False)
-                summary = (f"{len(result['manifestsRemoved'])} manifests, {len(result['blobsRemoved'])} blobs, "
-                           f"{result['bytesReclaimed']} bytes (retain {retain})")
-                audited = None if dry_run else ("delete", "garbage-collection", summary)
-            else:
-                count = self.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
-                progress("hashing", 0, int(count))
-                report = scrub(self.releases.registry, quarantine,
-                               lambda checked, _bytes: progress("hashing", checked, max(int(count), checked)))
-                result = report.to_json()
-                audited = ("update", "scrub", f"{report.checked} blobs checked, {len(report.damaged)} damaged")
+            result, audited = self._execute(job, progress)
         except GcRefused as exc:
+            if errors is not None:
+                errors.append(exc)  # the caller (the CLI) words it for its own command line
             # The CLI's message ends with what to pass on its command line; a job says what to do instead.
             why = str(exc).split(". Nothing was collected.", 1)[0]
-            self._finish(job_id, "failed", None, f"{why}. Nothing was collected. Check the appliance's connection "
+            self._finish(job.id, "failed", None, f"{why}. Nothing was collected. Check the appliance's connection "
                                                  "to the cluster, then start the collection again.")
             return
         except Exception as exc:  # recorded on the job, which the caller follows; the log has the rest
-            _log.exception("maintenance job %s (%s) failed", job_id, kind)
-            self._finish(job_id, "failed", None, f"{type(exc).__name__}: {exc}. Nothing more was changed; "
+            _log.exception("maintenance job %s (%s) failed", job.id, job.kind)
+            self._finish(job.id, "failed", None, f"{type(exc).__name__}: {exc}. Nothing more was changed; "
                                                  "start it again, and if it fails again, check the disk.")
             return
         if audited is not None and self.audit is not None:
             try:
-                self.audit.record(requested_by, *audited, source_ip)
+                self.audit.record(job.requested_by or "", *audited, source_ip)
             except sqlite3.Error:
-                _log.exception("maintenance job %s: could not record it in the audit log", job_id)
-        self._finish(job_id, "done", result, None)
+                _log.exception("maintenance job %s: could not record it in the audit log", job.id)
+        self._finish(job.id, "done", result, None)
 
     def _finish(self, job_id: str, state: str, result: dict[str, Any] | None, error: str | None) -> None:
         now = time.time()

@@ -16,6 +16,9 @@ administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
                                                           will not be promoted; its content leaves the retention
     POST  /api/cargohold/v1/gc                            {"dryRun", "retain", "grace", "ignoreCluster"}
     POST  /api/cargohold/v1/scrub                         {"quarantine": true}: re-hash every blob
+                                                          (both wait for the run's end; they take the one
+                                                          maintenance slot, 409 JOB_BUSY while a job runs;
+                                                          /jobs/gc and /jobs/scrub run in the background)
     GET   /api/cargohold/v1/disk                          free space on the data volume, usage per release
 
 Errors answer ``{"errors": [{"code", "message"}]}``: 400 bad input, 404
@@ -34,14 +37,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from bundles.api_access import ApiAccess
 from bundles.api_json import PREFIX, error_response, flag, guarded_blueprint, json_body
-from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
+from bundles.gc_policy import DEFAULT_RETAIN, GcRefused
+from bundles.maintenance_jobs import GC, SCRUB, JobBusy, JobOptions, MaintenanceJob, MaintenanceJobs
 from bundles.releases import ReleaseError, Releases
 from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
-from registry.scrub import scrub
 from registry.uploads import Uploads
 
 
-def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> Blueprint:
+def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads, jobs: MaintenanceJobs) -> Blueprint:
     """The release endpoints over one data directory."""
     bp = guarded_blueprint("releases", guard)
 
@@ -107,24 +110,33 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads) -> 
             grace = parse_grace(str(body["grace"])) if "grace" in body else DEFAULT_GRACE_SECONDS
         except ValueError as exc:
             raise ReleaseError(str(exc), 400, "BAD_REQUEST") from None
-        dry_run = flag(body, "dryRun")
+        options = JobOptions(retain=retain, grace_seconds=grace, ignore_cluster=flag(body, "ignoreCluster"))
         try:
-            report = collect(releases, uploads, retain, grace, dry_run, ClusterSource.from_env(),
-                             flag(body, "ignoreCluster"))
+            job = _run(GC, flag(body, "dryRun"), options)
         except GcRefused as exc:
             return error_response(409, "CLUSTER_UNREACHABLE", str(exc))
-        if not dry_run:
-            guard.record("delete", "garbage-collection", f"{len(report['manifestsRemoved'])} manifests, "
-                         f"{len(report['blobsRemoved'])} blobs, {report['bytesReclaimed']} bytes (retain {retain})")
-        return jsonify(report)
+        except JobBusy as exc:
+            return error_response(409, "JOB_BUSY", f"{exc}; wait for it to finish", exc.job.to_json())
+        return _finished(job)
 
     @bp.post(f"{PREFIX}/scrub")
     def run_scrub() -> Response:
         _admin("scrub the blob store")
         body = json_body()
-        report = scrub(releases.registry, quarantine=flag(body, "quarantine", True))
-        guard.record("update", "scrub", f"{report.checked} blobs checked, {len(report.damaged)} damaged")
-        return jsonify(report.to_json())
+        try:
+            job = _run(SCRUB, False, JobOptions(quarantine=flag(body, "quarantine", True)))
+        except JobBusy as exc:
+            return error_response(409, "JOB_BUSY", f"{exc}; wait for it to finish", exc.job.to_json())
+        return _finished(job)
+
+    def _run(kind: str, dry_run: bool, options: JobOptions) -> MaintenanceJob:
+        principal = _principal()
+        return jobs.run(kind, dry_run, principal.username, request.remote_addr or "", options)
+
+    def _finished(job: MaintenanceJob) -> Response:
+        if job.state != "done" or job.result is None:
+            return error_response(500, "JOB_FAILED", job.error or f"{job.title} did not finish", job.to_json())
+        return jsonify(job.result)
 
     @bp.get(f"{PREFIX}/disk")
     def disk() -> Response:

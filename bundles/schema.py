@@ -18,6 +18,8 @@ seed_files                 one row per file set found in a seed directory (bundl
 seed_scans                 every scan of a seed directory: who started it, the process running it, its report (JSON)
 maintenance_jobs           garbage collection and scrub runs in the background: state, progress, result (JSON), the
                            process running it (bundles.maintenance_jobs)
+maintenance_schedule       per job kind: the schedule in force (an API override), the next and last scheduled run
+                           (bundles.maintenance_schedule)
 """
 
 from __future__ import annotations
@@ -132,3 +134,21 @@ def m007_maintenance_jobs(db: Database) -> None:
         pk="id", not_null={"kind", "state", "created_at", "updated_at"},
     )
     db.table("maintenance_jobs").create_index(["created_at"])
+
+
+@clusterdef_migrations()
+def m008_maintenance_schedule(db: Database) -> None:
+    # bundles.maintenance_schedule: one row per job kind with a schedule. `schedule` is the schedule
+    # `next_run_at` was computed from (a changed setting recomputes it); `override` a schedule set through
+    # the API (Harbor's /system/gc/schedule), which wins over the configured one; `parameters` (JSON) the
+    # options scheduled runs get. A worker claims a due run by moving `next_run_at` on in the same write
+    # transaction that records the job, so with several workers each due time runs once.
+    db.table("maintenance_schedule").create(
+        {"kind": str, "schedule": str, "override": str, "parameters": str, "next_run_at": float,
+         "last_run_at": float, "last_job_id": str, "updated_at": float},
+        pk="kind", not_null={"updated_at"},
+    )
+    # maintenance_jobs.trigger: manual (API, UI, CLI) or schedule; options: the settings it ran with (JSON:
+    # retain, grace, read-rate limit...), so a report shows the limits that applied.
+    db.table("maintenance_jobs").add_column("trigger", str)
+    db.table("maintenance_jobs").add_column("options", str)

@@ -127,6 +127,11 @@ def _sweep_lock(paths: DataPaths) -> Iterator[bool]:
 
 
 RootsFn = Callable[[Database], GcRoots]
+Progress = Callable[[str, int, int], None]  # (phase, done, total): for a job's progress display
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
 
 
 class GarbageCollector:
@@ -140,23 +145,26 @@ class GarbageCollector:
         self.uploads = uploads
         self.grace = grace_seconds
 
-    def run(self, roots: GcRoots | RootsFn = GcRoots(), dry_run: bool = False) -> GcReport:
+    def run(self, roots: GcRoots | RootsFn = GcRoots(), dry_run: bool = False,
+            progress: Progress = _no_progress) -> GcReport:
         """Collect (or with `dry_run` only list) what nothing keeps; returns the report.
 
         `roots` may be a function of the open transaction's database, so
         roots that depend on other tables (releases) are read in the same
-        snapshot as the tags.
+        snapshot as the tags. `progress` hears the phase (marking, sweeping
+        files, expiring uploads) and, while sweeping, files checked of about how many.
         """
         started = time.monotonic()
         try:
-            report = self._run(roots, dry_run, started)
+            report = self._run(roots, dry_run, started, progress)
         except BaseException:
             metrics.record_gc("failed", dry_run, time.monotonic() - started, None, time.time())
             raise
         metrics.record_gc("done", dry_run, report.duration_seconds, report.to_json(), time.time())
         return report
 
-    def _run(self, roots: GcRoots | RootsFn, dry_run: bool, started: float) -> GcReport:
+    def _run(self, roots: GcRoots | RootsFn, dry_run: bool, started: float, progress: Progress) -> GcReport:
+        progress("marking", 0, 0)
         report = GcReport(dry_run=dry_run, grace_seconds=self.grace)
         cutoff = time.time() - self.grace
         db = self.registry.db
@@ -178,11 +186,12 @@ class GarbageCollector:
                 self._mark_and_sweep_rows(tx, roots, cutoff, report, delete=True)
             with _sweep_lock(self.registry.paths) as free:
                 if free:
-                    self._sweep_files(cutoff, report)
+                    self._sweep_files(cutoff, report, progress)
                 else:
                     report.deferred = ("a bundle import is running: blob files were not removed this time "
                                        "(their rows are gone; the next collection removes them)")
             if self.uploads is not None:
+                progress("expiring uploads", 0, 0)
                 report.uploads_expired, report.upload_bytes = self.uploads.expire()
         report.duration_seconds = time.monotonic() - started
         return report
@@ -264,12 +273,17 @@ class GarbageCollector:
         except FileNotFoundError:
             return False
 
-    def _sweep_files(self, cutoff: float, report: GcReport) -> None:
+    def _sweep_files(self, cutoff: float, report: GcReport, progress: Progress = _no_progress) -> None:
+        total = int(self.registry.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])  # about as many files
+        checked = 0
+        progress("sweeping files", 0, total)
         batch: list[Digest] = []
         for info in self.registry.store.walk():
             batch.append(info.digest)
             if len(batch) >= _FILE_BATCH:
                 self._sweep_batch(batch, cutoff, report)
+                checked += len(batch)
+                progress("sweeping files", checked, max(total, checked))
                 batch = []
         if batch:
             self._sweep_batch(batch, cutoff, report)

@@ -25,6 +25,7 @@ from registry.blobstore import CHUNK
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.model import Registry
+from registry.throttle import Throttle
 
 
 @dataclass
@@ -36,6 +37,8 @@ class ScrubReport:
     damaged: list[dict[str, Any]] = field(default_factory=list)  # {"digest", "actual", "quarantined"}
     missing: list[str] = field(default_factory=list)  # rows whose file is gone
     duration_seconds: float = 0.0
+    rate_bytes: int = 0  # the read-rate limit it ran under (0: none)
+    throttled_seconds: float = 0.0  # time spent waiting to keep to it
 
     @property
     def ok(self) -> bool:
@@ -43,23 +46,29 @@ class ScrubReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "bytes": self.bytes, "damaged": self.damaged,
-                "missing": self.missing, "durationSeconds": round(self.duration_seconds, 3)}
+                "missing": self.missing, "durationSeconds": round(self.duration_seconds, 3),
+                "rateBytes": self.rate_bytes, "throttledSeconds": round(self.throttled_seconds, 3)}
 
 
-def _hash_file(path: os.PathLike[str] | str, algorithm: str) -> tuple[str, int]:
+def _hash_file(path: os.PathLike[str] | str, algorithm: str, throttle: Throttle) -> tuple[str, int]:
     h = hashlib.new(algorithm)
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
+            throttle.consume(len(chunk))
     return h.hexdigest(), size
 
 
 def scrub(registry: Registry, quarantine: bool = True,
-          progress: Callable[[int, int], None] | None = None) -> ScrubReport:
-    """Re-hash every blob file; quarantine (unless told not to) and report mismatches. Read-only otherwise."""
-    report = ScrubReport()
+          progress: Callable[[int, int], None] | None = None, rate_bytes: int = 0) -> ScrubReport:
+    """Re-hash every blob file; quarantine (unless told not to) and report mismatches. Read-only otherwise.
+
+    `rate_bytes`: read at most this many bytes per second on average (0: as fast as the disk goes), so
+    pulls keep their speed while a scheduled scrub reads every blob.
+    """
+    report = ScrubReport(rate_bytes=rate_bytes)
     try:
         _scrub(registry, quarantine, progress, report)
     except BaseException:
@@ -72,13 +81,14 @@ def scrub(registry: Registry, quarantine: bool = True,
 def _scrub(registry: Registry, quarantine: bool, progress: Callable[[int, int], None] | None,
            report: ScrubReport) -> None:
     started = time.monotonic()
+    throttle = Throttle(report.rate_bytes)
     paths = registry.paths
     for info in registry.store.walk():
         path = registry.store.local_path(info.digest)
         if path is None:
             continue
         try:
-            actual, size = _hash_file(path, info.digest.algorithm)
+            actual, size = _hash_file(path, info.digest.algorithm, throttle)
         except FileNotFoundError:
             continue  # removed by garbage collection meanwhile
         report.checked += 1
@@ -106,3 +116,4 @@ def _scrub(registry: Registry, quarantine: bool, progress: Callable[[int, int], 
         if registry.store.stat(digest) is None and all(d["digest"] != text for d in report.damaged):
             report.missing.append(text)
     report.duration_seconds = time.monotonic() - started
+    report.throttled_seconds = throttle.slept

@@ -18,7 +18,6 @@ from bundles import clusterdef_api, files_api, maintenance_api, protection_api, 
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
 from bundles.files import SiteFiles
-from bundles.maintenance_jobs import MaintenanceJobs
 from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
 from registry import harbor, token_api
@@ -36,6 +35,8 @@ from registry.uploads import Uploads
 from web import hardening, health, initial_password, metrics, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
+from web.maintenance import maintenance_jobs
+from web.maintenance import scheduler as maintenance_scheduler
 from web.seed import scan_in_background, seed_scanner
 from web.tls import generated_ca
 
@@ -122,11 +123,15 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
         clusterdef_api.ClusterDefApiConfig(config.project, parse_mapping_rules(config.mapping_rules),
                                            config.allow_unsigned_definitions)))
     releases = Releases(services.registry, config.project, parse_mapping_rules(config.mapping_rules), services.audit)
-    app.register_blueprint(releases_api.create_blueprint(releases, guard, services.uploads))
-    # GC and scrub as background jobs; the UI's maintenance page starts and follows the same ones.
-    maintenance = MaintenanceJobs(releases, services.uploads, services.audit)
+    # GC, scrub and expiry as background jobs, one at a time, on a schedule (web.maintenance); the UI's
+    # maintenance page starts and follows the same ones. Serving workers run the scheduler (web/server.py).
+    maintenance = maintenance_jobs(config, releases, services.uploads, services.audit)
     app.extensions["cargohold.maintenance"] = maintenance
-    app.register_blueprint(maintenance_api.create_blueprint(maintenance, guard))
+    app.extensions["cargohold.scheduler"] = maintenance_scheduler(config, maintenance)
+    # The older synchronous POST /gc and /scrub take the same slot.
+    app.register_blueprint(releases_api.create_blueprint(releases, guard, services.uploads, maintenance))
+    app.register_blueprint(maintenance_api.create_blueprint(maintenance, guard,
+                                                            app.extensions["cargohold.scheduler"]))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
                                                       accel_prefix))

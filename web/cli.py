@@ -155,6 +155,10 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
                      project=project, tls=tls, tls_cert=tls_cert, tls_key=tls_key, tls_san=tls_san, front=front,
                      seed_dir=seed_dir, seed_scan=seed_scan)
     try:
+        config.schedules  # noqa: B018  (refuse a schedule that is not one before any set-up, naming the setting)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         check_bind(config.bind)
     except BindError as exc:
         error = click.ClickException(str(exc))

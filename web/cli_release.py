@@ -1,20 +1,25 @@
-"""`cargohold release ...`, `cargohold gc`, `cargohold scrub`, `cargohold disk`: releases and the disk.
+"""`cargohold release ...`, `cargohold gc|scrub|expire`, `cargohold disk`: releases and the disk.
 
 `register(main)` adds them to the `cargohold` group. A thin layer over
-`bundles.releases`, `bundles.gc_policy` and `registry.scrub`, working on the
-data directory directly while the server may be running (SQLite in WAL
-mode). Audit entries from here name the operating-system user with
-``(cli)`` and the source ``local``.
+`bundles.releases` and the maintenance jobs (`bundles.maintenance_jobs`),
+working on the data directory directly while the server may be running
+(SQLite in WAL mode). `gc`, `scrub` and `expire` take the same one
+maintenance slot as the API, the UI and the schedule: while another job
+runs they stop with its name (exit 1), or with ``--wait`` wait for it. They
+show progress on standard error (a bar on a terminal, a line every few
+seconds otherwise). Audit entries from here name the operating-system user
+with ``(cli)`` and the source ``local``.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -248,6 +253,71 @@ def discard_cmd(data_dir: Path | None, release_id: str, reason: str | None, as_j
                "`cargohold gc` reclaims what no tag or other release uses")
 
 
+class JobProgress:
+    """A maintenance job's phase and count on stderr: redrawn in place on a terminal, a line every few seconds
+    (or on a new phase) otherwise."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+        self._phase = ""
+        self._drawn = False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase == self._phase and now - self._last < (0.2 if self.tty else 5.0) and (done < total or not total):
+            return
+        self._last, self._phase = now, phase
+        if total:
+            filled = int(30 * min(done, total) / total)
+            line = f"{phase:<16} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+        else:
+            line = f"{phase}..."
+        if self.tty:
+            self.stream.write("\r" + line.ljust(80))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+wait_option = click.option("--wait", is_flag=True,
+                           help="If another maintenance job runs, wait for it to end instead of stopping.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress on standard error.")
+
+
+def _run_job(data_dir: Path | None, kind: str, dry_run: bool, options: Any, wait: bool, quiet: bool) -> Any:
+    """Run one maintenance job here, in the one slot; the finished job. A busy slot: exit 1 naming the job."""
+    from bundles.maintenance_jobs import JobBusy
+    from web.maintenance import maintenance_jobs
+
+    services, releases = _releases(data_dir)
+    jobs = maintenance_jobs(services.config, releases, services.uploads, services.audit)
+    bar = None if quiet else JobProgress()
+    try:
+        if wait and not quiet:
+            running = jobs.running()
+            if running is not None:
+                click.echo(f"waiting: {running.title.lower()} {running.id} is running", err=True)
+        return jobs.run(kind, dry_run, _who(), "local", options, bar, wait=7 * 86400.0 if wait else None)
+    except JobBusy as exc:
+        raise click.ClickException(f"{exc}. Nothing was started; wait for it to finish, or pass --wait.") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _failed(job: Any) -> None:
+    if job.state != "done" or job.result is None:
+        raise click.ClickException(f"{job.title} {job.id} {job.state}: {job.error}")
+
+
 @click.command("gc")
 @existing_data_dir_option
 @click.option("--dry-run", is_flag=True, help="List what would go and how many bytes; change nothing.")
@@ -260,23 +330,31 @@ def discard_cmd(data_dir: Path | None, release_id: str, reason: str | None, as_j
 @click.option("--context", default=None, help="kubeconfig context.")
 @click.option("--ignore-cluster", is_flag=True,
               help="Collect even when the configured cluster cannot be reached (no in-use protection).")
+@wait_option
+@quiet_option
 @json_option
 def gc_cmd(data_dir: Path | None, dry_run: bool, retain: int | None, grace: str, kubeconfig: Path | None,
-           context: str | None, ignore_cluster: bool, as_json: bool) -> None:
-    """Garbage-collect content no tag, kept release or running cluster needs (online)."""
-    from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
+           context: str | None, ignore_cluster: bool, wait: bool, quiet: bool, as_json: bool) -> None:
+    """Garbage-collect content no tag, kept release or running cluster needs (online).
+
+    Runs as a maintenance job (listed in the API and the UI); only one runs at a time.
+    """
+    from bundles.gc_policy import DEFAULT_RETAIN, GcRefused
+    from bundles.maintenance_jobs import GC, JobOptions
     from registry.gc import parse_grace
 
     try:
         grace_seconds = parse_grace(grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
-    services, releases = _releases(data_dir)
+    options = JobOptions(retain=retain or DEFAULT_RETAIN, grace_seconds=grace_seconds, ignore_cluster=ignore_cluster,
+                         kubeconfig=str(kubeconfig) if kubeconfig else None, context=context)
     try:
-        report = _guard(collect, releases, services.uploads, retain or DEFAULT_RETAIN, grace_seconds, dry_run,
-                        ClusterSource.from_env(kubeconfig, context), ignore_cluster)
+        job = _run_job(data_dir, GC, dry_run, options, wait, quiet)
     except GcRefused as exc:
         raise click.ClickException(str(exc)) from None
+    _failed(job)
+    report = job.result
     for w in report["warnings"]:
         click.echo(w if w.startswith("WARNING") else f"warning: {w}", err=True)
     if _echo_json(report, as_json):
@@ -288,7 +366,7 @@ def gc_cmd(data_dir: Path | None, dry_run: bool, retain: int | None, grace: str,
         click.echo(f"  blob {b['digest']} ({_size(b['size'])})")
     click.echo(f"{verb} {len(report['manifestsRemoved'])} manifest(s), {len(report['blobsRemoved'])} blob(s): "
                f"{_size(report['bytesReclaimed'])}; {report['uploadsExpired']} stale upload(s), "
-               f"{_size(report['uploadBytesReclaimed'])}; kept releases {report['keptReleases']}")
+               f"{_size(report['uploadBytesReclaimed'])}; kept releases {report['keptReleases']} (job {job.id})")
     if report["cluster"].get("reachable"):
         click.echo(f"protected {len(report['cluster']['protectedDigests'])} digest(s) the cluster runs "
                    f"({report['cluster']['pods']} pods)")
@@ -299,26 +377,59 @@ def gc_cmd(data_dir: Path | None, dry_run: bool, retain: int | None, grace: str,
 @click.command("scrub")
 @existing_data_dir_option
 @click.option("--no-quarantine", is_flag=True, help="Only report damaged blobs; leave them in place.")
+@click.option("--rate", type=click.IntRange(min=0), default=None,
+              help="Read at most this many bytes per second (0: no limit) [default: CARGOHOLD_SCRUB_RATE_BYTES, "
+                   "64 MiB/s].")
+@wait_option
+@quiet_option
 @json_option
-def scrub_cmd(data_dir: Path | None, no_quarantine: bool, as_json: bool) -> None:
-    """Re-hash every blob; report and quarantine those whose bytes no longer match. Exit 1 when any."""
-    from registry.scrub import scrub
+def scrub_cmd(data_dir: Path | None, no_quarantine: bool, rate: int | None, wait: bool, quiet: bool,
+              as_json: bool) -> None:
+    """Re-hash every blob; report and quarantine those whose bytes no longer match. Exit 1 when any.
 
-    services, _ = _releases(data_dir)
-    report = scrub(services.registry, quarantine=not no_quarantine)
+    Runs as a maintenance job at a limited read rate; only one job runs at a time.
+    """
+    from bundles.maintenance_jobs import SCRUB, JobOptions
+
+    job = _run_job(data_dir, SCRUB, False, JobOptions(quarantine=not no_quarantine, rate_bytes=rate), wait, quiet)
+    _failed(job)
+    report = job.result
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report, indent=2))
     else:
-        for d in report.damaged:
+        for d in report["damaged"]:
             click.echo(f"DAMAGED {d['digest']}: bytes hash to {d['actual']}"
                        + (f"; quarantined at {d['quarantined']}" if d["quarantined"] else ""))
-        for m in report.missing:
+        for m in report["missing"]:
             click.echo(f"MISSING {m}: recorded but its file is gone")
-        click.echo(f"checked {report.checked} blobs ({_size(report.bytes)}): {len(report.damaged)} damaged, "
-                   f"{len(report.missing)} missing"
-                   + ("; import the bundle again or push the image again to repair" if not report.ok else ""))
-    if not report.ok:
+        click.echo(f"checked {report['checked']} blobs ({_size(report['bytes'])}): {len(report['damaged'])} damaged, "
+                   f"{len(report['missing'])} missing"
+                   + ("; import the bundle again or push the image again to repair" if not report["ok"] else ""))
+    if not report["ok"]:
         raise SystemExit(1)
+
+
+@click.command("expire")
+@existing_data_dir_option
+@wait_option
+@quiet_option
+@json_option
+def expire_cmd(data_dir: Path | None, wait: bool, quiet: bool, as_json: bool) -> None:
+    """Remove stale uploads (idle longer than CARGOHOLD_UPLOAD_EXPIRY_SECONDS) and dead imports' staging.
+
+    Runs as a maintenance job; only one job runs at a time.
+    """
+    from bundles.maintenance_jobs import EXPIRE
+
+    job = _run_job(data_dir, EXPIRE, False, None, wait, quiet)
+    _failed(job)
+    report = job.result
+    if _echo_json(report, as_json):
+        return
+    for name, label in (("uploads", "registry upload session(s)"), ("importUploads", "bundle upload(s)"),
+                        ("staging", "import staging director(y/ies)")):
+        step = report.get(name) or {"removed": 0, "bytes": 0}
+        click.echo(f"removed {step['removed']} {label}: {_size(step['bytes'])}")
 
 
 @click.command("disk")
@@ -341,6 +452,6 @@ def disk_cmd(data_dir: Path | None, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add `release`, `gc`, `scrub` and `disk` to the top-level group."""
-    for command in (release, gc_cmd, scrub_cmd, disk_cmd):
+    """Add `release`, `gc`, `scrub`, `expire` and `disk` to the top-level group."""
+    for command in (release, gc_cmd, scrub_cmd, expire_cmd, disk_cmd):
         group.add_command(command)

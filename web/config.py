@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.names import parse_mapping_rules
+from bundles.schedule import Schedule, parse_schedule
 from registry.paths import DataPaths
 from web import settings
 from web.settings import Bytes, Spec, setting
@@ -140,6 +141,15 @@ class Config:
     metrics_access: str = setting("loopback", choices=METRICS_ACCESS)
     # The bearer token for /metrics (empty: none; then only an administrator's Basic credentials).
     metrics_token: str = field(default="", repr=False)
+    # Scheduled maintenance (docs/operations.md, "Scheduled maintenance"): when garbage collection, scrub and
+    # the expiry of stale uploads and import staging run by themselves, in the appliance's local time:
+    # "off", "hourly", "daily[@HH:MM]", "weekly[@DAY HH:MM]" or "every N[s|m|h|d]" (bundles/schedule.py).
+    # Defaults: GC daily at 03:00, scrub on Sundays at 04:00, expiry hourly.
+    gc_schedule: str = setting("daily@03:00", validate=parse_schedule)
+    scrub_schedule: str = setting("weekly@sun 04:00", validate=parse_schedule)
+    expire_schedule: str = setting("hourly", validate=parse_schedule)
+    # Bytes per second a scrub reads at most (0: no limit), so pulls keep their speed while it runs (64 MiB/s).
+    scrub_rate_bytes: Bytes = setting(64 << 20)
 
     @property
     def paths(self) -> DataPaths:
@@ -149,6 +159,18 @@ class Config:
     def seed_directory(self) -> Path:
         """The seed directory: `seed_dir` as configured, else <data>/seed."""
         return self.seed_dir.resolve() if self.seed_dir is not None else self.paths.seed
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The maintenance schedules by job kind; raises ValueError naming the setting that is not one."""
+        found: dict[str, Schedule] = {}
+        for kind in ("gc", "scrub", "expire"):
+            name = f"{kind}_schedule"
+            try:
+                found[kind] = parse_schedule(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"CARGOHOLD_{name.upper()}: {exc}") from None
+        return found
 
     @property
     def own_hosts(self) -> frozenset[str]:

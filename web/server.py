@@ -97,6 +97,7 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
         self.config = config
         self.extra = extra or {}
         self.front: Front | None = None
+        self.flask_app: Any = None
         if config.front == "nginx":
             layout = FrontLayout.create(config)
             self.front = Front(config, layout, find_nginx(config.nginx))
@@ -129,8 +130,9 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
             # A worker that exited no longer has requests in flight (its live gauges go; web/metrics_dir.py).
             "child_exit": lambda server, worker: worker_exited(worker.pid),
             # Each booted worker offers to run the seed directory's start-up scan; the first to claim it in the
-            # database does (web/seed.py). Not in the master: it holds no database handle.
-            "post_worker_init": lambda worker: _start_up_thread(self.config),
+            # database does (web/seed.py), and runs the maintenance scheduler, which claims each due run once
+            # across workers (web/maintenance.py). Not in the master: it holds no database handle.
+            "post_worker_init": self._post_worker_init,
         }
         if self.front:
             # nginx logs every request (with the bytes of blob bodies it sends itself).
@@ -146,10 +148,19 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
         for key, value in options.items():
             self.cfg.set(key, value)
 
+    def _post_worker_init(self, worker: Any) -> None:
+        _start_up_thread(self.config)
+        if self.flask_app is not None:
+            # Imported in the worker, like web.seed (below): it brings the maintenance core, which records metrics.
+            from web.maintenance import start_scheduler
+
+            start_scheduler(self.flask_app.extensions["cargohold.scheduler"])
+
     def load(self) -> Any:
         from web.app import create_app
 
         app = create_app(self.config, accel_prefix=ACCEL_PREFIX if self.front else None)
+        self.flask_app = app  # this worker's: its scheduler starts once the worker has booted
         wrapped: Any = CloseOnUnreadBody(app, drain_limit=FRONT_DRAIN_LIMIT if self.front else 0)
         if self.front:
             # Only nginx can reach the app's socket (a 0700 directory), and it sets

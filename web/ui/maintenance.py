@@ -11,7 +11,9 @@ Route table (HTML; every page needs a signed-in admin, every POST its CSRF token
     GET   /ui/inventory.json                the site inventory for delta bundles (bundles.inventory), as
                                             ``cargohold inventory export`` writes it
     POST  /ui/maintenance/jobs              start a background job (bundles.maintenance_jobs): ``action`` is
-                                            gc-dry-run, scrub, or gc (with ``after``: a finished dry run's id)
+                                            gc-dry-run, scrub, expire, or gc (with ``after``: a finished dry
+                                            run's id). The page also shows each job's schedule: in force, next
+                                            and last run (bundles.maintenance_schedule)
     GET   /ui/maintenance/jobs/<id>         one job: progress while it runs (the page reloads itself,
                                             web/static/maintenance.js), then its result
 """
@@ -25,7 +27,8 @@ import zipfile
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 
 from bundles.inventory import write_inventory
-from bundles.maintenance_jobs import GC, SCRUB, JobBusy, MaintenanceJobs
+from bundles.maintenance_jobs import EXPIRE, GC, SCRUB, JobBusy, MaintenanceJobs
+from bundles.maintenance_schedule import MaintenanceScheduler
 from bundles.mirror import ca_certificate, for_registry
 from registry.diskuse import disk_areas
 from registry.paths import DataPaths
@@ -44,6 +47,10 @@ def _ui() -> UiServices:
 
 def _jobs() -> MaintenanceJobs:
     return current_app.extensions["cargohold.maintenance"]  # type: ignore[no-any-return]
+
+
+def _scheduler() -> MaintenanceScheduler:
+    return current_app.extensions["cargohold.scheduler"]  # type: ignore[no-any-return]
 
 
 def _paths() -> DataPaths:
@@ -102,6 +109,7 @@ def create_blueprint() -> Blueprint:
         jobs = _jobs()
         return render_template("ui/maintenance.html", areas=areas, total=sum(a.size for a in areas),
                                jobs=jobs.list(10), dry_run=jobs.latest(GC, dry_run=True),
+                               schedules=_scheduler().states(),
                                leftovers=leftovers, leftover_bytes=sum(f.size for f in leftovers),
                                ages={f.key: age(now - f.modified) for f in leftovers})
 
@@ -141,10 +149,10 @@ def create_blueprint() -> Blueprint:
                 flash("Run a garbage collection dry run first, to see what would be removed. Nothing was removed.",
                       "error")
                 return redirect(url_for("ui_maint.maintenance"))  # type: ignore[return-value]
-        elif action not in ("gc-dry-run", "scrub"):
+        elif action not in ("gc-dry-run", "scrub", "expire"):
             flash("Unknown maintenance action; nothing was started.", "error")
             return redirect(url_for("ui_maint.maintenance"))  # type: ignore[return-value]
-        kind = SCRUB if action == "scrub" else GC
+        kind = {"scrub": SCRUB, "expire": EXPIRE}.get(action, GC)
         try:
             job = jobs.start(kind, action == "gc-dry-run", principal.username, request.remote_addr or "")
         except JobBusy as exc:
