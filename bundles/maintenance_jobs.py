@@ -184,9 +184,11 @@ class MaintenanceJobs:
         where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
         return int(self.db.execute(f"SELECT COUNT(*) FROM maintenance_jobs {where}", args).fetchone()[0])
 
-    def latest(self, kind: str, dry_run: bool | None = None) -> MaintenanceJob | None:
+    def latest(self, kind: str, dry_run: bool | None = None, requested_by: str | None = None) -> MaintenanceJob | None:
         for job in self.list(50, kind):
-            if dry_run is None or job.dry_run == dry_run:
+            if dry_run is not None and job.dry_run != dry_run:
+                continue
+            if requested_by is None or job.requested_by == requested_by:
                 return job
         return None
 

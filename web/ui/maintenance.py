@@ -108,7 +108,9 @@ def create_blueprint() -> Blueprint:
         areas = disk_areas(paths)
         jobs = _jobs()
         return render_template("ui/maintenance.html", areas=areas, total=sum(a.size for a in areas),
-                               jobs=jobs.list(10), dry_run=jobs.latest(GC, dry_run=True),
+                               # Run GC is offered after a dry run this user saw (not the CLI's or the schedule's).
+                               jobs=jobs.list(10),
+                               dry_run=jobs.latest(GC, dry_run=True, requested_by=page_principal().username),
                                schedules=_scheduler().states(),
                                leftovers=leftovers, leftover_bytes=sum(f.size for f in leftovers),
                                ages={f.key: age(now - f.modified) for f in leftovers})
