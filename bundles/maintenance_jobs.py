@@ -89,18 +89,20 @@ class JobOptions:
     kubeconfig: str | None = None
     context: str | None = None
     rate_bytes: int | None = None
+    harbor: dict[str, Any] | None = None  # the parameters a Harbor API caller gave (recorded, shown back)
 
     def to_json(self) -> dict[str, Any]:
-        return {"retain": self.retain, "graceSeconds": self.grace_seconds, "quarantine": self.quarantine,
-                "ignoreCluster": self.ignore_cluster, "kubeconfig": self.kubeconfig, "context": self.context,
-                "rateBytes": self.rate_bytes}
+        doc = {"retain": self.retain, "graceSeconds": self.grace_seconds, "quarantine": self.quarantine,
+               "ignoreCluster": self.ignore_cluster, "kubeconfig": self.kubeconfig, "context": self.context,
+               "rateBytes": self.rate_bytes}
+        return {**doc, "harbor": self.harbor} if self.harbor else doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any] | None) -> JobOptions:
         d = doc or {}
         return cls(int(d.get("retain", DEFAULT_RETAIN)), float(d.get("graceSeconds", DEFAULT_GRACE_SECONDS)),
                    bool(d.get("quarantine", True)), bool(d.get("ignoreCluster", False)), d.get("kubeconfig"),
-                   d.get("context"), d.get("rateBytes"))
+                   d.get("context"), d.get("rateBytes"), d.get("harbor"))
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class MaintenanceJob:
     finished_at: float | None
     trigger: str = MANUAL
     options: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0  # the job's number: 1, 2, ... (Harbor's integer id)
 
     @property
     def title(self) -> str:
@@ -133,11 +136,11 @@ class MaintenanceJob:
         return {"id": self.id, "kind": self.kind, "dryRun": self.dry_run, "state": self.state, "phase": self.phase,
                 "done": self.done, "total": self.total, "result": self.result, "error": self.error,
                 "requestedBy": self.requested_by, "createdAt": self.created_at, "updatedAt": self.updated_at,
-                "finishedAt": self.finished_at, "trigger": self.trigger, "options": self.options}
+                "finishedAt": self.finished_at, "trigger": self.trigger, "options": self.options, "seq": self.seq}
 
 
 _COLUMNS = ("id, kind, dry_run, state, phase, done, total, result, error, requested_by, created_at, updated_at, "
-            "finished_at, pid, pid_start, trigger, options")
+            "finished_at, pid, pid_start, trigger, options, seq")
 
 
 class MaintenanceJobs:
@@ -174,6 +177,10 @@ class MaintenanceJobs:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs WHERE id = ?", [job_id]).fetchone()
         return self._reap(row) if row else None
 
+    def by_seq(self, seq: int) -> MaintenanceJob | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs WHERE seq = ?", [seq]).fetchone()
+        return self._reap(row) if row else None
+
     def list(self, limit: int = 20, kind: str | None = None, offset: int = 0) -> list[MaintenanceJob]:
         where, args = ("WHERE kind = ? ", [kind]) if kind else ("", [])
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM maintenance_jobs {where}ORDER BY created_at DESC "
@@ -206,7 +213,7 @@ class MaintenanceJobs:
         """The job of `row`; one left running by a process that is gone is marked interrupted."""
         job = MaintenanceJob(row[0], row[1], bool(row[2]), row[3], row[4], int(row[5] or 0), int(row[6] or 0),
                              json.loads(row[7]) if row[7] else None, row[8], row[9], row[10], row[11], row[12],
-                             row[15] or MANUAL, json.loads(row[16]) if row[16] else {})
+                             row[15] or MANUAL, json.loads(row[16]) if row[16] else {}, int(row[17] or 0))
         if job.state != RUNNING or process_alive(row[13], row[14]):
             return job
         message = ("interrupted: the appliance process running it ended before it finished. Nothing needs "
@@ -240,8 +247,9 @@ class MaintenanceJobs:
         now = time.time()
         pid = os.getpid()
         db.execute("INSERT INTO maintenance_jobs (id, kind, dry_run, state, phase, done, total, requested_by, "
-                   "pid, pid_start, created_at, updated_at, trigger, options) VALUES (?, ?, ?, 'running', "
-                   "'starting', 0, 0, ?, ?, ?, ?, ?, ?, ?)",
+                   "pid, pid_start, created_at, updated_at, trigger, options, seq) VALUES (?, ?, ?, 'running', "
+                   "'starting', 0, 0, ?, ?, ?, ?, ?, ?, ?, "
+                   "(SELECT COALESCE(MAX(seq), 0) + 1 FROM maintenance_jobs))",
                    [job_id, kind, int(dry_run and kind == GC), requested_by, pid, process_start(pid), now, now,
                     trigger, json.dumps(options.to_json())])
         return job_id

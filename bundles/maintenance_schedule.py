@@ -21,7 +21,8 @@ The schedule in force for a kind is the one set through the API (the
 database) if any, else the configured one (``gc_schedule``,
 ``scrub_schedule``, ``expire_schedule``). Scheduled runs use the default
 options: GC with the default retention and grace (it never races an upload
-or import), scrub at the configured read rate.
+or import), scrub at the configured read rate; the stored ``parameters``
+(Harbor's, e.g. ``{"dry_run": true}``) can make scheduled collections dry runs.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class MaintenanceScheduler:
                 return None  # another worker claimed it, or the schedule changed meanwhile
             parameters = json.loads(row[2]) if row[2] else {}
             try:
-                job_id = self.jobs.claim(db, kind, kind == GC and bool(parameters.get("dryRun")), SCHEDULER_USER,
+                job_id = self.jobs.claim(db, kind, kind == GC and bool(parameters.get("dry_run")), SCHEDULER_USER,
                                          JobOptions(), SCHEDULE)
             except JobBusy as exc:
                 _log.info("scheduled %s due: waiting, %s", kind, exc)

@@ -152,3 +152,8 @@ def m008_maintenance_schedule(db: Database) -> None:
     # retain, grace, read-rate limit...), so a report shows the limits that applied.
     db.table("maintenance_jobs").add_column("trigger", str)
     db.table("maintenance_jobs").add_column("options", str)
+    # seq: a job's number (1, 2, ...), the integer id Harbor's /system/gc history names it by.
+    db.table("maintenance_jobs").add_column("seq", int)
+    db.execute("UPDATE maintenance_jobs SET seq = (SELECT COUNT(*) FROM maintenance_jobs AS earlier "
+               "WHERE earlier.created_at <= maintenance_jobs.created_at)")
+    db.table("maintenance_jobs").create_index(["seq"], unique=True)

@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, files_api, maintenance_api, protection_api, releases_api, seed_api
+from bundles import clusterdef_api, files_api, harbor_gc_api, maintenance_api, protection_api, releases_api, seed_api
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
 from bundles.files import SiteFiles
@@ -132,6 +132,8 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(releases_api.create_blueprint(releases, guard, services.uploads, maintenance))
     app.register_blueprint(maintenance_api.create_blueprint(maintenance, guard,
                                                             app.extensions["cargohold.scheduler"]))
+    # Harbor's /api/v2.0/system/gc* over the same jobs and schedule.
+    app.register_blueprint(harbor_gc_api.create_blueprint(maintenance, app.extensions["cargohold.scheduler"], guard))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
                                                       accel_prefix))

@@ -14,6 +14,8 @@ import itertools
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,8 @@ from typing import Any
 
 import requests
 
-from tests.appliance import Appliance
-from tests.bundles.buildutil import cargohold
+from tests.appliance import Appliance, free_port
+from tests.bundles.buildutil import ROOT, cargohold
 from tests.registry.v2client import V2
 from tests.web.uiutil import signed_in
 
@@ -184,7 +186,12 @@ def test_one_job_at_a_time_for_the_cli_and_every_http_entry_point(appliance_fact
 def test_a_schedule_that_is_not_one_stops_serve_naming_the_setting(tmp_path: Path) -> None:
     for name, value in (("CARGOHOLD_GC_SCHEDULE", "sometimes"), ("CARGOHOLD_SCRUB_SCHEDULE", "weekly@funday 3:00"),
                         ("CARGOHOLD_EXPIRE_SCHEDULE", "every 0s")):
-        proc = cargohold("serve", "--data-dir", tmp_path / "data", env={name: value}, check=False)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "web.cli", "serve", "--data-dir", str(tmp_path / "data"),
+                                   "--bind", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                                  cwd=ROOT, env={**os.environ, name: value}, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"serve started with {name}={value!r} instead of refusing it") from None
         assert proc.returncode == 2, proc.stderr
         assert name in proc.stderr and repr(value) in proc.stderr
         assert not (tmp_path / "data" / "cargohold.db").exists()  # refused before any set-up
