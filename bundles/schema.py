@@ -20,6 +20,8 @@ maintenance_jobs           garbage collection and scrub runs in the background: 
                            process running it (bundles.maintenance_jobs)
 maintenance_schedule       per job kind: the schedule in force (an API override), the next and last scheduled run
                            (bundles.maintenance_schedule)
+retention_policies         Harbor tag retention policies, one per project; retention_executions and retention_tasks
+                           their runs, one task (with its log) per repository (bundles.retention)
 """
 
 from __future__ import annotations
@@ -157,3 +159,26 @@ def m008_maintenance_schedule(db: Database) -> None:
     db.execute("UPDATE maintenance_jobs SET seq = (SELECT COUNT(*) FROM maintenance_jobs AS earlier "
                "WHERE earlier.created_at <= maintenance_jobs.created_at)")
     db.table("maintenance_jobs").create_index(["seq"], unique=True)
+
+
+@clusterdef_migrations()
+def m009_retention(db: Database) -> None:
+    # bundles.retention: Harbor's tag retention policies (one per project; rules JSON), their executions (dry run
+    # or not) and one task per repository of an execution, with its log.
+    db.table("retention_policies").create(
+        {"id": int, "project_id": int, "policy": str, "created_at": float, "updated_at": float},
+        pk="id", not_null={"project_id", "policy", "created_at", "updated_at"},
+    )
+    db.table("retention_policies").create_index(["project_id"], unique=True)
+    db.table("retention_executions").create(
+        {"id": int, "policy_id": int, "dry_run": int, "status": str, "trigger": str, "requested_by": str,
+         "start_time": float, "end_time": float},
+        pk="id", not_null={"policy_id", "dry_run", "status", "start_time"},
+    )
+    db.table("retention_executions").create_index(["policy_id"])
+    db.table("retention_tasks").create(
+        {"id": int, "execution_id": int, "repository": str, "status": str, "total": int, "retained": int,
+         "log": str, "start_time": float, "end_time": float},
+        pk="id", not_null={"execution_id", "repository", "status"},
+    )
+    db.table("retention_tasks").create_index(["execution_id"])

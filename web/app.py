@@ -14,12 +14,22 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 
 from bundles import api as bundles_api
-from bundles import clusterdef_api, files_api, harbor_gc_api, maintenance_api, protection_api, releases_api, seed_api
+from bundles import (
+    clusterdef_api,
+    files_api,
+    harbor_gc_api,
+    harbor_retention_api,
+    maintenance_api,
+    protection_api,
+    releases_api,
+    seed_api,
+)
 from bundles.api_access import ApiAccess
 from bundles.clusterdef import ClusterDefinitions
 from bundles.files import SiteFiles
 from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
+from bundles.retention import Retention
 from registry import harbor, token_api
 from registry.access import Access, LoginLimiter
 from registry.artifacts import Artifacts
@@ -134,6 +144,9 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
                                                             app.extensions["cargohold.scheduler"]))
     # Harbor's /api/v2.0/system/gc* over the same jobs and schedule.
     app.register_blueprint(harbor_gc_api.create_blueprint(maintenance, app.extensions["cargohold.scheduler"], guard))
+    # Harbor's /api/v2.0/retentions: tag retention through the registry's tag protections; GC then reclaims.
+    app.register_blueprint(harbor_retention_api.create_blueprint(
+        Retention(services.registry, services.access.projects), guard))
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
                                                       accel_prefix))

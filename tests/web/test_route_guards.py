@@ -29,7 +29,8 @@ VALUES = {"name": "spectro-images/guard", "digest": "sha256:" + "0" * 64, "refer
           "uuid": "0" * 32, "upload_id": "0" * 32, "job_id": "1", "rid": "1", "release_id": "1",
           "ref": "spectro-images", "repo": "guard", "mid": "1", "robot_id": "1", "tag": "t", "check_id": "1",
           "action": "delete", "rest": "projects/spectro-images/anything", "filename": "x.css",
-          "rule_id": "1", "scan_id": "1", "spec": "installer.iso", "kind": "gc", "gc_id": "1"}
+          "rule_id": "1", "scan_id": "1", "spec": "installer.iso", "kind": "gc", "gc_id": "1",
+          "policy_id": "1", "execution_id": "1", "task_id": "1"}
 VALUES.update({"user_id": "1", "quota_id": "1", "meta_name": "auto_scan"})  # Harbor's users, quotas, project metadata
 VALUES.update({"label_id": "1"})  # Harbor's labels
 

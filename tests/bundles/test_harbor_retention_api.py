@@ -1,0 +1,139 @@
+"""Harbor's tag retention (/api/v2.0/retentions*) against the real server, driven by `harborapi` (an
+independent client whose pydantic models check the shapes) and requests for refusals.
+
+latestPushedK and always, with tag and repository selectors; a dry run reports what would go and changes
+nothing; a run removes the tags no rule keeps, never a promoted release's tag (the log names the release);
+garbage collection then reclaims the untagged content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from harborapi import HarborAsyncClient
+from harborapi.models import (
+    RetentionPolicy,
+    RetentionPolicyScope,
+    RetentionRule,
+    RetentionRuleTrigger,
+    RetentionSelector,
+)
+
+from tests.appliance import Appliance
+from tests.bundles.buildutil import cargohold
+from tests.registry.v2client import V2
+from tests.web.uiutil import build_bundle, signing_key
+
+API = "/api/v2.0"
+QUIET = {"CARGOHOLD_GC_SCHEDULE": "off", "CARGOHOLD_SCRUB_SCHEDULE": "off", "CARGOHOLD_EXPIRE_SCHEDULE": "off"}
+
+
+def _rule(template: str, pattern: str = "**", count: int | None = None, repos: str = "**") -> RetentionRule:
+    return RetentionRule(action="retain", template=template, disabled=False,
+                         params={"latestPushedK": count} if count is not None else {},
+                         tag_selectors=[RetentionSelector(kind="doublestar", decoration="matches", pattern=pattern)],
+                         scope_selectors={"repository": [RetentionSelector(kind="doublestar", decoration="repoMatches",
+                                                                           pattern=repos)]})
+
+
+def _policy(project_id: int, *rules: RetentionRule) -> RetentionPolicy:
+    return RetentionPolicy(algorithm="or", rules=list(rules),
+                           trigger=RetentionRuleTrigger(kind="Schedule", settings={"cron": ""}),
+                           scope=RetentionPolicyScope(level="project", ref=project_id))
+
+
+def _tags(app: Appliance, repo: str) -> list[str]:
+    r = requests.get(f"{app.url}/v2/{repo}/tags/list", auth=app.admin, timeout=10)
+    assert r.status_code == 200, r.text
+    return sorted(r.json()["tags"] or [])
+
+
+def test_retention_keeps_the_latest_and_never_a_released_tag(appliance_factory: Callable[..., Appliance],
+                                                              tmp_path: Path) -> None:
+    app = appliance_factory(env=QUIET)
+    private, public = signing_key(tmp_path)
+    cargohold("keys", "add", public, "--data-dir", app.data_dir)
+    bundle, _ = build_bundle(tmp_path, private, "ret", "1", {"docker.io/cargotest/ret:1": 20_000}, seed=7300)
+    release = json.loads(cargohold("bundle", "import", bundle, "--data-dir", app.data_dir, "--json",
+                                   "--quiet").stdout)["release"]
+    cargohold("release", "promote", str(release["id"]), "--data-dir", app.data_dir)
+    repo = "spectro-images/docker.io/cargotest/ret"
+    v2 = V2(app)
+    dropped = v2.push_image(repo, tag="2", seed=b"ret-2")
+    v2.push_image(repo, tag="3", seed=b"ret-3")
+    r = requests.post(f"{app.url}{API}/projects", json={"project_name": "team", "metadata": {"public": "false"}},
+                      auth=app.admin, timeout=10)
+    assert r.status_code == 201, r.text
+    for tag in ("a", "b", "keep-me", "c"):  # pushed in this order: c is the latest
+        v2.push_image("team/app", tag=tag, seed=f"team-{tag}".encode())
+    asyncio.run(_scenario(app, repo, dropped.digest))
+
+
+async def _scenario(app: Appliance, repo: str, dropped: str) -> None:
+    client = HarborAsyncClient(url=f"{app.url}{API}", username=app.admin[0], secret=app.admin[1], timeout=30)
+    default = await client.get_project("spectro-images")
+    assert default.project_id is not None
+
+    metadata = await client.get_retention_metadata()
+    assert [t.rule_template for t in metadata.templates or []] == ["latestPushedK", "always"]
+
+    location = await client.create_retention_policy(_policy(default.project_id, _rule("latestPushedK", count=1)))
+    policy_id = int(location.rsplit("/", 1)[-1])
+    got = await client.get_retention_policy(policy_id)
+    assert got.scope is not None and got.scope.ref == default.project_id
+    assert got.rules is not None and got.rules[0].params == {"latestPushedK": 1}
+
+    # Dry run: what would go is reported, nothing goes.
+    await client.start_retention_execution(policy_id, dry_run=True)
+    executions = await client.get_retention_executions(policy_id)
+    assert len(executions) == 1 and executions[0].dry_run is True and executions[0].status == "Success"
+    tasks = await client.get_retention_tasks(policy_id, executions[0].id or 0)
+    assert [(t.repository, t.total, t.retained) for t in tasks] == [(repo, 3, 2)]
+    log = await client.get_retention_execution_task_log(policy_id, executions[0].id or 0, tasks[0].id or 0)
+    assert f"would remove tag {repo}:2" in log and f"kept {repo}:1: protected by" in log and "release" in log
+    assert _tags(app, repo) == ["1", "2", "3"]
+
+    # The run: the latest stays, the released tag stays, the other goes; GC then reclaims its image.
+    location = await client.start_retention_execution(policy_id, dry_run=False)
+    execution_id = int(location.rsplit("/", 1)[-1])
+    tasks = await client.get_retention_tasks(policy_id, execution_id)
+    assert [(t.repository, t.total, t.retained, t.status) for t in tasks] == [(repo, 3, 2, "Success")]
+    assert _tags(app, repo) == ["1", "3"]
+    gc = requests.post(f"{app.url}/api/cargohold/v1/gc", json={"grace": "0"}, auth=app.admin, timeout=60)
+    assert gc.status_code == 200, gc.text
+    assert dropped in [m["digest"] for m in gc.json()["manifestsRemoved"]]
+    assert V2(app).request("GET", f"/v2/{repo}/manifests/1").status_code == 200
+
+    # A second project: "always" for keep-* or the latest one; one policy per project.
+    team = await client.get_project("team")
+    assert team.project_id is not None
+    location = await client.create_retention_policy(_policy(team.project_id, _rule("always", "keep-*"),
+                                                            _rule("latestPushedK", count=1)))
+    team_policy = int(location.rsplit("/", 1)[-1])
+    again = requests.post(f"{app.url}{API}/retentions", auth=app.admin, timeout=10,
+                          json=_policy(team.project_id, _rule("always")).model_dump(mode="json", exclude_none=True))
+    assert again.status_code == 409 and again.json()["errors"][0]["code"] == "CONFLICT"
+    await client.update_retention_policy(team_policy, _policy(team.project_id, _rule("always", "keep-*"),
+                                                              _rule("latestPushedK", count=1, repos="app")))
+    await client.start_retention_execution(team_policy, dry_run=False)
+    assert _tags(app, "team/app") == ["c", "keep-me"]
+
+    # Refusals name the problem and change nothing.
+    for body, words in (
+            (_policy(team.project_id, _rule("nDaysSinceLastPush")), "not supported; supported: latestPushedK"),
+            (_policy(team.project_id, _rule("latestPushedK")), "latestPushedK needs params"),
+            (_policy(team.project_id, _rule("always", "{a")), "not a supported doublestar pattern"),
+            (_policy(999_999, _rule("always")), "not the id of a project")):
+        r = requests.put(f"{app.url}{API}/retentions/{team_policy}", auth=app.admin, timeout=10,
+                         json=body.model_dump(mode="json", exclude_none=True))
+        assert r.status_code == 400 and words in r.json()["errors"][0]["message"], (words, r.text)
+    kept = await client.get_retention_policy(team_policy)
+    assert kept.rules is not None and kept.rules[1].scope_selectors is not None
+    assert kept.rules[1].scope_selectors["repository"][0].pattern == "app"
+    assert requests.get(f"{app.url}{API}/retentions/{team_policy}", timeout=10).status_code == 401
+    await client.delete_retention_policy(team_policy)
+    assert requests.get(f"{app.url}{API}/retentions/{team_policy}", auth=app.admin, timeout=10).status_code == 404
