@@ -148,10 +148,9 @@ def create_blueprint(jobs: MaintenanceJobs, scheduler: MaintenanceScheduler, gua
     """The /api/v2.0/system/gc* endpoints over the appliance's maintenance jobs."""
     bp = guarded_blueprint("harbor_gc", guard)
 
-    def history(job: MaintenanceJob) -> dict[str, Any]:
-        state = scheduler.state(GC)
+    def history(job: MaintenanceJob, in_force: str | None = None) -> dict[str, Any]:
         if job.trigger == SCHEDULE:
-            kind, cron = harbor_schedule(parse_schedule(state.schedule))
+            kind, cron = harbor_schedule(parse_schedule(in_force or scheduler.state(GC).schedule))
             schedule: dict[str, Any] = {"type": kind, "cron": cron}
         else:
             schedule = {"type": "Manual", "cron": ""}
@@ -182,7 +181,8 @@ def create_blueprint(jobs: MaintenanceJobs, scheduler: MaintenanceScheduler, gua
         guard.require_admin("read the garbage collection history")
         page, size = paging()
         total = jobs.count(GC)
-        resp = jsonify([history(j) for j in jobs.list(size, GC, (page - 1) * size)])
+        in_force = scheduler.state(GC).schedule
+        resp = jsonify([history(j, in_force) for j in jobs.list(size, GC, (page - 1) * size)])
         resp.headers["X-Total-Count"] = str(total)
         links = []
         if page > 1:

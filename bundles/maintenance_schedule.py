@@ -72,6 +72,7 @@ class MaintenanceScheduler:
             raise ValueError(f"no maintenance job kind {sorted(unknown)}")
         self.jobs = jobs
         self.configured = dict(configured)
+        self._waiting: dict[str, str] = {}  # kind -> the job it waits for (logged once, not every tick)
 
     def _row(self, kind: str) -> Any:
         return self.jobs.db.execute("SELECT schedule, override, parameters, next_run_at, last_run_at, last_job_id, "
@@ -159,7 +160,9 @@ class MaintenanceScheduler:
                 job_id = self.jobs.claim(db, kind, kind == GC and bool(parameters.get("dry_run")), SCHEDULER_USER,
                                          JobOptions(), SCHEDULE)
             except JobBusy as exc:
-                _log.info("scheduled %s due: waiting, %s", kind, exc)
+                if self._waiting.get(kind) != exc.job.id:
+                    self._waiting[kind] = exc.job.id
+                    _log.info("scheduled %s due: waiting, %s", kind, exc)
                 return None
             db.execute("UPDATE maintenance_schedule SET next_run_at = ?, last_run_at = ?, last_job_id = ?, "
                        "updated_at = ? WHERE kind = ?", [spec.next_after(now), now, job_id, now, kind])

@@ -156,8 +156,7 @@ def m008_maintenance_schedule(db: Database) -> None:
     db.table("maintenance_jobs").add_column("options", str)
     # seq: a job's number (1, 2, ...), the integer id Harbor's /system/gc history names it by.
     db.table("maintenance_jobs").add_column("seq", int)
-    db.execute("UPDATE maintenance_jobs SET seq = (SELECT COUNT(*) FROM maintenance_jobs AS earlier "
-               "WHERE earlier.created_at <= maintenance_jobs.created_at)")
+    db.execute("UPDATE maintenance_jobs SET seq = rowid")  # unique, in the order the jobs were recorded
     db.table("maintenance_jobs").create_index(["seq"], unique=True)
 
 
