@@ -50,6 +50,7 @@ from bundles.schedule import Schedule, parse_schedule
 
 PREFIX = "/api/v2.0"
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000
 _STATUS = {"running": "Running", "done": "Success", "failed": "Error", "interrupted": "Stopped"}
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TYPES = ("Hourly", "Daily", "Weekly", "Custom", "None", "Manual")
@@ -172,8 +173,8 @@ def create_blueprint(jobs: MaintenanceJobs, scheduler: MaintenanceScheduler, gua
             size = int(request.args.get("page_size") or 10)
         except ValueError:
             raise _bad("page and page_size must be whole numbers") from None
-        if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
-            raise _bad(f"page must be at least 1 and page_size between 1 and {MAX_PAGE_SIZE}")
+        if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+            raise _bad(f"page must be between 1 and {MAX_PAGE} and page_size between 1 and {MAX_PAGE_SIZE}")
         return page, size
 
     @bp.get(f"{PREFIX}/system/gc")

@@ -25,6 +25,7 @@ from bundles.retention import Retention, RetentionError
 
 PREFIX = "/api/v2.0"
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000
 
 METADATA = {
     "templates": [
@@ -50,8 +51,8 @@ def _paging() -> tuple[int, int]:
         size = int(request.args.get("page_size") or 10)
     except ValueError:
         raise RetentionError("page and page_size must be whole numbers") from None
-    if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
-        raise RetentionError(f"page must be at least 1 and page_size between 1 and {MAX_PAGE_SIZE}")
+    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+        raise RetentionError(f"page must be between 1 and {MAX_PAGE} and page_size between 1 and {MAX_PAGE_SIZE}")
     return page, size
 
 

@@ -142,14 +142,20 @@ def parse_rules(doc: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             raise RetentionError(f"rule {i}: scope_selectors may only hold 'repository'")
         tags = _selectors(rule.get("tag_selectors"), f"rule {i} tag selector", ("matches", "excludes"))
         repos = _selectors(scope.get("repository"), f"rule {i} repository selector", ("repoMatches", "repoExcludes"))
-        out.append({"id": i, "priority": int(rule.get("priority") or 0), "disabled": disabled, "action": "retain",
+        priority = rule.get("priority") or 0
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:
+            raise RetentionError(f"rule {i}: priority must be a whole number from 0 to 1000")
+        out.append({"id": i, "priority": priority, "disabled": disabled, "action": "retain",
                     "template": template, "params": params,
                     "tag_selectors": [{"kind": KIND, "decoration": s.decoration, "pattern": s.pattern, "extras": ""}
                                       for s in tags],
                     "scope_selectors": {"repository": [{"kind": KIND, "decoration": s.decoration,
                                                         "pattern": s.pattern} for s in repos]}})
     trigger = doc.get("trigger") or {}
-    cron = ((trigger.get("settings") or {}) if isinstance(trigger, dict) else {}).get("cron") or ""
+    settings = trigger.get("settings") if isinstance(trigger, dict) else None
+    if not isinstance(trigger, dict) or not isinstance(settings or {}, dict):
+        raise RetentionError("trigger must be {\"kind\": \"Schedule\", \"settings\": {\"cron\": \"\"}}")
+    cron = (settings or {}).get("cron") or ""
     if cron:
         raise RetentionError("scheduled retention is not supported: leave trigger.settings.cron empty and start "
                              "executions (POST /retentions/{id}/executions), e.g. after each GC")
@@ -200,7 +206,8 @@ class Retention:
         if not isinstance(scope, dict) or scope.get("level") != "project":
             raise RetentionError("scope must be {\"level\": \"project\", \"ref\": <project id>}")
         ref = scope.get("ref")
-        if not isinstance(ref, int) or isinstance(ref, bool) or self.projects.get_by_id(ref) is None:
+        if not isinstance(ref, int) or isinstance(ref, bool) or not 0 < ref < 1 << 62 or \
+                self.projects.get_by_id(ref) is None:
             raise RetentionError(f"scope.ref {ref!r} is not the id of a project")
         return ref
 

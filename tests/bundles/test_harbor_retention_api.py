@@ -137,3 +137,33 @@ async def _scenario(app: Appliance, repo: str, dropped: str) -> None:
     assert requests.get(f"{app.url}{API}/retentions/{team_policy}", timeout=10).status_code == 401
     await client.delete_retention_policy(team_policy)
     assert requests.get(f"{app.url}{API}/retentions/{team_policy}", auth=app.admin, timeout=10).status_code == 404
+
+
+def test_odd_input_never_answers_5xx(appliance_factory: Callable[..., Appliance]) -> None:
+    appliance = appliance_factory(env=QUIET)  # its own: odd input may set a schedule or start a collection
+    odd: list[object] = [None, [], "x", 0, 10 ** 30, -1, True, {"a": {"b": [1]}}, "\u0000", "x" * 5000]
+    bodies: list[object] = [*odd, {"scope": {"level": "project", "ref": 10 ** 30}},
+                            {"scope": {"level": "project", "ref": 1}, "rules": odd},
+                            {"scope": {"level": "project", "ref": 1}, "trigger": {"settings": "x"}},
+                            {"scope": {"level": "project", "ref": 1}, "trigger": "x"}]
+    bodies += [{"scope": {"level": "project", "ref": 1},
+                "rules": [{"template": "latestPushedK", "params": {"latestPushedK": v}, "priority": v,
+                           "tag_selectors": v, "scope_selectors": v}]} for v in odd]
+    params: list[object] = [None, {"dry_run": 1}, {"workers": 10 ** 30}]
+    bodies += [{"schedule": {"type": t, "cron": c}, "parameters": p}
+               for t in ("Custom", "Manual", None) for c in odd[:6] for p in params]
+    paths = ["/retentions", "/retentions/1", "/retentions/1/executions", "/system/gc/schedule"]
+    answers = set()
+    for path in paths:
+        for body in bodies:
+            for method in ("POST", "PUT"):
+                r = requests.request(method, f"{appliance.url}{API}{path}", json=body, auth=appliance.admin,
+                                     timeout=10)
+                assert r.status_code < 500, (method, path, body, r.text)
+                answers.add(r.status_code)
+    for path in ("/system/gc?page=99999999999999999999", "/system/gc?page_size=0", "/system/gc/1" + "0" * 40,
+                 "/retentions/1/executions?page=10000000000000", "/retentions/99999999999999999999",
+                 "/retentions/1/executions/99999999999999999999/tasks", "/system/gc/1/log"):
+        r = requests.get(f"{appliance.url}{API}{path}", auth=appliance.admin, timeout=10)
+        assert r.status_code < 500, (path, r.text)
+    assert 400 in answers
