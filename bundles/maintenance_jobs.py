@@ -368,6 +368,7 @@ class MaintenanceJobs:
             count, size = step.run()
             result[step.name] = {"removed": count, "bytes": size}
             freed += size
+        progress("expired", len(steps), len(steps))
         result["bytesReclaimed"] = freed
         result["durationSeconds"] = round(time.monotonic() - started, 3)
         return result

@@ -13,6 +13,7 @@ import fcntl
 import itertools
 import json
 import os
+import pty
 import sqlite3
 import subprocess
 import sys
@@ -201,3 +202,27 @@ def test_a_schedule_that_is_not_one_stops_serve_naming_the_setting(tmp_path: Pat
         assert proc.returncode == 2, stderr
         assert name in stderr and repr(value) in stderr
         assert not (tmp_path / "data" / "cargohold.db").exists()  # refused before any set-up
+
+
+def test_the_cli_draws_a_progress_bar_on_a_terminal(appliance: Appliance) -> None:
+    master, slave = pty.openpty()  # standard error is a terminal: the bar is redrawn in place
+    try:
+        proc = subprocess.run([sys.executable, "-m", "web.cli", "expire", "--json", "--wait", "--data-dir",
+                               str(appliance.data_dir)], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT,
+                              timeout=120)
+        os.close(slave)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, drawn
+    assert b"\rexpiring" in drawn and b"] 3/3" in drawn  # one line redrawn, ending full
+    report = json.loads(proc.stdout)
+    assert set(report) >= {"uploads", "importUploads", "staging", "bytesReclaimed"}
