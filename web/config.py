@@ -20,8 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from registry.names import parse_mapping_rules
 from bundles.schedule import Schedule, parse_schedule
+from registry.names import parse_mapping_rules
 from registry.paths import DataPaths
 from web import settings
 from web.settings import Bytes, Spec, setting
