@@ -26,7 +26,9 @@ batch checked and unlinked inside its own write transaction. Since
 and runs under the same lock, no row can ever come to point at a deleted
 file. The file sweep takes ``gc.lock`` exclusively; bundle imports hold it
 shared while they run (they reuse files the store already has), so while an
-import runs the file sweep is deferred and says so.
+import runs the file sweep is deferred and says so. Likewise ``backup.lock``:
+`cargohold backup` holds it shared from before its database snapshot until
+it has copied every blob the snapshot names (`backup_guard`).
 
 A dry run computes the same sets in a read transaction and changes nothing.
 Stale upload sessions (idle longer than the configured upload expiry) are
@@ -112,16 +114,45 @@ def import_guard(paths: DataPaths) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sweep_lock(paths: DataPaths) -> Iterator[bool]:
-    """Exclusive ``gc.lock`` without waiting; yields False when an import holds it."""
-    with paths.gc_lock.open("a") as f:
+def backup_guard(paths: DataPaths) -> Iterator[None]:
+    """Held (shared) while `cargohold backup` copies: the file sweep waits for it to end.
+
+    Taking it waits for a file sweep in progress, so a snapshot taken under
+    it names only blobs whose files stay until the guard is released.
+    """
+    with paths.backup_lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_IMPORT_RUNNING = ("a bundle import is running: blob files were not removed this time "
+                   "(their rows are gone; the next collection removes them)")
+_BACKUP_RUNNING = ("a backup is running: blob files were not removed this time "
+                   "(their rows are gone; the next collection removes them)")
+
+
+@contextlib.contextmanager
+def _sweep_lock(paths: DataPaths) -> Iterator[str | None]:
+    """Exclusive ``gc.lock`` and ``backup.lock`` without waiting; yields None, or why the sweep must wait."""
+    with paths.gc_lock.open("a") as f, paths.backup_lock.open("a") as b:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield _IMPORT_RUNNING
             return
         try:
-            yield True
+            try:
+                fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield _BACKUP_RUNNING
+                return
+            try:
+                yield None
+            finally:
+                fcntl.flock(b, fcntl.LOCK_UN)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -184,12 +215,11 @@ class GarbageCollector:
         else:
             with write_transaction(db) as tx:
                 self._mark_and_sweep_rows(tx, roots, cutoff, report, delete=True)
-            with _sweep_lock(self.registry.paths) as free:
-                if free:
+            with _sweep_lock(self.registry.paths) as busy:
+                if busy is None:
                     self._sweep_files(cutoff, report, progress)
                 else:
-                    report.deferred = ("a bundle import is running: blob files were not removed this time "
-                                       "(their rows are gone; the next collection removes them)")
+                    report.deferred = busy
             if self.uploads is not None:
                 progress("expiring uploads", 0, 0)
                 report.uploads_expired, report.upload_bytes = self.uploads.expire()

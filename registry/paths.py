@@ -4,6 +4,8 @@
       cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it)
       cargohold.db.lock       held while migrations run, so workers never race them
       gc.lock                 held shared by bundle imports, exclusively by the GC's file sweep
+      backup.lock             held shared by `cargohold backup` while it copies, exclusively by the GC's
+                              file sweep (registry.gc.backup_guard): a blob a backup's snapshot names stays
       serve.lock              held by the one `cargohold serve` of this directory for its whole life
                               (it holds that process's pid); `tls issue` takes it too
       blobs/sha256/<2 hex>/<hex>
@@ -21,6 +23,10 @@
                               here are imported at start (bundles.seed); never written by the appliance
       metrics                 a symbolic link to the serving appliance's private directory of metric values
                               (prometheus_client multiprocess files, in the runtime directory; web/metrics_dir.py)
+      initial-admin-password  the first start's generated admin password, until it is changed
+      backups/pre-upgrade-<old>-to-<new>-<time>/
+                              the database and small state files as they were before an upgrade migrated
+                              them (registry.upgrade); the newest few are kept
       front/                  request bodies the nginx front buffers (small ones only) and
                               its scratch for responses (web/front.py); disposable
 
@@ -53,6 +59,10 @@ class DataPaths:
     @property
     def gc_lock(self) -> Path:
         return self.root / "gc.lock"
+
+    @property
+    def backup_lock(self) -> Path:
+        return self.root / "backup.lock"
 
     @property
     def serve_lock(self) -> Path:
@@ -103,6 +113,19 @@ class DataPaths:
     @property
     def front_scratch(self) -> Path:
         return self.root / "front"
+
+    @property
+    def initial_admin_password(self) -> Path:
+        return self.root / "initial-admin-password"
+
+    @property
+    def upgrade_backups(self) -> Path:
+        return self.root / "backups"
+
+    def state_files(self) -> tuple[Path, ...]:
+        """The small state a backup carries besides the database and blobs: secrets, TLS material, and the
+        first start's password file. Everything else under the root is the blob store, scratch, or locks."""
+        return (self.keys, self.tls, self.initial_admin_password)
 
     def ensure(self) -> None:
         """Create the directories (idempotent).

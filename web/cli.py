@@ -474,6 +474,9 @@ cli_seed.register(main)
 from web import cli_images  # noqa: E402
 
 cli_images.register(main)
+from web import cli_backup  # noqa: E402
+
+cli_backup.register(main)
 
 if __name__ == "__main__":
     # Under `python -m web.cli` this file is __main__, while the command modules

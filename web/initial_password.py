@@ -23,7 +23,7 @@ FILE_NAME = "initial-admin-password"
 
 def password_file(paths: DataPaths) -> Path:
     """Where the generated first-start admin password is kept until it is changed."""
-    return paths.root / FILE_NAME
+    return paths.initial_admin_password
 
 
 def write(paths: DataPaths, password: str) -> Path:
