@@ -14,8 +14,9 @@ import contextlib
 import errno
 import fcntl
 import sqlite3
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlite_utils import Database, Migrations
@@ -47,17 +48,38 @@ def connect(path: Path) -> Database:
     return Database(conn)
 
 
-def migrate(paths: DataPaths) -> None:
-    """Apply every registered migration set (idempotent, process-safe)."""
-    import registry.schema  # noqa: F401  (registers the registry's migrations)
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
+
+def migrate(paths: DataPaths, notify: Callable[[str], None] = _stderr) -> None:
+    """Apply every registered migration set (idempotent, process-safe), upgrading with care (registry.upgrade).
+
+    A database migrated by a newer cargohold raises `registry.upgrade.DataDirTooNew`
+    before anything is written. Before an existing database is migrated (or
+    first used by another version), its pre-upgrade backup is taken and
+    `notify` is told where it is.
+    """
+    import registry.schema  # noqa: F401  (registers the registry's migrations)
+    from registry import upgrade
+
+    if paths.database.exists():
+        upgrade.refuse_newer(paths, _migration_sets)
     paths.ensure()
     with paths.migration_lock.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if paths.database.exists():  # again under the lock: a newer version's start may have won the race
+            upgrade.refuse_newer(paths, _migration_sets)
         db = connect(paths.database)
         try:
+            old = upgrade.needs_backup(db)
+            if old is not None:
+                upgrade.pre_upgrade_backup(paths, old, notify)
+            previous = upgrade.recorded_version(db.conn)
             for migrations in _migration_sets:
                 migrations.apply(db)
+            with write_transaction(db):
+                upgrade.record_version(db, previous)
         finally:
             db.close()
 

@@ -90,8 +90,11 @@ from registry.protection import TagProtected
 from registry.system_api import SystemSettings
 from registry.system_api import add_routes as add_system_routes
 from registry.token_api import request_principal
+from registry.version import VERSION as CARGOHOLD_VERSION
 
 PREFIX = "/api/v2.0"
+# The Harbor API level answered (what Harbor clients read from systeminfo); the appliance's own version is
+# systeminfo's cargohold_version.
 VERSION = "v2.11.0-cargohold"
 MAX_PAGE_SIZE = 100
 # Largest JSON request body (the biggest real one, a repository description, is 64 KiB).
@@ -354,7 +357,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                                 "with_notary": False, "with_chartmuseum": False, "read_only": False,
                                 "registry_url": urllib.parse.urlsplit(base).netloc, "external_url": base,
                                 "registry_storage_provider_name": "filesystem", "notification_enable": False,
-                                "primary_auth_mode": False, "banner_message": ""}
+                                "primary_auth_mode": False, "banner_message": "",
+                                "cargohold_version": CARGOHOLD_VERSION}
         return jsonify(info)
 
     @bp.get("/systeminfo/volumes")

@@ -192,7 +192,7 @@ def _schemas() -> dict[str, Any]:
                                                     "repository": {"type": "array", "items": {"type": "object"}}}},
         "GeneralInfo": {"type": "object", "properties": {"harbor_version": _STR, "auth_mode": _STR,
                                                          "registry_url": _STR, "external_url": _STR,
-                                                         "has_ca_root": _BOOL}},
+                                                         "has_ca_root": _BOOL, "cargohold_version": _STR}},
         "SystemInfo": {"type": "object", "properties": {"storage": {"type": "array", "items": {
             "type": "object", "properties": {"total": _INT, "free": _INT}}}}},
         "OverallHealthStatus": {"type": "object", "properties": {"status": _STR, "components": {

@@ -29,6 +29,8 @@ labels            Harbor labels: global (scope g, project_id 0) or of one projec
                   and project (registry.labels)
 artifact_labels   which label is on which artifact, keyed by (repository_id, digest) as manifests are; triggers
                   drop the rows with their manifest, their label, and a project's labels with the project
+appliance_versions every cargohold version that migrated this database, newest last: version, the version
+                  before it, when (registry.upgrade)
 """
 
 from __future__ import annotations
@@ -210,3 +212,12 @@ def m009_labels(db: Database) -> None:
                "DELETE FROM artifact_labels WHERE label_id = OLD.id; END")
     db.execute("CREATE TRIGGER labels_project_gone AFTER DELETE ON projects BEGIN "
                "DELETE FROM labels WHERE scope = 'p' AND project_id = OLD.id; END")
+
+
+@migrations()
+def m010_appliance_versions(db: Database) -> None:
+    # registry.upgrade: the last row is the version that last migrated the data directory; a newer one is refused.
+    db.table("appliance_versions").create(
+        {"id": int, "version": str, "previous": str, "migrated_at": float}, pk="id",
+        not_null={"version", "migrated_at"},
+    )

@@ -22,6 +22,7 @@ import click
 
 from registry.paths import DataPaths
 from web import settings
+from registry.version import VERSION
 from web.config import FRONTS, Config
 
 _CONFIG_FILE = "cargohold.config_file"  # ctx.meta key: the --config FILE of this invocation
@@ -52,11 +53,12 @@ class _Main(click.Group):
     """The top-level group: problems of the machine become one ``Error:`` line instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from registry.upgrade import DataDirTooNew
         from web.datadir import DataDirError, environment_error
 
         try:
             return super().invoke(ctx)
-        except DataDirError as exc:
+        except (DataDirError, DataDirTooNew) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             message = environment_error(exc)
@@ -66,7 +68,7 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main)
-@click.version_option(package_name="cargohold")
+@click.version_option(VERSION, prog_name="cargohold", message="%(prog)s %(version)s")
 def main() -> None:
     """cargohold: signed content bundles into an on-site OCI registry."""
 
@@ -190,9 +192,13 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
 def _prepare(config: Config) -> Config:
     """Set-up before serving: migrate, create the admin, ensure TLS material; the config to serve with."""
     from registry.auth import ADMIN
+    from registry.upgrade import DataDirTooNew
     from web.app import build_services
 
-    services = build_services(config)
+    try:
+        services = build_services(config)  # migrates; an older data directory is backed up first (registry.upgrade)
+    except DataDirTooNew as exc:
+        raise click.ClickException(str(exc)) from None
     if services.users.stored(ADMIN) is not None:
         if config.admin_password is not None:
             # Never the value: only that it has no effect any more.

@@ -29,6 +29,7 @@ from bundles.files import SiteFiles
 from bundles.releases import Releases
 from registry.names import parse_mapping_rules
 from registry.tokens import TokenSigner, load_or_create_secret
+from registry.version import VERSION
 from web.bundle_import import ImportServices
 from web.tus import TusUploads
 
@@ -70,6 +71,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
     ui = UiServices(imports, definitions, TusUploads(config.paths, config.upload_expiry_seconds,
                                                       config.bundle_max_bytes), signer)
     app.extensions["cargohold.ui"] = ui
+    app.jinja_env.globals["cargohold_version"] = VERSION  # the footer of every page (base.html)
     app.register_blueprint(session_blueprint())
     app.register_blueprint(password_blueprint())
     app.register_blueprint(tus_blueprint())
