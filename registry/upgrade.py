@@ -71,8 +71,12 @@ def _unknown_migrations(conn: sqlite3.Connection, sets: Sequence[Migrations]) ->
             if s in known and n not in known[s]]
 
 
-def _latest_backup(paths: DataPaths) -> Path | None:
-    found = sorted(paths.upgrade_backups.glob("pre-upgrade-*")) if paths.upgrade_backups.is_dir() else []
+def _backup_from_this_version(paths: DataPaths) -> Path | None:
+    """The newest pre-upgrade backup a newer version took when it upgraded from this one."""
+    if not paths.upgrade_backups.is_dir():
+        return None
+    found = sorted(p for p in paths.upgrade_backups.glob(f"pre-upgrade-{VERSION}-to-*")
+                   if not p.name.endswith(".partial"))
     return found[-1] if found else None
 
 
@@ -89,9 +93,11 @@ def refuse_newer(paths: DataPaths, sets: Sequence[Migrations]) -> None:
         return
     made_by = f"cargohold {version}" if version else "a newer cargohold"
     detail = f" (it has migrations this version does not know: {', '.join(unknown)})" if unknown else ""
-    backup = _latest_backup(paths)
-    rollback = (f", or restore the pre-upgrade backup {backup} (docs/operations.md, Upgrading the appliance)"
-                if backup is not None else "")
+    backup = _backup_from_this_version(paths)
+    where = str(backup) if backup is not None else \
+        f"{paths.upgrade_backups}/pre-upgrade-{VERSION}-to-<newer>-<time> (if the newer version took one)"
+    rollback = (f"; to go back to {VERSION} instead, stop the appliance and put back the pre-upgrade backup "
+                f"{where} (docs/operations.md, Upgrading the appliance)")
     raise DataDirTooNew(f"the data directory {paths.root} was last migrated by {made_by}{detail}; this is "
                         f"cargohold {VERSION}, which cannot use it. Install {made_by} or newer{rollback}. "
                         "Nothing was changed")
