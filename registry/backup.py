@@ -80,7 +80,7 @@ class BackupReport:
     """What one `backup` did."""
 
     dest: Path
-    version: str = VERSION
+    version: str = VERSION  # the version that last migrated the backed-up database (what restoring it needs)
     started_at: float = 0.0
     snapshot_at: float = 0.0
     finished_at: float = 0.0
@@ -97,7 +97,8 @@ class BackupReport:
     upload_sessions_dropped: int = 0
 
     def manifest(self) -> dict[str, Any]:
-        return {"format": FORMAT, "cargoholdVersion": self.version, "startedAt": _iso(self.started_at),
+        return {"format": FORMAT, "cargoholdVersion": self.version, "madeBy": VERSION,
+                "startedAt": _iso(self.started_at),
                 "snapshotAt": _iso(self.snapshot_at), "finishedAt": _iso(self.finished_at),
                 "database": self.database, "blobs": {"count": self.blobs, "bytes": self.bytes},
                 "stateFiles": self.state_files}
@@ -240,6 +241,13 @@ def recorded_blobs(database: Path) -> list[tuple[Digest, int]]:
     return out
 
 
+def _schema_version(conn: sqlite3.Connection) -> str:
+    """The version that last migrated a database (see registry.upgrade); VERSION for one never migrated."""
+    from registry.upgrade import recorded_version  # registry.upgrade builds on this module
+
+    return recorded_version(conn) or VERSION
+
+
 def _blob_rel(digest: Digest) -> Path:
     return Path(BLOBS) / digest.algorithm / digest.encoded[:2] / digest.encoded
 
@@ -279,6 +287,7 @@ def backup(paths: DataPaths, dest: Path, progress: Progress = _quiet, verify_exi
         report.snapshot_at = time.time()
         conn = sqlite3.connect(partial_db, isolation_level=None)
         try:
+            report.version = _schema_version(conn)
             report.upload_sessions_dropped = int(conn.execute("SELECT COUNT(*) FROM uploads").fetchone()[0])
             conn.execute("DELETE FROM uploads")  # their bytes are not backed up: clients push them again
         finally:
@@ -448,8 +457,8 @@ def restore(source: Path, paths: DataPaths, progress: Progress = _quiet,
     manifest = read_manifest(source)
     version = str(manifest.get("cargoholdVersion", "?"))
     if parse_version(version) > parse_version(VERSION):
-        raise BackupError(f"{source} was made by cargohold {version}, newer than this cargohold {VERSION}; "
-                          f"install cargohold {version} or newer to restore it. Nothing was restored")
+        raise BackupError(f"{source} holds a data directory of cargohold {version}, newer than this cargohold "
+                          f"{VERSION}; install cargohold {version} or newer to restore it. Nothing was restored")
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     before = {p.name for p in root.iterdir()}

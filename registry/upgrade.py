@@ -127,7 +127,8 @@ def pre_upgrade_backup(paths: DataPaths, old: str, notify: Callable[[str], None]
             "database": paths.database.name, "stateFiles": [f["path"] for f in files]}
     (partial / UPGRADE_NOTE).write_text(json.dumps(note, indent=2) + "\n")
     partial.rename(target)
-    kept = sorted(p for p in paths.upgrade_backups.glob("pre-upgrade-*") if not p.name.endswith(".partial"))
+    kept = sorted((p for p in paths.upgrade_backups.glob("pre-upgrade-*") if not p.name.endswith(".partial")),
+                  key=lambda p: (p.stat().st_mtime, p.name))  # oldest first, whatever versions the names carry
     for old_backup in kept[:-KEEP_UPGRADE_BACKUPS]:
         shutil.rmtree(old_backup, ignore_errors=True)
     notify(f"Upgrading the data directory from cargohold {old} to {VERSION}. The database and keys as they were "

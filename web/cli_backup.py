@@ -37,10 +37,10 @@ def backup_cmd(dest: Path, data_dir: Path | None, verify_existing: bool, as_json
     (cargohold-backup.json) is written last; a DEST without it is unfinished.
     """
     from registry.backup import BackupError, backup
-    from web.app import build_services
 
+    # No migration here: a backup reads the data directory as it is (whichever version last migrated it,
+    # which the manifest records), and never changes it.
     config = _config(data_dir=data_dir)
-    build_services(config)  # migrates (with its own pre-upgrade backup) before anything is copied
     try:
         report = backup(config.paths, dest, _progress("backup"), verify_existing)
     except BackupError as exc:
@@ -75,8 +75,8 @@ def restore_cmd(source: Path, data_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(f"restored {report.blobs} blobs ({report.bytes} bytes) and {report.state_files} state files "
-                   f"from {report.source} (made by cargohold {report.version}) into {report.data_dir}; start it "
-                   "with `cargohold serve`")
+                   f"from {report.source} (a cargohold {report.version} data directory) into {report.data_dir}; "
+                   "start it with `cargohold serve`")
 
 
 @contextlib.contextmanager

@@ -138,6 +138,11 @@ def test_backup_while_pushing_and_collecting_restores_every_tag(appliance_factor
         proc = cli("backup", str(dest), "--data-dir", str(app.data_dir), "--json")
         gc_out, gc_err = gc.communicate(timeout=300)
         pushed_while = len(pushes_during)
+        first = json.loads(proc.stdout)
+        # Once more into the same directory while the pushes go on: incremental, and this is the one restored.
+        while len(pushes_during) < pushed_while + 2 and pusher_thread.is_alive():
+            threading.Event().wait(0.05)
+        proc = cli("backup", str(dest), "--data-dir", str(app.data_dir), "--json")
     finally:
         stop.set()
         pusher_thread.join(timeout=300)
@@ -147,7 +152,9 @@ def test_backup_while_pushing_and_collecting_restores_every_tag(appliance_factor
     summary = json.loads(proc.stdout)
     assert "backup:" in proc.stderr  # progress on stderr, the summary alone on stdout
     assert (dest / MANIFEST).is_file()
-    assert summary["blobs"] == summary["copied"] > 0 and summary["reused"] == 0
+    assert first["blobs"] == first["copied"] > 0 and first["reused"] == 0
+    assert summary["reused"] == first["blobs"] - summary["pruned"] and summary["copied"] > 0  # only new blobs
+    assert summary["blobs"] == summary["copied"] + summary["reused"]
     tags = recorded_tags(dest / "database.sqlite")
     assert {f"spectro-images/backup/pre{i}:1" for i in range(4)} <= set(tags)
     assert pushed_while >= 1 and len(pusher.pushed) > pushed_while  # pushes went on before, during and after

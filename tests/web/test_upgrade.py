@@ -167,3 +167,36 @@ def test_version_is_shown_by_the_cli_the_ui_and_systeminfo(appliance: Appliance)
     info = requests.get(f"{appliance.url}/api/v2.0/systeminfo", timeout=10).json()
     assert info["cargohold_version"] == VERSION
     assert info["harbor_version"].startswith("v2.")  # Harbor's own field keeps Harbor's shape for its clients
+
+
+def test_backup_of_a_v010_directory_changes_nothing_and_restores_into_an_upgrade(tmp_path: Path) -> None:
+    data, _ = unpack(tmp_path)
+    db = data / "cargohold.db"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    dest = tmp_path / "backup"
+    proc = cli("backup", str(dest), "--data-dir", str(data), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before  # a backup never migrates what it copies
+    assert not (data / "backups").exists()
+    manifest = json.loads((dest / "cargohold-backup.json").read_text())
+    assert manifest["cargoholdVersion"] == "0.1.0" and manifest["madeBy"] == VERSION
+
+    restored = tmp_path / "restored"
+    assert cli("restore", str(dest), "--data-dir", str(restored)).returncode == 0
+    listed = cli("release", "list", "--data-dir", str(restored))  # the first command migrates, backing up first
+    assert listed.returncode == 0 and "promoted" in listed.stdout
+    assert f"from cargohold 0.1.0 to {VERSION}" in listed.stderr
+    assert len(list((restored / "backups").glob(f"pre-upgrade-0.1.0-to-{VERSION}-*"))) == 1
+
+
+def test_only_the_newest_pre_upgrade_backups_are_kept(tmp_path: Path) -> None:
+    data, _ = unpack(tmp_path)
+    for old in ("0.1.1", "0.1.2", "0.1.3", "0.1.4"):
+        assert cli("release", "list", "--data-dir", str(data)).returncode == 0
+        conn = sqlite3.connect(data / "cargohold.db", isolation_level=None)
+        conn.execute("INSERT INTO appliance_versions (version, previous, migrated_at) VALUES (?, NULL, 0)", [old])
+        conn.close()
+    listed = cli("release", "list", "--data-dir", str(data))
+    assert listed.returncode == 0 and f"from cargohold 0.1.4 to {VERSION}" in listed.stderr
+    kept = sorted(p.name.rsplit("-to-", 1)[0] for p in (data / "backups").iterdir())
+    assert kept == ["pre-upgrade-0.1.2", "pre-upgrade-0.1.3", "pre-upgrade-0.1.4"]  # 0.1.0 and 0.1.1 went
