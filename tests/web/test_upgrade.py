@@ -15,10 +15,12 @@ the UI footer and Harbor's systeminfo.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,63 @@ def test_only_the_newest_pre_upgrade_backups_are_kept(tmp_path: Path) -> None:
     assert listed.returncode == 0 and f"from cargohold 0.1.4 to {VERSION}" in listed.stderr
     kept = sorted(p.name.rsplit("-to-", 1)[0] for p in (data / "backups").iterdir())
     assert kept == ["pre-upgrade-0.1.2", "pre-upgrade-0.1.3", "pre-upgrade-0.1.4"]  # 0.1.0 and 0.1.1 went
+
+
+def _old_code(tmp_path: Path, tag: str) -> Path:
+    """The released code of `tag`, from git (skipped where the checkout has no tags, e.g. a source tarball)."""
+    archive = subprocess.run(["git", "archive", tag], cwd=REPO_ROOT, capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"git tag {tag} is not available here: {archive.stderr.decode(errors='replace').strip()}")
+    code = tmp_path / f"code-{tag}"
+    code.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+    return code
+
+
+def test_documented_rollback_serves_the_fixture_with_v010_again(tmp_path: Path) -> None:
+    require("skopeo")
+    data, fixture = unpack(tmp_path)
+    upgraded = start_appliance(data)
+    upgraded.admin = ("admin", fixture["admin"]["password"])  # type: ignore[index]
+    later = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--authfile",
+                            str(tmp_path / "auth.json"), "--dest-creds", upgraded.creds,
+                            f"docker://{upgraded.host}/spectro-images/fixture/pushed:1",
+                            f"docker://{upgraded.host}/spectro-images/fixture/after-upgrade:1"],
+                           capture_output=True, text=True, timeout=120)
+    upgraded.stop()
+    assert later.returncode == 0, later.stderr
+
+    # docs/operations.md, "Rolling back" (pip / systemd), with the old version's code instead of pip.
+    script = ('B=$(ls -d backups/pre-upgrade-0.1.0-to-*-* | tail -n 1) && rm -f cargohold.db-wal cargohold.db-shm '
+              '&& cp -a "$B/." . && rm -f UPGRADE.json')
+    subprocess.run(["bash", "-c", script], cwd=data, check=True)
+    code = _old_code(tmp_path, "v0.1.0")
+    port = free_port()
+    log = tmp_path / "old-serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "web.cli", "serve", "--data-dir", str(data), "--bind",
+                                   f"127.0.0.1:{port}"], cwd=code, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(code)})
+    old = Appliance(data, port, server, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                requests.get(f"{old.url}/v2/", timeout=1)
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        with tarfile.open(FIXTURE / "datadir.tar.gz") as tar:
+            tar.extractall(tmp_path / "original", filter="data")
+        images = {**fixture["pushed"], **fixture["bundled"]}  # type: ignore[dict-item]
+        for n, (ref, digest) in enumerate(sorted(images.items())):
+            pull_identical(old, ref, digest, tmp_path / "original" / "data" / "blobs" / "sha256",
+                           tmp_path / f"pulled-{n}")
+        gone = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                               f"docker://{old.host}/spectro-images/fixture/after-upgrade:1"],
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode != 0  # what was done after the upgrade is gone with the rollback, as documented
+    finally:
+        old.stop()
