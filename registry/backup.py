@@ -11,6 +11,7 @@ A backup directory holds:
                               exactly the blobs the snapshot's ``blobs`` table records
       state/keys/... state/tls/... state/initial-admin-password
                               the small state files (`DataPaths.state_files`)
+      .backup.lock            held by the backup writing into the directory (one at a time)
 
 The appliance keeps serving and accepting pushes meanwhile. The backup holds
 `registry.gc.backup_guard` from before the snapshot until the last blob is
@@ -38,6 +39,7 @@ from the snapshot; clients start those pushes again).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -62,6 +64,7 @@ MANIFEST = "cargohold-backup.json"
 DATABASE = "database.sqlite"
 STATE = "state"
 BLOBS = "blobs"
+LOCK = ".backup.lock"  # held by the backup writing into the directory
 _TMP_SUFFIX = ".partial"
 # Names a restore may find in a directory that is otherwise empty (a mount point).
 _IGNORED_IN_EMPTY = frozenset({"lost+found"})
@@ -274,11 +277,31 @@ def backup(paths: DataPaths, dest: Path, progress: Progress = _quiet, verify_exi
     if (dest / "cargohold.db").exists():
         raise BackupError(f"{dest} holds a cargohold appliance (cargohold.db), not a backup; choose another "
                           "directory (nothing was changed)")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / DATABASE).exists() and not (dest / MANIFEST).exists() \
-            and not (dest / BLOBS).exists():
+    traces = (MANIFEST, DATABASE, BLOBS, STATE, LOCK, DATABASE + _TMP_SUFFIX, STATE + _TMP_SUFFIX)
+    if dest.is_dir() and any(dest.iterdir()) and not any((dest / name).exists() for name in traces):
         raise BackupError(f"{dest} is not empty and holds no cargohold backup; choose an empty or new directory, "
                           "or an earlier backup's (nothing was changed)")
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _dest_lock(dest):
+        return _backup(paths, dest, progress, verify_existing, after_snapshot)
+
+
+@contextlib.contextmanager
+def _dest_lock(dest: Path) -> Iterator[None]:
+    """One backup at a time into one directory; a second one is refused at once."""
+    with (dest / LOCK).open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup into {dest} is running; nothing was changed") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _backup(paths: DataPaths, dest: Path, progress: Progress, verify_existing: bool,
+            after_snapshot: Callable[[], None] | None) -> BackupReport:
     report = BackupReport(dest, started_at=time.time())
     partial_db = dest / (DATABASE + _TMP_SUFFIX)
     with backup_guard(paths):
@@ -402,6 +425,9 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def read_manifest(source: Path) -> dict[str, Any]:
     """The backup manifest of `source`; raises BackupError when there is none or it is not one."""
     path = source / MANIFEST
+    if (source / "cargohold.db").exists():
+        raise BackupError(f"{source} is a data directory, not a backup (make one with `cargohold backup`); "
+                          "nothing was restored")
     if not path.is_file():
         what = "an unfinished backup (it has no" if (source / DATABASE).exists() or (source / BLOBS).exists() \
             else "not a cargohold backup (no"

@@ -304,3 +304,31 @@ def test_restore_refuses_an_appliance_directory_and_an_unfinished_backup(made_ba
     proc = cli("restore", str(dest), "--data-dir", str(tmp_path / "third"), check=False)
     assert proc.returncode == 1 and "unfinished backup" in proc.stderr
     assert not (tmp_path / "third").exists()
+
+
+def test_backup_refuses_a_foreign_or_busy_destination_and_restore_a_data_directory(
+        made_backup: tuple[Path, Pusher], tmp_path: Path) -> None:
+    dest, pusher = made_backup
+    data = str(pusher.app.data_dir)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"meow")
+    proc = cli("backup", str(foreign), "--data-dir", data, check=False)
+    assert proc.returncode == 1 and "holds no cargohold backup" in proc.stderr
+    assert [p.name for p in foreign.iterdir()] == ["cat.jpg"]
+
+    inside = pusher.app.data_dir / "my-backup"
+    proc = cli("backup", str(inside), "--data-dir", data, check=False)
+    assert proc.returncode == 1 and "inside the data directory" in proc.stderr and not inside.exists()
+
+    manifest = (dest / MANIFEST).read_bytes()
+    with (dest / ".backup.lock").open("a") as held:
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a backup into it that is still running holds it
+        proc = cli("backup", str(dest), "--data-dir", data, check=False)
+    assert proc.returncode == 1 and "another backup into" in proc.stderr
+    assert (dest / MANIFEST).read_bytes() == manifest
+
+    proc = cli("restore", data, "--data-dir", str(tmp_path / "new"), check=False)
+    assert proc.returncode == 1 and "is a data directory, not a backup" in proc.stderr
