@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlite_utils import Database, Migrations
 
 from registry.paths import DataPaths
+from registry.version import VERSION
 
 _local = threading.local()
 _migration_sets: list[Migrations] = []
@@ -78,8 +79,9 @@ def migrate(paths: DataPaths, notify: Callable[[str], None] = _stderr) -> None:
             previous = upgrade.recorded_version(db.conn)
             for migrations in _migration_sets:
                 migrations.apply(db)
-            with write_transaction(db):
-                upgrade.record_version(db, previous)
+            if upgrade.recorded_version(db.conn) != VERSION or previous is None:
+                with write_transaction(db):
+                    upgrade.record_version(db, previous)
         finally:
             db.close()
 

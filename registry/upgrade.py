@@ -118,7 +118,9 @@ def pre_upgrade_backup(paths: DataPaths, old: str, notify: Callable[[str], None]
         n += 1
         target = paths.upgrade_backups / f"pre-upgrade-{old}-to-{VERSION}-{stamp}-{n}"
     partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if paths.upgrade_backups.is_dir():  # an earlier attempt that crashed half-way (we hold the migration lock)
+        for stale in paths.upgrade_backups.glob("pre-upgrade-*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
     partial.mkdir(parents=True, mode=0o700)
     paths.upgrade_backups.chmod(0o700)
     snapshot_database(paths.database, partial / paths.database.name)
