@@ -165,7 +165,7 @@ def test_version_is_shown_by_the_cli_the_ui_and_systeminfo(appliance: Appliance)
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"cargohold {VERSION}"
     page = requests.get(f"{appliance.url}/ui/login", timeout=10)
-    assert page.status_code == 200 and f"cargohold {VERSION}</span></footer>" in page.text
+    assert page.status_code == 200 and f"cargohold, version {VERSION}</span></footer>" in page.text
     info = requests.get(f"{appliance.url}/api/v2.0/systeminfo", timeout=10).json()
     assert info["cargohold_version"] == VERSION
     assert info["harbor_version"].startswith("v2.")  # Harbor's own field keeps Harbor's shape for its clients
