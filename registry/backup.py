@@ -178,6 +178,8 @@ def copy_state_files(paths: DataPaths, dest: Path) -> list[dict[str, Any]]:
             mode = src.stat().st_mode & 0o777
             digest, size = _copy_hashed(src, target, mode)
             records.append({"path": str(rel), "size": size, "sha256": digest, "mode": oct(mode)})
+    for parent in {dest / Path(r["path"]).parent for r in records}:
+        fsync_dir(parent)
     return records
 
 

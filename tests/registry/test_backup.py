@@ -300,6 +300,12 @@ def test_restore_refuses_an_appliance_directory_and_an_unfinished_backup(made_ba
     assert proc.returncode == 1 and "is not empty" in proc.stderr
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
+    manifest = json.loads((dest / MANIFEST).read_text())
+    (dest / MANIFEST).write_text(json.dumps({**manifest, "cargoholdVersion": "99.0.0"}))
+    proc = cli("restore", str(dest), "--data-dir", str(tmp_path / "newer"), check=False)
+    assert proc.returncode == 1 and "cargohold 99.0.0, newer than this" in proc.stderr
+    assert not (tmp_path / "newer").exists()
+
     os.unlink(dest / MANIFEST)
     proc = cli("restore", str(dest), "--data-dir", str(tmp_path / "third"), check=False)
     assert proc.returncode == 1 and "unfinished backup" in proc.stderr
