@@ -229,8 +229,10 @@ def test_documented_rollback_serves_the_fixture_with_v010_again(tmp_path: Path) 
     assert later.returncode == 0, later.stderr
 
     # docs/operations.md, "Rolling back" (pip / systemd), with the old version's code instead of pip.
-    script = ('B=$(ls -d backups/pre-upgrade-0.1.0-to-*-* | tail -n 1) && rm -f cargohold.db-wal cargohold.db-shm '
-              '&& cp -a "$B/." . && rm -f UPGRADE.json')
+    # The guard matters: with no backup found, an unguarded `cp -a "$B/." .` copies the root directory.
+    script = ('B=$(ls -d backups/pre-upgrade-0.1.0-to-*-* | tail -n 1) && '
+              'test -f "${B:?no pre-upgrade backup found}/cargohold.db" && '
+              'rm -f cargohold.db-wal cargohold.db-shm && cp -a "$B/." . && rm -f UPGRADE.json')
     subprocess.run(["bash", "-c", script], cwd=data, check=True)
     code = _old_code(tmp_path, "v0.1.0")
     port = free_port()
