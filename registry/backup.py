@@ -55,7 +55,6 @@ from registry.blobstore import CHUNK, fsync_dir
 from registry.db import connect
 from registry.digest import Digest
 from registry.errors import RegistryError
-from registry.gc import backup_guard
 from registry.paths import DataPaths
 from registry.version import VERSION
 
@@ -306,6 +305,10 @@ def _backup(paths: DataPaths, dest: Path, progress: Progress, verify_existing: b
             after_snapshot: Callable[[], None] | None) -> BackupReport:
     report = BackupReport(dest, started_at=time.time())
     partial_db = dest / (DATABASE + _TMP_SUFFIX)
+    # Imported here: registry.gc records metrics, and `serve` imports this module (through registry.upgrade)
+    # in its master before the metrics directory exists (web/metrics_dir.py).
+    from registry.gc import backup_guard
+
     with backup_guard(paths):
         progress("taking a snapshot of the database")
         snapshot_database(paths.database, partial_db)

@@ -90,7 +90,7 @@ from registry.protection import TagProtected
 from registry.system_api import SystemSettings
 from registry.system_api import add_routes as add_system_routes
 from registry.token_api import request_principal
-from registry.version import VERSION as CARGOHOLD_VERSION
+from registry.version import VERSION as APPLIANCE_VERSION
 
 PREFIX = "/api/v2.0"
 # The Harbor API level answered (what Harbor clients read from systeminfo); the appliance's own version is
@@ -358,7 +358,7 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
                                 "registry_url": urllib.parse.urlsplit(base).netloc, "external_url": base,
                                 "registry_storage_provider_name": "filesystem", "notification_enable": False,
                                 "primary_auth_mode": False, "banner_message": "",
-                                "cargohold_version": CARGOHOLD_VERSION}
+                                "cargohold_version": APPLIANCE_VERSION}
         return jsonify(info)
 
     @bp.get("/systeminfo/volumes")

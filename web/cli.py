@@ -21,8 +21,8 @@ from typing import Any
 import click
 
 from registry.paths import DataPaths
-from web import settings
 from registry.version import VERSION
+from web import settings
 from web.config import FRONTS, Config
 
 _CONFIG_FILE = "cargohold.config_file"  # ctx.meta key: the --config FILE of this invocation

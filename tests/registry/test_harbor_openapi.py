@@ -147,7 +147,8 @@ HARBOR_MODELS = {"TagReq": "Tag", "RepositoryUpdate": "Repository", "Errors": "E
                  # metadata answers are a free string map, whose keys are ProjectMetadata's.
                  "UserPermission": "Permission", "ProjectMetadataMap": "ProjectMetadata"}
 # Fields the appliance adds to Harbor's shapes, on purpose (docs/api.md says so).
-EXTENSIONS = {("AuditLog", "source_ip")}  # where a write came from; Harbor's audit log has no such field
+EXTENSIONS = {("AuditLog", "source_ip"),  # where a write came from; Harbor's audit log has no such field
+              ("GeneralInfo", "cargohold_version")}  # the appliance's own version beside harbor_version
 _JSON_TYPES = {str: "string", int: "integer", bool: "boolean", float: "number", datetime.datetime: "string"}
 
 
