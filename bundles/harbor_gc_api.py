@@ -207,9 +207,12 @@ def create_blueprint(jobs: MaintenanceJobs, scheduler: MaintenanceScheduler, gua
     def schedule_json() -> dict[str, Any]:
         state = scheduler.state(GC)
         kind, cron = harbor_schedule(parse_schedule(state.schedule))
-        return {"schedule": {"type": kind, "cron": cron, "next_scheduled_time": iso(state.next_run_at)},
+        # Times the appliance does not have (no next run when off; never set here) are left out, not null.
+        schedule = {"type": kind, "cron": cron, "next_scheduled_time": iso(state.next_run_at)}
+        times = {"creation_time": iso(state.updated_at), "update_time": iso(state.updated_at)}
+        return {"schedule": {k: v for k, v in schedule.items() if v is not None},
                 "parameters": state.parameters or {"delete_untagged": True, "dry_run": False},
-                "creation_time": iso(state.updated_at), "update_time": iso(state.updated_at)}
+                **{k: v for k, v in times.items() if v is not None}}
 
     @bp.get(f"{PREFIX}/system/gc/schedule")
     def get_schedule() -> Response:

@@ -188,6 +188,11 @@ def _iso(t: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def _present(item: dict[str, Any]) -> dict[str, Any]:
+    """`item` without its unknown (None) fields: an execution still running has no end_time, not a null one."""
+    return {k: v for k, v in item.items() if v is not None}
+
+
 class Retention:
     """The retention policies and executions of one registry."""
 
@@ -338,8 +343,8 @@ class Retention:
                                [policy_id, limit, offset]).fetchall()
         total = self.db.execute("SELECT COUNT(*) FROM retention_executions WHERE policy_id = ?",
                                 [policy_id]).fetchone()[0]
-        return [{"id": r[0], "policy_id": r[1], "start_time": _iso(r[2]), "end_time": _iso(r[3]), "status": r[4],
-                 "trigger": r[5], "dry_run": bool(r[6])} for r in rows], int(total)
+        return [_present({"id": r[0], "policy_id": r[1], "start_time": _iso(r[2]), "end_time": _iso(r[3]),
+                          "status": r[4], "trigger": r[5], "dry_run": bool(r[6])}) for r in rows], int(total)
 
     def execution_exists(self, policy_id: int, execution_id: int) -> bool:
         return self.db.execute("SELECT 1 FROM retention_executions WHERE id = ? AND policy_id = ?",
@@ -351,9 +356,9 @@ class Retention:
                                [execution_id, limit, offset]).fetchall()
         total = self.db.execute("SELECT COUNT(*) FROM retention_tasks WHERE execution_id = ?",
                                 [execution_id]).fetchone()[0]
-        return [{"id": r[0], "execution_id": r[1], "repository": r[2], "job_id": f"retention-{r[1]}-{r[0]}",
-                 "status": r[3], "status_code": 3 if r[3] == "Success" else 4, "status_revision": 0,
-                 "start_time": _iso(r[6]), "end_time": _iso(r[7]), "total": r[4], "retained": r[5]}
+        return [_present({"id": r[0], "execution_id": r[1], "repository": r[2], "job_id": f"retention-{r[1]}-{r[0]}",
+                          "status": r[3], "status_code": 3 if r[3] == "Success" else 4, "status_revision": 0,
+                          "start_time": _iso(r[6]), "end_time": _iso(r[7]), "total": r[4], "retained": r[5]})
                 for r in rows], int(total)
 
     def task_log(self, execution_id: int, task_id: int) -> str | None:

@@ -34,7 +34,7 @@ twice as Harbor's clients send it: ``a/b`` is ``a%252Fb``):
     GET POST            /robots
     GET PUT PATCH DELETE /robots/{id}
     GET                 /audit-logs
-    GET                 /openapi.json  (also /swagger.json)
+    GET                 /openapi.json  (also /swagger.json; with the operations other packages add: add_openapi_section)
 
 Conventions: lists take ``page`` (from 1) and ``page_size`` (1-100, default
 10) and answer ``X-Total-Count`` and ``Link`` (rel="prev"/"next"); ``q`` takes
@@ -83,7 +83,7 @@ from registry.immutable_api import add_routes as add_immutable_rule_routes
 from registry.labels_api import add_routes as add_label_routes
 from registry.names import is_digest_reference
 from registry.numbers import MAX_INT64, NumberInvalid, is_ascii_number, parse_number
-from registry.openapi import openapi_document
+from registry.openapi import Section, openapi_document
 from registry.project_metadata import KEYS as METADATA_KEYS
 from registry.project_metadata import validate_all as validate_metadata
 from registry.protection import TagProtected
@@ -837,7 +837,8 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     @bp.get("/openapi.json")
     @bp.get("/swagger.json")
     def openapi() -> Response:
-        return jsonify(openapi_document(request.host_url.rstrip("/") + PREFIX))
+        return jsonify(openapi_document(request.host_url.rstrip("/") + PREFIX,
+                                        current_app.extensions.get(OPENAPI_SECTIONS, ())))
 
     # Anything else under /api/v2.0 answers in Harbor's shape too, 405 with Allow where the path exists.
     @bp.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -856,6 +857,14 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         raise NotFound(f"no such endpoint: {request.method} {request.path}")
 
     return bp
+
+
+OPENAPI_SECTIONS = "cargohold.openapi_sections"
+
+
+def add_openapi_section(app: Flask, section: Section) -> None:
+    """Describe in /api/v2.0/openapi.json operations another package's blueprint serves under /api/v2.0."""
+    app.extensions.setdefault(OPENAPI_SECTIONS, []).append(section)
 
 
 def register_audit(app: Flask, audit: AuditLog) -> None:

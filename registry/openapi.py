@@ -4,16 +4,31 @@ Served at /api/v2.0/openapi.json (and /swagger.json, where Harbor's clients
 look). It describes only what `registry.harbor` answers, with Harbor's
 parameter names and shapes, so property-based tests (schemathesis) and
 generated clients see the real surface.
+
+Operations another package serves under /api/v2.0 (bundles' GC and
+retention endpoints) are described beside their routes and handed in as
+`Section`s (registered on the app with `registry.harbor.add_openapi_section`),
+so this module never imports upward and the document still lists them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 _STR: dict[str, Any] = {"type": "string"}
 _INT: dict[str, Any] = {"type": "integer"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+
+
+@dataclass(frozen=True)
+class Section:
+    """Paths and component schemas of operations another package serves; `openapi_document` merges them."""
+
+    paths: Mapping[str, Any]
+    schemas: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -90,7 +105,9 @@ def _schemas() -> dict[str, Any]:
             "update_time": _STR, "deleted": _BOOL, "repo_count": _INT, "current_user_role_id": _INT,
             "current_user_role_ids": {"type": "array", "items": _INT},
             "togglable": _BOOL, "metadata": {"type": "object", "properties": {
-                "public": _STR, "enable_content_trust_cosign": _STR}}}},
+                "public": _STR, "enable_content_trust_cosign": _STR,
+                "retention_id": {"type": "string", "description": "The project's retention policy, when it has one "
+                                                                  "(set by POST /retentions, removed with it)."}}}}},
         "ProjectReq": {"type": "object", "properties": {
             "project_name": {"type": "string", "maxLength": 255}, "public": _BOOL,
             "metadata": {"type": "object", "properties": {
@@ -248,8 +265,8 @@ def _labels_and_system(art: list[dict[str, Any]], repo: list[dict[str, Any]], ls
     }
 
 
-def openapi_document(server_url: str) -> dict[str, Any]:
-    """The document, with `server_url` (``<base>/api/v2.0``) as its server."""
+def openapi_document(server_url: str, sections: Sequence[Section] = ()) -> dict[str, Any]:
+    """The document, with `server_url` (``<base>/api/v2.0``) as its server and the `sections` merged in."""
     project = [_PROJECT, _IS_NAME]
     repo = [*project, _REPO]
     art = [*repo, _REFERENCE]
@@ -372,7 +389,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     }
     from registry import openapi_accounts  # users, project metadata/artifacts/logs, quotas
 
-    for source in (openapi_accounts.paths(), _labels_and_system(art, repo, lst)):
+    for source in (openapi_accounts.paths(), _labels_and_system(art, repo, lst), *(s.paths for s in sections)):
         for path, operations in source.items():  # copy artifact shares a path with the artifact list: merge
             paths.setdefault(path, {}).update(operations)
     return {
@@ -382,6 +399,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "security": [{"basic": []}, {}],
         "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
-                       "schemas": {**_schemas(), **openapi_accounts.schemas()}},
+                       "schemas": {**_schemas(), **openapi_accounts.schemas(),
+                                   **{k: v for s in sections for k, v in s.schemas.items()}}},
         "paths": paths,
     }

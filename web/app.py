@@ -18,6 +18,7 @@ from bundles import (
     clusterdef_api,
     files_api,
     harbor_gc_api,
+    harbor_openapi,
     harbor_retention_api,
     maintenance_api,
     protection_api,
@@ -147,6 +148,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     # Harbor's /api/v2.0/retentions: tag retention through the registry's tag protections; GC then reclaims.
     app.register_blueprint(harbor_retention_api.create_blueprint(
         Retention(services.registry, services.access.projects), guard))
+    harbor.add_openapi_section(app, harbor_openapi.section())  # describe both in /api/v2.0/openapi.json
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
                                                       accel_prefix))

@@ -40,7 +40,9 @@ from tests.appliance import Appliance, start_appliance
 EXAMPLES = int(os.environ.get("CARGOHOLD_SCHEMATHESIS_EXAMPLES", "12"))
 KNOWN = {"project_name_or_id": "fuzz", "repository_name": "app", "reference": "1", "tag_name": "1", "robot_id": 1,
          "mid": 1, "immutable_rule_id": 1, "label_id": 1,
-         "user_id": 1, "quota_id": 1, "id": 1, "meta_name": "public"}
+         "user_id": 1, "quota_id": 1, "id": 1, "meta_name": "public",
+         # GC runs and retention (policy `id`, execution `eid`, task `tid`): set by the fixture to what it created.
+         "gc_id": 0, "eid": 0, "tid": 0}
 # Query parameters a read needs to answer 200 in the explicit round (below).
 EXPLICIT_QUERY = {"/search": {"q": "fuzz"}, "/labels": {"scope": "g"}, "/users/search": {"username": "admin"}}
 EXPLICIT_STATUS = {"/systeminfo/getcert": 404}  # this appliance serves plain HTTP: no CA to hand out
@@ -51,7 +53,10 @@ CONFORMANCE = [checks.response_schema_conformance, checks.content_type_conforman
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     app = start_appliance(tmp_path_factory.mktemp("schemathesis") / "data",
-                          env={"CARGOHOLD_LOGIN_FAILURES_PER_USER": "0", "CARGOHOLD_LOGIN_FAILURES_PER_ADDRESS": "0"})
+                          env={"CARGOHOLD_LOGIN_FAILURES_PER_USER": "0", "CARGOHOLD_LOGIN_FAILURES_PER_ADDRESS": "0",
+                               # No scheduled collection: the explicit read of /system/gc/schedule then sees the
+                               # schedule off, with no next run (a field left out, never null).
+                               "CARGOHOLD_GC_SCHEDULE": "off"})
     # Something to find: a project with a repository, a tag and a robot.
     from tests.registry.harborapi import Harbor
     from tests.registry.v2client import V2
@@ -65,8 +70,36 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     assert admin("POST", f"/projects/{project}/immutabletagrules", json=rule).status_code == 201
     assert admin("POST", "/labels", json={"name": "fuzzed", "scope": "g"}).status_code == 201
     assert admin("POST", f"/projects/{project}/repositories/app/artifacts/1/labels", json={"id": 1}).status_code == 200
+    _gc_and_retention(admin, project)
     yield app
     app.stop()
+
+
+def _gc_and_retention(admin: Any, project: str) -> None:
+    """One GC dry run (finished) and a retention policy of the project with one dry-run execution, in KNOWN."""
+    r = admin("POST", "/system/gc/schedule", json={"schedule": {"type": "Manual"}, "parameters": {"dry_run": True}})
+    assert r.status_code == 201, r.text
+    KNOWN["gc_id"] = int(r.headers["Location"].rsplit("/", 1)[-1])
+    deadline = time.monotonic() + 60
+    while admin("GET", f"/system/gc/{KNOWN['gc_id']}").json()["job_status"] == "Running":
+        assert time.monotonic() < deadline, "the GC dry run did not finish"
+        time.sleep(0.2)
+    project_id = admin("GET", f"/projects/{project}").json()["project_id"]
+    keep_all = {"template": "always", "action": "retain", "params": {},
+                "tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": "**"}],
+                "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches",
+                                                    "pattern": "**"}]}}
+    r = admin("POST", "/retentions", json={"algorithm": "or", "rules": [keep_all],
+                                           "trigger": {"kind": "Schedule", "settings": {"cron": ""}},
+                                           "scope": {"level": "project", "ref": project_id}})
+    assert r.status_code == 201, r.text
+    KNOWN["id"] = int(r.headers["Location"].rsplit("/", 1)[-1])
+    assert KNOWN["id"] == 1, "/quotas/{id} (project 1's quota) and /retentions/{id} share the KNOWN value"
+    r = admin("POST", f"/retentions/{KNOWN['id']}/executions", json={"dry_run": True})
+    assert r.status_code == 201, r.text
+    KNOWN["eid"] = int(r.headers["Location"].rsplit("/", 1)[-1])
+    tasks = admin("GET", f"/retentions/{KNOWN['id']}/executions/{KNOWN['eid']}/tasks").json()
+    KNOWN["tid"] = tasks[0]["id"]
 
 
 def _explicit_reads(app: Appliance, schema: Any, session: requests.Session) -> list[str]:
@@ -167,12 +200,29 @@ def _json_type(annotation: Any) -> str:
     return _JSON_TYPES.get(annotation, "any")
 
 
-def test_served_schemas_are_harbors() -> None:
+def test_gc_and_retention_are_described(api: Appliance) -> None:
+    """Harbor's GC and retention operations (served by bundles) are in the served document, with Harbor's names."""
+    document = requests.get(f"{api.url}/api/v2.0/openapi.json", timeout=10).json()
+    served = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    wanted = {("/system/gc", "get"), ("/system/gc/{gc_id}", "get"), ("/system/gc/{gc_id}/log", "get"),
+              ("/system/gc/schedule", "get"), ("/system/gc/schedule", "post"), ("/system/gc/schedule", "put"),
+              ("/retentions", "post"), ("/retentions/metadatas", "get"), ("/retentions/{id}", "get"),
+              ("/retentions/{id}", "put"), ("/retentions/{id}", "delete"), ("/retentions/{id}/executions", "get"),
+              ("/retentions/{id}/executions", "post"), ("/retentions/{id}/executions/{eid}/tasks", "get"),
+              ("/retentions/{id}/executions/{eid}/tasks/{tid}", "get")}
+    assert not wanted - served, sorted(wanted - served)
+    schemas = set(document["components"]["schemas"])
+    assert {"GCHistory", "Schedule", "ScheduleObj", "RetentionPolicy", "RetentionRule", "RetentionSelector",
+            "RetentionExecution", "RetentionExecutionTask", "RetentionMetadata"} <= schemas
+    project = document["components"]["schemas"]["Project"]["properties"]["metadata"]["properties"]
+    assert "retention_id" in project
+
+
+def test_served_schemas_are_harbors(api: Appliance) -> None:
     import harborapi.models as harbor
 
-    from registry.openapi import openapi_document
-
-    schemas = openapi_document("http://appliance/api/v2.0")["components"]["schemas"]
+    # The served document: the registry's own operations and the sections other packages add (GC, retention).
+    schemas = requests.get(f"{api.url}/api/v2.0/openapi.json", timeout=10).json()["components"]["schemas"]
     problems = []
     for name, schema in schemas.items():
         model = getattr(harbor, HARBOR_MODELS.get(name, name), None)
