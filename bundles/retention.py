@@ -25,6 +25,10 @@ space by itself: the manifests they pointed at become untagged, and the next
 garbage collection (`bundles.maintenance_jobs`, scheduled daily by default)
 reclaims what no release or running cluster keeps, after its grace.
 
+Creating a policy sets the project's metadata ``retention_id`` to its id
+(in the same transaction), and deleting it removes that key, as Harbor does,
+so clients find a project's policy from the project.
+
 Tables (bundles.schema m009): ``retention_policies``, ``retention_executions``,
 ``retention_tasks``. Executions run in the request (metadata work only).
 """
@@ -44,6 +48,8 @@ from registry.model import Registry
 from registry.protection import TagProtected
 
 TEMPLATES = ("latestPushedK", "always")
+# The project metadata key naming a project's policy, as Harbor sets it (harborapi's get_project_retention_id).
+RETENTION_ID = "retention_id"
 MAX_RULES = 15
 KIND = "doublestar"
 
@@ -243,7 +249,10 @@ class Retention:
                              "VALUES (?, ?, ?, ?)",
                              [project_id, json.dumps({"algorithm": algorithm, "rules": rules}), now, now])
             assert cur.lastrowid is not None
-            return int(cur.lastrowid)
+            policy_id = int(cur.lastrowid)
+            db.execute("INSERT OR REPLACE INTO project_metadata (project_id, name, value) VALUES (?, ?, ?)",
+                       [project_id, RETENTION_ID, str(policy_id)])
+            return policy_id
 
     def update(self, policy_id: int, doc: dict[str, Any]) -> None:
         """Replace a policy's rules (its project stays); raises RetentionError."""
@@ -265,7 +274,10 @@ class Retention:
                                               [policy_id])]
             db.conn.executemany("DELETE FROM retention_tasks WHERE execution_id = ?", [(e,) for e in execs])
             db.execute("DELETE FROM retention_executions WHERE policy_id = ?", [policy_id])
+            row = db.execute("SELECT project_id FROM retention_policies WHERE id = ?", [policy_id]).fetchone()
             db.execute("DELETE FROM retention_policies WHERE id = ?", [policy_id])
+            db.execute("DELETE FROM project_metadata WHERE project_id = ? AND name = ? AND value = ?",
+                       [row[0], RETENTION_ID, str(policy_id)])
 
     # -- executions
 

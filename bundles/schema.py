@@ -181,3 +181,15 @@ def m009_retention(db: Database) -> None:
         pk="id", not_null={"execution_id", "repository", "status"},
     )
     db.table("retention_tasks").create_index(["execution_id"])
+
+
+@clusterdef_migrations()
+def m010_retention_id(db: Database) -> None:
+    # bundles.retention now sets the project metadata retention_id (Harbor's) when it creates a policy: give the
+    # policies created before it theirs. A new database has no policies yet (and the registry's tables may come
+    # after these migrations there): nothing to do.
+    if "project_metadata" not in db.table_names():
+        return
+    db.execute("INSERT OR REPLACE INTO project_metadata (project_id, name, value) "
+               "SELECT project_id, 'retention_id', CAST(id AS TEXT) FROM retention_policies "
+               "WHERE project_id IN (SELECT id FROM projects)")

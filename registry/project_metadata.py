@@ -24,10 +24,14 @@ FLAGS = (PUBLIC, "auto_scan", "enable_content_trust", CONTENT_TRUST_COSIGN, "pre
          "auto_sbom_generation")
 SEVERITIES = ("none", "unknown", "negligible", "low", "medium", "high", "critical")
 KEYS = (*FLAGS, "severity")
+RETENTION_ID = "retention_id"  # set and removed with the project's retention policy (bundles.retention), read here
 
 
 def validate(name: str, value: Any) -> str:
     """`value` as Harbor stores it for key `name`; AccessError BAD_REQUEST naming the key otherwise."""
+    if name == RETENTION_ID:
+        raise AccessError("BAD_REQUEST", "metadata retention_id is set by the retention API: it names the policy "
+                                         "POST /api/v2.0/retentions created for the project, and goes with it")
     if name not in KEYS:
         raise AccessError("BAD_REQUEST", f"unknown project metadata {name[:80]!r}; supported: {', '.join(KEYS)}")
     if name == "severity":

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 from harborapi import HarborAsyncClient
+from harborapi.exceptions import NotFound
 from harborapi.models import (
+    ProjectReq,
     RetentionPolicy,
     RetentionPolicyScope,
     RetentionRule,
@@ -23,7 +27,7 @@ from harborapi.models import (
     RetentionSelector,
 )
 
-from tests.appliance import Appliance
+from tests.appliance import Appliance, restart_on
 from tests.bundles.buildutil import cargohold
 from tests.registry.v2client import V2
 from tests.web.uiutil import build_bundle, signing_key
@@ -167,3 +171,63 @@ def test_odd_input_never_answers_5xx(appliance_factory: Callable[..., Appliance]
         r = requests.get(f"{appliance.url}{API}{path}", auth=appliance.admin, timeout=10)
         assert r.status_code < 500, (path, r.text)
     assert 400 in answers
+
+
+def test_project_metadata_names_its_retention_policy(appliance_factory: Callable[..., Appliance]) -> None:
+    """Harbor sets the project's metadata retention_id when a policy is created and drops it with the policy:
+    harborapi's get_project_retention_id reads it from the project."""
+    app = appliance_factory(env=QUIET)
+    r = requests.post(f"{app.url}{API}/projects", json={"project_name": "kept", "metadata": {"public": "false"}},
+                      auth=app.admin, timeout=10)
+    assert r.status_code == 201, r.text
+    asyncio.run(_retention_id(app))
+
+
+async def _retention_id(app: Appliance) -> None:
+    client = HarborAsyncClient(url=f"{app.url}{API}", username=app.admin[0], secret=app.admin[1], timeout=30)
+    project = await client.get_project("kept")
+    assert project.project_id is not None
+    with pytest.raises(NotFound, match="does not have a retention ID"):  # harborapi: no policy, no metadata
+        await client.get_project_retention_id("kept")
+    location = await client.create_retention_policy(_policy(project.project_id, _rule("always")))
+    policy_id = int(location.rsplit("/", 1)[-1])
+    assert await client.get_project_retention_id("kept") == policy_id
+    assert await client.get_project_retention_id(project.project_id) == policy_id
+    metadata = requests.get(f"{app.url}{API}/projects/kept/metadatas", auth=app.admin, timeout=10).json()
+    assert metadata["retention_id"] == str(policy_id)  # a string, as Harbor stores every metadata value
+    # Harbor's clients echo the whole metadata back when they update a project: accepted, nothing changes.
+    await client.update_project("kept", ProjectReq(metadata=(await client.get_project("kept")).metadata))
+    assert await client.get_project_retention_id("kept") == policy_id
+    # Only the retention API sets it: a metadata write naming it is refused, naming why.
+    r = requests.post(f"{app.url}{API}/projects/kept/metadatas", json={"retention_id": "7"}, auth=app.admin,
+                      timeout=10)
+    assert r.status_code == 400 and "set by the retention API" in r.json()["errors"][0]["message"], r.text
+    assert await client.get_project_retention_id("kept") == policy_id
+    await client.delete_retention_policy(policy_id)
+    with pytest.raises(NotFound, match="does not have a retention ID"):
+        await client.get_project_retention_id("kept")
+    assert "retention_id" not in requests.get(f"{app.url}{API}/projects/kept/metadatas", auth=app.admin,
+                                              timeout=10).json()
+
+
+def test_policies_from_before_get_their_retention_id(appliance_factory: Callable[..., Appliance]) -> None:
+    """A policy created before the appliance set retention_id gets it from the upgrade (migration m010)."""
+    app = appliance_factory(env=QUIET)
+    project_id = requests.get(f"{app.url}{API}/projects/spectro-images", auth=app.admin, timeout=10).json()[
+        "project_id"]
+    r = requests.post(f"{app.url}{API}/retentions", auth=app.admin, timeout=10,
+                      json=_policy(project_id, _rule("always")).model_dump(mode="json", exclude_none=True))
+    assert r.status_code == 201, r.text
+    policy_id = int(r.headers["Location"].rsplit("/", 1)[-1])
+    app.stop()
+    # As the older version left it: the policy, no metadata key, the migration not yet applied.
+    with sqlite3.connect(app.data_dir / "cargohold.db", timeout=30) as db:
+        assert db.execute("DELETE FROM project_metadata WHERE name = 'retention_id'").rowcount == 1
+        assert db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm010_retention_id'").rowcount == 1
+    again = restart_on(app)
+    try:
+        client = HarborAsyncClient(url=f"{again.url}{API}", username=again.admin[0], secret=again.admin[1],
+                                   timeout=30)
+        assert asyncio.run(client.get_project_retention_id("spectro-images")) == policy_id
+    finally:
+        again.stop()
