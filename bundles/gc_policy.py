@@ -16,6 +16,7 @@ warning that in-use protection is off.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from bundles.releases import Releases
 from registry import metrics
 from registry.gc import DEFAULT_GRACE_SECONDS, GarbageCollector, Progress
 from registry.uploads import Uploads
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_RETAIN = 3
 KUBECONFIG_ENV = "CARGOHOLD_KUBECONFIG"
@@ -64,6 +67,26 @@ def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_R
     Raises GcRefused when a configured cluster cannot be reached and
     `ignore_cluster` is false; ReleaseError for a retention below 1.
     """
+    # Every collection (CLI, API, maintenance job) runs through here: its start and end are logged here, once.
+    what = "garbage collection" + (" dry run" if dry_run else "")
+    _log.info("%s started (retain %s)", what, retain, extra={"dry_run": dry_run, "retain": retain})
+    try:
+        report = _collect(releases, uploads, retain, grace_seconds, dry_run, cluster, ignore_cluster)
+    except GcRefused as exc:
+        _log.warning("%s refused: %s", what, exc, extra={"dry_run": dry_run, "retain": retain})
+        raise
+    except Exception:
+        _log.exception("%s failed", what, extra={"dry_run": dry_run, "retain": retain})
+        raise
+    _log.info("%s finished: %s manifests, %s blobs, %s bytes %s", what, len(report["manifestsRemoved"]),
+              len(report["blobsRemoved"]), report["bytesReclaimed"], "reclaimable" if dry_run else "reclaimed",
+              extra={"dry_run": dry_run, "retain": retain, "manifests": len(report["manifestsRemoved"]),
+                     "blobs": len(report["blobsRemoved"]), "bytes": report["bytesReclaimed"]})
+    return report
+
+
+def _collect(releases: Releases, uploads: Uploads | None, retain: int, grace_seconds: float, dry_run: bool,
+             cluster: ClusterSource, ignore_cluster: bool) -> dict[str, Any]:
     warnings: list[str] = []
     in_use: frozenset[str] = frozenset()
     cluster_json: dict[str, Any] = {"configured": cluster.configured, "reachable": None}

@@ -39,6 +39,7 @@ SQLite transaction.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -393,7 +394,9 @@ class _Sink:
     def __init__(self) -> None:
         self._chunks: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
         self._results: queue.Queue[tuple[str | None, OSError | None]] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="import-hash", daemon=True)
+        # In a copy of the import's context, so what it logs carries the import's request id.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,),
+                                        name="import-hash", daemon=True)
         self._thread.start()
 
     def begin(self, hasher: Any, out: IO[bytes] | None) -> None:

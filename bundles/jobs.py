@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Any
 
 from bundles import metrics
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
+from registry import logcontext
 from registry.db import is_disk_full, migrate, open_database, write_transaction
 from registry.paths import DataPaths
 from registry.processes import process_alive, process_start
@@ -219,24 +219,38 @@ def run_import(importer: Importer, jobs: ImportJobs, job_id: str, source: Path, 
         if progress is not None:
             progress(state, done, total)
 
+    # The one place every import runs through (CLI, API, UI, seed directory): its events are logged here, once.
     started = time.monotonic()
+    name = _printable(source.name)
+    _log.info("bundle import %s started: %s", job_id, name, extra={"job_id": job_id, "bundle": name})
     try:
         report = importer.run(source, signature, both, allow_unsigned)
     except BundleRefused as exc:
+        _log.info("bundle import %s refused (%s): %s", job_id, exc.code, _printable(exc.message),
+                  extra={"job_id": job_id, "bundle": name, "code": exc.code,
+                         "duration_ms": round((time.monotonic() - started) * 1000, 1)})
         metrics.record_import("refused", exc.code, time.monotonic() - started)
         jobs.fail_or_log(job_id, exc.message, exc.code, record_retries)
         raise
     except BaseException as exc:
         if is_disk_full(exc):
             refusal = disk_full_refusal(exc)
+            _log.info("bundle import %s refused (%s): %s", job_id, refusal.code, refusal.message,
+                      extra={"job_id": job_id, "bundle": name, "code": refusal.code,
+                             "duration_ms": round((time.monotonic() - started) * 1000, 1)})
             metrics.record_import("refused", refusal.code, time.monotonic() - started)
             jobs.fail_or_log(job_id, refusal.message, refusal.code, record_retries)
             raise refusal from None
         metrics.record_import("failed", INTERNAL, time.monotonic() - started)
+        _log.exception("bundle import %s failed (%s)", job_id, INTERNAL,
+                       extra={"job_id": job_id, "bundle": name, "code": INTERNAL})
         jobs.fail_or_log(job_id, f"internal error ({type(exc).__name__}); see the appliance log", INTERNAL,
                          record_retries)
         raise
     metrics.record_import("done", "", time.monotonic() - started, int(report.get("bytesRead") or 0))
+    _log.info("bundle import %s finished: %s", job_id, name,
+              extra={"job_id": job_id, "bundle": name, "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                     **_summary(report)})
     report["jobId"] = job_id
     try:
         jobs.finish(job_id, report)
@@ -267,10 +281,8 @@ def start_in_background(importer: Importer, jobs: ImportJobs, source: Path, sign
     def work() -> None:
         try:
             run_import(importer, jobs, job.id, source, signature, record_retries=RECORD_RETRIES)
-        except BundleRefused as exc:
-            _log.info("bundle import %s refused (%s): %s", job.id, exc.code, _printable(exc.message))
-        except BaseException:  # recorded on the job (INTERNAL) by run_import; never leaves it "verifying"
-            _log.exception("bundle import %s failed", job.id)
+        except BaseException:  # logged, and recorded on the job, by run_import; never leaves it "verifying"
+            pass
         else:
             for path in cleanup:  # an uploaded bundle is not needed once imported
                 path.unlink(missing_ok=True)
@@ -279,5 +291,25 @@ def start_in_background(importer: Importer, jobs: ImportJobs, source: Path, sign
             if final is not None:
                 done(final)
 
-    threading.Thread(target=work, name=f"import-{job.id[:8]}", daemon=True).start()
+    # In a copy of this context: the import's log lines carry the id of the request that started it.
+    logcontext.start_thread(work, f"import-{job.id[:8]}")
     return job
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The counts of an import report worth a log field (whatever of them the report has)."""
+    found: dict[str, Any] = {}
+    for key, field in (("images", "images"), ("charts", "charts"), ("files", "files"),
+                       ("clusterDefinitions", "definitions"), ("bytesWritten", "bytes_written")):
+        value = report.get(key)
+        if isinstance(value, list):
+            found[field] = len(value)
+        elif isinstance(value, int | str) and not isinstance(value, bool):
+            found[field] = value
+    release = report.get("release")
+    if isinstance(release, dict) and release.get("id") is not None:
+        found["release"] = release["id"]
+    blobs = report.get("blobs")
+    if isinstance(blobs, dict):
+        found["blobs_new"], found["blobs_reused"] = blobs.get("new"), blobs.get("reused")
+    return found

@@ -44,6 +44,7 @@ from sqlite_utils import Database
 from bundles.expiry import ExpireStep, expire_staging
 from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
 from bundles.releases import Releases
+from registry import logcontext
 from registry.audit import AuditLog
 from registry.db import open_database, write_transaction
 from registry.gc import DEFAULT_GRACE_SECONDS
@@ -282,9 +283,8 @@ class MaintenanceJobs:
             lower_priority()
             self._run(job, source_ip, progress, errors)
 
-        thread = threading.Thread(target=work, name=f"maintenance-{job.kind}-{job_id[:8]}", daemon=True)
-        thread.start()
-        return thread
+        # In a copy of this context: the job logs with the id of the request that started it.
+        return logcontext.start_thread(work, f"maintenance-{job.kind}-{job_id[:8]}")
 
     def run(self, kind: str, dry_run: bool, requested_by: str, source_ip: str = "",
             options: JobOptions | None = None, progress: Progress | None = None,

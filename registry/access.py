@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
 import secrets
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from registry import logcontext
 from registry.auth import ROBOT_PREFIX, Principal, Users, VerifiedCache, hash_password
 from registry.db import write_transaction
 from registry.errors import RegistryError
@@ -47,6 +49,7 @@ _ROLE_ACTIONS = {1: {"pull", "push", "delete"}, 4: {"pull", "push", "delete"}, 2
 PROJECT_RESOURCES = ("repository", "artifact", "tag", "*")
 ROBOT_ACTIONS = ("pull", "push", "delete", "list", "read", "create", "*")
 NEVER = -1
+_log = logging.getLogger("cargohold.login")
 Permissions = list[dict[str, Any]]
 
 
@@ -599,6 +602,13 @@ class LoginLimiter:
             db.execute("DELETE FROM login_failures WHERE key = ?", [self._pair(username, address)])
 
 
+def _log_login(event: str, username: str, address: str, level: int = logging.INFO) -> None:
+    """A login event: the name as given (printable, bounded) and the address; never the password."""
+    name = username if len(username) <= 256 else username[:256] + "…"
+    _log.log(level, "%s: %s from %s", event, name, address or "-",
+             extra={"event": event, "username": name, "client": address or None})
+
+
 # -- the decisions ----------------------------------------------------------------------
 
 
@@ -641,27 +651,41 @@ class Access:
             stored = user[1] if user else None
         cache = self.users.verified if robot is None else self._verified
         # Before the credentials, even remembered ones: a locked (name, address) must not learn that a guess is right.
-        held = self.limiter.check(username, address)
+        try:
+            held = self.limiter.check(username, address)
+        except TooManyAttempts:
+            _log_login("login refused, locked out", username, address, logging.WARNING)
+            raise
+        verified = False
         if stored is None or not cache.cached(username, password, stored):
             if stored is None:
                 # Same cost as a real check, so response times do not tell which names exist.
                 cache.check(username, password, self._dummy())
             if stored is None or not cache.check(username, password, stored):
                 self.limiter.failed(username, address, password)
+                _log_login("login failed", username, address, logging.WARNING if held else logging.INFO)
                 if held:
                     raise TooManyAttempts(held, "too many failed logins from this address")
                 raise RegistryError("UNAUTHORIZED", "invalid username or password")
             self.limiter.succeeded(username, address)
+            verified = True
         if robot is None:
             user = self.users.stored(username)
             assert user is not None
-            return Principal(username, user[2], "user", user[0])
-        if robot.disabled:
-            raise RegistryError("UNAUTHORIZED", f"robot account {username} is disabled")
-        if robot.expired():
-            raise RegistryError("UNAUTHORIZED", f"robot account {username} has expired")
-        admin, grants = robot.grants()
-        return Principal(username, admin, "robot", robot.id, grants)
+            principal = Principal(username, user[2], "user", user[0])
+        else:
+            if robot.disabled:
+                _log_login("login refused, robot account disabled", username, address)
+                raise RegistryError("UNAUTHORIZED", f"robot account {username} is disabled")
+            if robot.expired():
+                _log_login("login refused, robot account expired", username, address)
+                raise RegistryError("UNAUTHORIZED", f"robot account {username} has expired")
+            admin, grants = robot.grants()
+            principal = Principal(username, admin, "robot", robot.id, grants)
+        if verified:  # once per password check: a client sending Basic on every request is not a login each time
+            _log_login("login", username, address)
+        logcontext.note_principal(username)
+        return principal
 
     # -- authorization
 

@@ -5,23 +5,26 @@ Entries are rows of ``audit_logs`` in Harbor's vocabulary: `operation` is
 ``repository``, ``artifact``, ``tag``, ``blob``, ``robot`` or ``member``
 (and, from the bundle APIs, ``bundle``, ``import``, ``cluster-definition``,
 ``check``); `resource` names it (``project/repo:tag``, ``project/repo@sha256:...``).
-Entries never hold secrets: callers pass names, never credentials.
+Entries never hold secrets: callers pass names, never credentials. Each
+committed entry is logged too (`append`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
-from registry.db import write_transaction
+from registry.db import after_commit, write_transaction
 
 if TYPE_CHECKING:  # registry.model reaches this module through registry.protection
     from registry.model import Registry
 
 OPERATIONS = ("create", "update", "delete")
+_log = logging.getLogger("cargohold.audit")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,18 @@ _INSERT = ("INSERT INTO audit_logs (username, operation, resource_type, resource
 
 def append(db: Database, username: str, operation: str, resource_type: str, resource: str,
            source_ip: str = "") -> None:
-    """Append one entry inside `db`'s open transaction, so it commits (or not) with the write it describes."""
-    db.execute(_INSERT, [username or "anonymous", operation, resource_type, resource, source_ip or "", time.time()])
+    """Append one entry inside `db`'s open transaction, so it commits (or not) with the write it describes.
+
+    Once it has committed, the entry is also logged at INFO on ``cargohold.audit``
+    (with the request id of the work that made it): the audit log is the one
+    place every recorded change passes, so the appliance log has each one
+    once, and none that was rolled back.
+    """
+    username = username or "anonymous"
+    db.execute(_INSERT, [username, operation, resource_type, resource, source_ip or "", time.time()])
+    after_commit(db, lambda: _log.info("%s %s %s: %s", username, operation, resource_type, resource, extra={
+        "principal": username, "operation": operation, "resource_type": resource_type, "resource": resource,
+        "client": source_ip or None}))
 
 
 class AuditLog:

@@ -113,18 +113,48 @@ def write_transaction(db: Database) -> Iterator[Database]:
     write lock makes concurrent writers wait their turn for busy_timeout.
     Nested use becomes a savepoint through `atomic()`.
     """
+    pending: list[Callable[[], None]] | None = getattr(db, _AFTER_COMMIT, None)
     if db.conn.in_transaction:
-        with db.atomic():
-            yield db
+        mark = len(pending) if pending is not None else 0
+        try:
+            with db.atomic():
+                yield db
+        except BaseException:
+            if pending is not None:
+                del pending[mark:]  # the savepoint rolled back: so did what it would have announced
+            raise
         return
-    db.execute("BEGIN IMMEDIATE")
+    pending = []
+    setattr(db, _AFTER_COMMIT, pending)
     try:
-        yield db
-    except BaseException:
-        db.conn.rollback()
-        raise
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.rollback()
+            raise
+        else:
+            db.execute("COMMIT")
+    finally:
+        setattr(db, _AFTER_COMMIT, None)
+    for callback in pending:
+        callback()
+
+
+_AFTER_COMMIT = "_cargohold_after_commit"
+
+
+def after_commit(db: Database, callback: Callable[[], None]) -> None:
+    """Run `callback` once the `write_transaction` open on `db` commits (at once if none is); never on rollback.
+
+    For what must only be said of a committed write, such as logging an
+    audit entry (registry.audit).
+    """
+    pending: list[Callable[[], None]] | None = getattr(db, _AFTER_COMMIT, None)
+    if pending is None:
+        callback()
     else:
-        db.execute("COMMIT")
+        pending.append(callback)
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ absent are reported as missing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.model import Registry
 from registry.throttle import Throttle
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,13 +71,21 @@ def scrub(registry: Registry, quarantine: bool = True,
     `rate_bytes`: read at most this many bytes per second on average (0: as fast as the disk goes), so
     pulls keep their speed while a scheduled scrub reads every blob.
     """
+    # Every scrub (CLI, API, maintenance job) runs through here: its start and end are logged and counted here, once.
+    _log.info("scrub started", extra={"quarantine": quarantine})
     report = ScrubReport(rate_bytes=rate_bytes)
     try:
         _scrub(registry, quarantine, progress, report)
     except BaseException:
         metrics.record_scrub("failed", report.checked, report.bytes, len(report.damaged), 0, time.time())
+        _log.exception("scrub failed")
         raise
     metrics.record_scrub("done", report.checked, report.bytes, len(report.damaged), len(report.missing), time.time())
+    _log.log(logging.WARNING if report.damaged or report.missing else logging.INFO,
+             "scrub finished: %s blobs checked, %s damaged, %s missing", report.checked, len(report.damaged),
+             len(report.missing), extra={"checked": report.checked, "bytes": report.bytes,
+                                         "damaged": len(report.damaged), "missing": len(report.missing),
+                                         "duration_ms": round(report.duration_seconds * 1000, 1)})
     return report
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
+from registry import logcontext
 from registry.access import Access, TooManyAttempts
 from registry.auth import Principal, parse_basic
 from registry.errors import RegistryError
@@ -69,6 +70,7 @@ def session_principal(access: Access, csrf_checked: bool = False) -> Principal |
         if not expected or not hmac.compare_digest(sent, expected):
             raise RegistryError("DENIED", f"missing or wrong CSRF token: a signed-in browser session must send "
                                 f"its token in the {CSRF_HEADER} header for {request.method}")
+    logcontext.note_principal(username)
     return Principal(username, user[2], "user", user[0])
 
 
@@ -89,6 +91,7 @@ def request_principal(access: Access, signer: TokenSigner | None) -> Principal |
         except TokenError as exc:
             raise RegistryError("UNAUTHORIZED", f"invalid bearer token: {exc}") from None
         holder = token_holder(access, signer, claims)
+        logcontext.note_principal(claims.subject)
         grants: set[tuple[str, str]] = set()
         for scope in claims.access:
             name = scope.name if scope.type == "repository" else f"registry:{scope.name}"

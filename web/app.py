@@ -43,7 +43,7 @@ from registry.names import parse_mapping_rules
 from registry.system_api import SystemSettings
 from registry.tokens import TokenSigner
 from registry.uploads import Uploads
-from web import hardening, health, initial_password, metrics, tls_api, ui
+from web import hardening, health, initial_password, metrics, requestlog, tls_api, ui
 from web.bundle_import import import_services
 from web.config import Config
 from web.maintenance import maintenance_jobs
@@ -109,6 +109,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     config = config or Config.from_env()
     services = build_services(config)
     app = Flask(__name__)
+    requestlog.install(app)  # one line per request, and the request id on every log line (docs/operations.md)
     hardening.install(app)  # before any blueprint: its routes must get the bounded int converter
     app.json = _JSONProvider(app)
     app.extensions["cargohold"] = services

@@ -11,6 +11,7 @@ a usage error (a bad option, a bad --bind). Only a bug prints a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -24,6 +25,7 @@ from registry.paths import DataPaths
 from registry.version import VERSION
 from web import settings
 from web.config import FRONTS, Config
+from web.logs import json_mode, say
 
 _CONFIG_FILE = "cargohold.config_file"  # ctx.meta key: the --config FILE of this invocation
 
@@ -57,20 +59,42 @@ class _Main(click.Group):
         from web.datadir import DataDirError, environment_error
 
         try:
-            return super().invoke(ctx)
-        except (DataDirError, DataDirTooNew) as exc:
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:
-            message = environment_error(exc)
-            if message is None:
-                raise  # a bug: its traceback is what a report needs
-            raise click.ClickException(message) from None
+            try:
+                return super().invoke(ctx)
+            except (DataDirError, DataDirTooNew) as exc:
+                raise click.ClickException(str(exc)) from None
+            except OSError as exc:
+                message = environment_error(exc)
+                if message is None:
+                    raise  # a bug: its traceback is what a report needs
+                raise click.ClickException(message) from None
+        except click.ClickException as exc:
+            if not json_mode():
+                raise
+            # In JSON mode (CARGOHOLD_LOG_FORMAT=json) the error is a log record too, with the same exit status.
+            say(f"Error: {exc.format_message()}", logging.ERROR)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
 
 @click.group(cls=_Main)
 @click.version_option(VERSION, prog_name="cargohold", message="%(prog)s %(version)s")
 def main() -> None:
     """cargohold: signed content bundles into an on-site OCI registry."""
+    _configure_logging()
+
+
+def _configure_logging() -> None:
+    """Log to standard error as CARGOHOLD_LOG_LEVEL and _FORMAT say (web/logs.py); a bad value is a usage error.
+
+    Every command, `serve` included: the processes serve forks inherit it.
+    """
+    from web.logs import LogSettings, configure
+
+    try:
+        settings = LogSettings.of(_config())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure(settings)
 
 
 def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Parameter, Path | None], Path | None]:
@@ -81,10 +105,10 @@ def _announce_data_dir(existing: bool) -> Callable[[click.Context, click.Paramet
         if ctx.resilient_parsing:  # shell completion: no output, no checks
             return value
         paths = _config(data_dir=value).paths
-        click.echo(f"Data directory: {paths.root}", err=True)
+        say(f"Data directory: {paths.root}")
         config_file = settings.config_file(ctx.meta.get(_CONFIG_FILE), os.environ)
         if config_file is not None:
-            click.echo(f"Config file: {config_file.resolve()}", err=True)
+            say(f"Config file: {config_file.resolve()}")
         try:
             (require_appliance if existing else check_location)(paths)
         except DataDirError as exc:
@@ -177,8 +201,7 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
         raise click.ClickException(str(exc)) from None
     owner = os.getpid()
     config = _in_child(_prepare, config)
-    click.echo(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}",
-               err=True)
+    say(f"cargohold serving {config.paths.root} on {'https' if config.tls else 'http'}://{config.bind}")
     try:
         try:
             server = ApplianceServer(config)
@@ -202,10 +225,10 @@ def _prepare(config: Config) -> Config:
     if services.users.stored(ADMIN) is not None:
         if config.admin_password is not None:
             # Never the value: only that it has no effect any more.
-            click.echo("warning: CARGOHOLD_ADMIN_PASSWORD is ignored: it sets the admin password on the first "
-                       "start only, and user 'admin' already exists. Change the password with `cargohold admin "
-                       "set-password`, and remove the variable from the environment (or admin_password from the config "
-                       "file).", err=True)
+            say("warning: CARGOHOLD_ADMIN_PASSWORD is ignored: it sets the admin password on the first "
+                "start only, and user 'admin' already exists. Change the password with `cargohold admin "
+                "set-password`, and remove the variable from the environment (or admin_password from the config "
+                "file).", logging.WARNING)
     else:
         if config.admin_password is not None:
             _check_admin_password(config.admin_password)
@@ -215,9 +238,9 @@ def _prepare(config: Config) -> Config:
 
             # The path, never the password: consoles and journals are read by more people than the data directory.
             path = initial_password.write(config.paths, generated)
-            click.echo(f"Created user 'admin'. Its password is in {path} (readable by this service account only).\n"
-                       "Sign in to the web UI as admin with it; you will be asked to choose a new password, "
-                       "and the file is then deleted.", err=True)
+            say(f"Created user 'admin'. Its password is in {path} (readable by this service account only).\n"
+                "Sign in to the web UI as admin with it; you will be asked to choose a new password, "
+                "and the file is then deleted.")
     if config.tls:
         from web.tls import ensure_server_certificate
 
@@ -313,6 +336,21 @@ def _new_password(password_file: Path | None) -> str:
     return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
 
 
+def audit_local(paths: DataPaths, operation: str, resource_type: str, resource: str) -> None:
+    """Record a change made on the box in the audit log (and so in the log): the OS user "(cli)", from "local"."""
+    import getpass
+
+    from registry.audit import append
+    from registry.db import open_database, write_transaction
+
+    try:
+        who = f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        who = "unknown (cli)"
+    with write_transaction(open_database(paths)) as db:
+        append(db, who, operation, resource_type, resource, "local")
+
+
 def _users(data_dir: Path | None) -> Any:
     from web.app import build_services
 
@@ -332,9 +370,11 @@ def add_user(data_dir: Path | None, username: str, is_admin: bool, password_file
     """
     password = _new_password(password_file)
     try:
-        _users(data_dir).add_user(username, password, admin=is_admin)
+        users = _users(data_dir)
+        users.add_user(username, password, admin=is_admin)
     except ValueError as exc:  # a bad name, a name taken, a password the policy refuses
         raise click.ClickException(str(exc)) from None
+    audit_local(users.registry.paths, "create", "user", username + (" (administrator)" if is_admin else ""))
     click.echo(f"created {'administrator' if is_admin else 'user'} {username}", err=True)
 
 
@@ -357,6 +397,7 @@ def set_password(data_dir: Path | None, username: str, password_file: Path | Non
     from web import initial_password
 
     initial_password.changed(users.registry.paths, username)  # the generated first-start password is void now
+    audit_local(users.registry.paths, "update", "user-password", username)
     click.echo(f"password set for {username}", err=True)
 
 

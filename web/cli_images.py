@@ -41,11 +41,12 @@ def add_cmd(pem: Path, description: str, data_dir: Path | None) -> None:
 
     with pem.open("rb") as f:
         data = f.read(1 << 20)
-    _, trust = _trust(data_dir)
+    services, trust = _trust(data_dir)
     try:
         entry = trust.add_key(data, description)
     except KeyRefused as exc:
         raise click.ClickException(f"key refused: {exc}") from None
+    services.audit.record(_who(), "create", "image_signing_key", entry.id, "local")
     click.echo(f"trusted {entry.key_type} image-signing key {entry.id}"
                + (f" ({entry.description})" if entry.description else ""))
 
@@ -75,11 +76,12 @@ def remove_cmd(key_id: str, data_dir: Path | None) -> None:
     """Stop trusting the image-signing key KEY_ID (full id or unique prefix)."""
     from registry.cosign import KeyRefused
 
-    _, trust = _trust(data_dir)
+    services, trust = _trust(data_dir)
     try:
         entry = trust.remove_key(key_id)
     except KeyRefused as exc:
         raise click.ClickException(str(exc)) from None
+    services.audit.record(_who(), "delete", "image_signing_key", entry.id, "local")
     click.echo(f"removed image-signing key {entry.id}" + (f" ({entry.description})" if entry.description else ""))
 
 

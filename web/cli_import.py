@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import click
 
-from web.cli import _config, bundle, data_dir_option, existing_data_dir_option, keys
+from web.cli import _config, audit_local, bundle, data_dir_option, existing_data_dir_option, keys
 
 
 def _size(n: float) -> str:
@@ -232,10 +232,12 @@ def add_key(pem: Path, description: str, data_dir: Path | None) -> None:
 
     with pem.open("rb") as f:
         data = f.read(1 << 20)
+    paths = _config(data_dir=data_dir).paths
     try:
-        entry = TrustStore(_config(data_dir=data_dir).paths).add(data, description)
+        entry = TrustStore(paths).add(data, description)
     except TrustError as exc:
         raise click.ClickException(str(exc)) from None
+    audit_local(paths, "create", "trusted_key", entry.id)
     click.echo(f"trusted {entry.key_type} key {entry.id}" + (f" ({entry.description})" if entry.description else ""))
 
 
@@ -264,8 +266,10 @@ def remove_key(key_id: str, data_dir: Path | None) -> None:
     """Stop trusting the key KEY_ID (its full id or a unique prefix)."""
     from bundles.trust import TrustError, TrustStore
 
+    paths = _config(data_dir=data_dir).paths
     try:
-        entry = TrustStore(_config(data_dir=data_dir).paths).remove(key_id)
+        entry = TrustStore(paths).remove(key_id)
     except TrustError as exc:
         raise click.ClickException(str(exc)) from None
+    audit_local(paths, "delete", "trusted_key", entry.id)
     click.echo(f"removed key {entry.id}" + (f" ({entry.description})" if entry.description else ""))

@@ -30,6 +30,18 @@ DEFAULT_PROJECT = "spectro-images"
 REGISTRY_HOSTNAME = "spectro.registry.local"
 FRONTS = ("nginx", "none")
 METRICS_ACCESS = ("loopback", "token", "open")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # any case
+LOG_FORMATS = ("text", "json")
+
+
+def _log_level(text: str) -> None:
+    if text.strip().upper() not in LOG_LEVELS:
+        raise ValueError("not one of " + ", ".join(LOG_LEVELS))
+
+
+def _log_format(text: str) -> None:
+    if text.strip().lower() not in LOG_FORMATS:
+        raise ValueError("not one of " + ", ".join(LOG_FORMATS))
 CONFIG_ENV = settings.CONFIG_ENV
 # CARGOHOLD_* variables that are not settings (no Config field), with who reads them: anything else
 # named CARGOHOLD_* is refused at start as a likely typo. tests/web/test_config.py checks this list
@@ -150,6 +162,10 @@ class Config:
     expire_schedule: str = setting("hourly", validate=parse_schedule)
     # Bytes per second a scrub reads at most (0: no limit), so pulls keep their speed while it runs (64 MiB/s).
     scrub_rate_bytes: Bytes = setting(64 << 20)
+    # The log (web/logs.py, docs/operations.md "Logs"), on standard error: the level (DEBUG, INFO, WARNING,
+    # ERROR or CRITICAL; default INFO) and the format, "text" (default) or "json" (one object per line).
+    log_level: str = setting("INFO", validate=_log_level)
+    log_format: str = setting("text", validate=_log_format)
 
     @property
     def paths(self) -> DataPaths:

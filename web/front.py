@@ -43,10 +43,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from web import frontlog
 from web.config import Config
 
 # Where nginx serves blob bodies from after the app's X-Accel-Redirect; `internal`,
@@ -208,6 +210,7 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
     """nginx.conf for `config` (the listening address, TLS pair, timeouts and limits)."""
     c = config
     files = _open_files_limit()
+    error_level = _NGINX_LEVELS.get(str(c.log_level).upper(), "warn")
     # Every proxied request takes two connections (client and app); leave room for files.
     connections = max(512, min(16384, (files - 64) // 2))
     user = ""
@@ -257,6 +260,7 @@ def render_config(config: Config, layout: FrontLayout, access_log: str = "/dev/s
             internal;
             default_type application/json;
             add_header X-Content-Type-Options nosniff always;  # as web/hardening.py sets on the app's answers
+            add_header X-Request-Id $request_id always;
             return {status} '{{"errors":[{{"code":"{code}","message":"{message}","detail":{{}}}}]}}';
         }}""" for status, code, message in _ERRORS)
     error_pages = "\n".join(f"        error_page {status} /_cargohold/error/{status};" for status, _, _ in _ERRORS)
@@ -268,7 +272,7 @@ worker_processes {c.front_workers or 'auto'};
 worker_rlimit_nofile {files};
 pid "{layout.pid_file}";
 daemon off;
-error_log stderr warn;
+error_log stderr {error_level};
 # Blob sends and TLS run in the workers; on shutdown, requests in flight get the grace period.
 worker_shutdown_timeout {c.graceful_timeout}s;
 
@@ -278,9 +282,29 @@ events {{
 }}
 
 http {{
-    log_format cargohold '$remote_addr - $remote_user [$time_iso8601] "$request" $status '
-                         '$body_bytes_sent $request_time $request_id';
-    access_log {access_log} cargohold;
+    # The app logs every request it answers (web/requestlog.py). nginx logs, for web/frontlog.py to relay
+    # into the appliance's log, only the requests whose client did not get the app's whole answer: those
+    # it answered itself (429, 413, 400...), those the app did not answer (502, 504), and those the client
+    # left before the end (a blob body cut short). The path only: a query string is never logged.
+    map $request_uri $cargohold_log_path {{
+        "~^(?<path>[^?]*)" $path;
+        default "";
+    }}
+    # The client's method ($request_method says GET once an error_page has answered).
+    map $request $cargohold_log_method {{
+        "~^(?<method>[A-Za-z]+) " $method;
+        default "";
+    }}
+    map "$upstream_status:$request_completion" $cargohold_front_log {{
+        default 1;
+        "~^50[24]" 1;
+        "~^[0-9].*:OK$" 0;
+    }}
+    log_format cargohold escape=json '{{"request_id":"$request_id","client":"$remote_addr",'
+        '"method":"$cargohold_log_method","path":"$cargohold_log_path","status":"$status",'
+        '"bytes_in":"$request_length","bytes_out":"$body_bytes_sent","request_time":"$request_time",'
+        '"upstream_status":"$upstream_status","completion":"$request_completion"}}';
+    access_log {access_log} cargohold if=$cargohold_front_log;
     server_tokens off;
     types {{ }}
     default_type application/octet-stream;
@@ -361,12 +385,17 @@ http {{
             add_header Content-Security-Policy $upstream_http_content_security_policy always;
             add_header Referrer-Policy $upstream_http_referrer_policy always;
             add_header Strict-Transport-Security $upstream_http_strict_transport_security always;
+            # The app's X-Request-Id does not survive the redirect: the same id, from nginx.
+            add_header X-Request-Id $request_id always;
         }}
 {errors}
     }}
 }}
 """
 
+
+# nginx's error_log level for CARGOHOLD_LOG_LEVEL: its notices (start-up chatter) only at DEBUG.
+_NGINX_LEVELS = {"DEBUG": "info", "INFO": "warn", "WARNING": "warn", "ERROR": "error", "CRITICAL": "crit"}
 
 # nginx's own refusals, in the registry's error shape (it answers before the app sees the request).
 _ERRORS = (
@@ -385,8 +414,9 @@ class Front:
     """One nginx master process in front of the app; started and stopped by the gunicorn master.
 
     nginx opens its access log by path, and /dev/stdout cannot be opened when
-    standard output is a socket (journald under systemd): the log goes into a
-    pipe that a `cat` child copies to this process's standard output.
+    standard output is a socket (journald under systemd): the access log goes
+    into a pipe, its error log (standard error) into another, and threads of
+    this process log their lines in the appliance's format (web/frontlog.py).
     """
 
     def __init__(self, config: Config, layout: FrontLayout, nginx: str) -> None:
@@ -394,7 +424,7 @@ class Front:
         self.layout = layout
         self.nginx = nginx
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_relay: subprocess.Popen[bytes] | None = None
+        self._relays: list[threading.Thread] = []
         self._log_read, self._log_write = os.pipe()
 
     def _command(self, *extra: str) -> list[str]:
@@ -410,18 +440,23 @@ class Front:
 
     def start(self, timeout: float = 15.0) -> None:
         """Start nginx and wait until it accepts connections. Raises FrontError if it exits first."""
-        self._log_relay = subprocess.Popen(["cat"], stdin=self._log_read, stdout=None)
-        os.close(self._log_read)
-        self.process = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, pass_fds=(self._log_write,),
-            preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
-        # Only nginx writes the pipe now: when it exits, the relay reads EOF and exits too.
-        os.close(self._log_write)
+        errors_read, errors_write = os.pipe()
+        self._relays.append(frontlog.relay(self._log_read, frontlog.access_line, "front-access-log"))
+        self._relays.append(frontlog.relay(errors_read, frontlog.error_line, "front-error-log"))
+        try:
+            self.process = subprocess.Popen(
+                self._command(), stdin=subprocess.DEVNULL, stderr=errors_write, pass_fds=(self._log_write,),
+                preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+        finally:
+            # Only nginx writes the pipes now: when it exits, the relays read EOF and end too.
+            os.close(self._log_write)
+            os.close(errors_write)
         host, port = split_bind(self.config.bind)
         probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._join_relays()  # nginx's own words first, then ours
                 raise FrontError(f"nginx exited with status {self.process.returncode} at start "
                                  f"(is {self.config.bind} in use? see the messages above)")
             try:
@@ -444,6 +479,8 @@ class Front:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._log_relay is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._log_relay.wait(timeout=5)
+        self._join_relays()
+
+    def _join_relays(self) -> None:
+        for thread in self._relays:
+            thread.join(timeout=5)

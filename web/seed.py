@@ -15,6 +15,7 @@ import threading
 
 from bundles.clusterdef import ClusterDefinitions
 from bundles.seed import SeedDirError, SeedScanner, discover, serve_identity
+from registry import logcontext
 from web.bundle_import import ImportServices, import_services
 from web.config import Config
 
@@ -70,4 +71,4 @@ def scan_in_background(scanner: SeedScanner, scan_id: int, requested_by: str, re
         except Exception:
             _log.exception("seed: scan %s failed", scan_id)
 
-    threading.Thread(target=work, name=f"seed-scan-{scan_id}", daemon=True).start()
+    logcontext.start_thread(work, f"seed-scan-{scan_id}")  # logs with the id of the request that asked

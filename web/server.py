@@ -33,6 +33,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web.config import Config
 from web.front import ACCEL_PREFIX, Front, FrontLayout, find_nginx, set_parent_death_signal
+from web.logs import GunicornLogger
 from web.metrics_dir import worker_exited
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -120,7 +121,11 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
             # which drops them after 30 s idle: gunicorn must keep them longer,
             # or nginx could send a request on a connection being closed.
             "keepalive": 60 if self.front else c.keepalive_timeout,
-            "errorlog": "-",
+            # gunicorn's lines go through the appliance's log handler (web/logs.py): same format, same level.
+            "logger_class": GunicornLogger,
+            "loglevel": c.log_level.lower(),
+            # The request log (web/requestlog.py) writes one line per request; gunicorn's own stays off.
+            "accesslog": None,
             "proc_name": "cargohold",
             "limit_request_line": 8190,
             # gunicorn's control socket lives in $HOME by default; several
@@ -134,16 +139,9 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
             # across workers (web/maintenance.py). Not in the master: it holds no database handle.
             "post_worker_init": self._post_worker_init,
         }
-        if self.front:
-            # nginx logs every request (with the bytes of blob bodies it sends itself).
-            options["accesslog"] = None
-        else:
-            options["accesslog"] = "-"
-            # No header in the access log format: Authorization never lands in a log.
-            options["access_log_format"] = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
-            if c.tls:
-                options["certfile"] = str(c.tls_cert)
-                options["keyfile"] = str(c.tls_key)
+        if not self.front and c.tls:
+            options["certfile"] = str(c.tls_cert)
+            options["keyfile"] = str(c.tls_key)
         options.update(self.extra)
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -19,12 +19,13 @@ import requests
 
 from tests.appliance import Appliance
 from tests.containerd import Containerd
+from tests.logs import request_lines
 from tests.registry.conftest import SourceImages, require, run
 from tests.registry.harborapi import Harbor, RobotAccount
 
 
 def _token_requests(appliance: Appliance) -> int:
-    return appliance.log().count('"GET /service/token?')
+    return sum(1 for r in request_lines(appliance.log()) if r["method"] == "GET" and r["path"] == "/service/token")
 
 
 def skopeo_copy(src: str, dest: str, *creds: str, check: bool = True) -> tuple[int, str]:

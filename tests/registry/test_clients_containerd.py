@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from tests.appliance import Appliance, free_port
 from tests.containerd import Containerd, ContainerdError
 from tests.layouts import layout_closure
+from tests.logs import request_lines
 from tests.registry.conftest import SourceImages, require, run
 
 
@@ -83,13 +83,14 @@ def test_pull_original_name_through_mirror(containerd: Containerd, appliance: Ap
 
     assert containerd.image_digest(ref) == blob.digest
     assert layout_closure(source.path, blob.digest) <= content_set(containerd)
-    requests_seen = [line for line in appliance.log().splitlines() if f"/v2/library/{image}/" in line]
+    requests_seen = [r for r in request_lines(appliance.log()) if r["path"].startswith(f"/v2/library/{image}/")]
     assert requests_seen, "the appliance saw no mirror request"
-    assert all("ns=docker.io" in line for line in requests_seen), requests_seen
+    assert all("ns=docker.io" in (r["query"] or "") for r in requests_seen), requests_seen
     manifest = json.loads(source.layout.read(blob))
     for layer in manifest["layers"]:
-        assert any(f"GET /v2/library/{image}/blobs/{layer['digest']}?ns=docker.io HTTP/1.1\" 200 " in line
-                   for line in requests_seen), f"layer {layer['digest']} was not served through the mirror"
+        assert any((r["method"], r["path"], r["query"], r["status"])
+                   == ("GET", f"/v2/library/{image}/blobs/{layer['digest']}", "ns=docker.io", 200)
+                   for r in requests_seen), f"layer {layer['digest']} was not served through the mirror"
 
 
 def test_pull_short_name_multiarch_through_mirror(containerd: Containerd, appliance: Appliance,
@@ -111,8 +112,9 @@ def test_mirror_pull_of_missing_image_fails_without_fall_through(containerd: Con
     hosts_dir = mirror_hosts_dir(tmp_path, appliance)
     with pytest.raises(ContainerdError, match=r"not found|connection refused"):
         containerd.ctr("images", "pull", f"docker.io/library/{image}:1", hosts_dir=hosts_dir, timeout=60)
-    assert re.search(rf"HEAD /v2/library/{image}/manifests/1\?ns=docker.io HTTP/1\.1\" 404", appliance.log()), \
-        "the appliance was not asked first"
+    assert any((r["method"], r["path"], r["query"], r["status"])
+               == ("HEAD", f"/v2/library/{image}/manifests/1", "ns=docker.io", 404)
+               for r in request_lines(appliance.log())), "the appliance was not asked first"
     assert f"docker.io/library/{image}:1" not in containerd.ctr("images", "ls", "--quiet").stdout
 
 
@@ -164,8 +166,9 @@ def test_pull_other_registry_by_digest_through_mirror(containerd: Containerd, ap
     ref = f"registry.k8s.io/{image}@{source.index.digest}"
     containerd.ctr("images", "pull", ref, hosts_dir=hosts_dir)
     assert containerd.image_digest(ref) == source.index.digest
-    assert re.search(rf"(?:HEAD|GET) /v2/{image}/manifests/{source.index.digest}\?ns=registry\.k8s\.io HTTP/1\.1\" 200",
-                     appliance.log())
+    assert any(r["method"] in ("HEAD", "GET") and (r["path"], r["query"], r["status"])
+               == (f"/v2/{image}/manifests/{source.index.digest}", "ns=registry.k8s.io", 200)
+               for r in request_lines(appliance.log()))
 
 
 def test_pull_docker_manifest_list(containerd: Containerd, appliance: Appliance, source: SourceImages,
@@ -213,6 +216,6 @@ def test_pull_original_name_through_override_path_host(containerd: Containerd, a
     containerd.ctr("images", "pull", ref, hosts_dir=hosts_dir)
     assert containerd.image_digest(ref) == blob.digest
     assert layout_closure(source.path, blob.digest) <= content_set(containerd)
-    served = [line for line in appliance.log().splitlines()
-              if f"/v2/spectro-images/docker.io/library/{image}/" in line and "?ns=docker.io " in line]
-    assert any('" 200 ' in line and "/blobs/" in line for line in served), served
+    served = [r for r in request_lines(appliance.log()) if r["query"] == "ns=docker.io"
+              and r["path"].startswith(f"/v2/spectro-images/docker.io/library/{image}/")]
+    assert any(r["status"] == 200 and "/blobs/" in r["path"] for r in served), served

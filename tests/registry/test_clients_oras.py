@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.appliance import Appliance
+from tests.logs import request_lines
 
 ARTIFACT_TYPE = "application/vnd.cargohold.test.sbom+json"
 
@@ -86,8 +87,9 @@ def test_chunked_push(client: oras.client.OrasClient, appliance: Appliance, repo
     _, manifest, _ = manifest_of(appliance, repo, "chunked")
     assert manifest["layers"][0]["digest"] == sha256(files["payload.bin"])  # type: ignore[index]
     # oras-py's basic auth answers a 401 challenge per request, so each chunk is a 401 then a 202.
-    patches = [line for line in appliance.log().splitlines() if f'"PATCH /v2/{repo}/blobs/uploads/' in line]
-    assert sum('" 202 ' in line for line in patches) == 11, patches
+    patches = [r for r in request_lines(appliance.log())
+               if r["method"] == "PATCH" and r["path"].startswith(f"/v2/{repo}/blobs/uploads/")]
+    assert sum(r["status"] == 202 for r in patches) == 11, patches
 
     blob = requests.get(f"{appliance.url}/v2/{repo}/blobs/{sha256(files['payload.bin'])}", timeout=10)
     assert blob.status_code == 200

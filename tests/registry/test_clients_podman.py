@@ -23,6 +23,7 @@ import pytest
 
 from tests.appliance import Appliance, free_port
 from tests.layouts import layout_closure
+from tests.logs import request_lines
 from tests.registry.conftest import SourceImages, layout_ref, require, run
 
 
@@ -225,7 +226,9 @@ def test_pull_original_name_through_registries_conf_mirror(podman: Podman, appli
     run("podman", "pull", f"docker.io/library/{image}:1", env=env)
     inspected = json.loads(podman("image", "inspect", f"docker.io/library/{image}:1"))[0]
     assert inspected["Digest"] == source.image.digest
-    assert f'"GET /v2/spectro-images/docker.io/library/{image}/manifests/1 HTTP/1.1" 200' in appliance.log()
+    assert any((r["method"], r["path"], r["status"]) == ("GET", f"/v2/spectro-images/docker.io/library/{image}/"
+                                                           "manifests/1", 200)
+               for r in request_lines(appliance.log()))
 
 
 def test_push_new_image_compressed_on_the_fly(podman: Podman, appliance: Appliance, repo: str,

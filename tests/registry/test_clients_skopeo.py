@@ -12,6 +12,7 @@ import pytest
 from tests.appliance import Appliance
 from tests.images import OciLayout
 from tests.layouts import layout_closure, sha256_file
+from tests.logs import request_lines
 from tests.registry.conftest import SourceImages, layout_ref, require, run
 
 
@@ -230,9 +231,9 @@ def test_copy_between_repositories_of_the_appliance(appliance: Appliance, source
                  tmp_path=tmp_path)
     assert raw.encode() == source.layout.read(source.index)
     # The layers were already in the appliance: skopeo mounts them across repositories instead of uploading.
-    mounts = [line for line in appliance.log().splitlines()
-              if f'"POST /v2/{repo}/copy/blobs/uploads/?' in line and "mount=" in line]
-    assert len(mounts) == 4 and all('" 201 ' in line for line in mounts), mounts  # two layers per platform
+    mounts = [r for r in request_lines(appliance.log()) if (r["method"], r["path"]) == (
+        "POST", f"/v2/{repo}/copy/blobs/uploads/") and "mount=" in (r["query"] or "")]
+    assert len(mounts) == 4 and all(r["status"] == 201 for r in mounts), mounts  # two layers per platform
     out = tmp_path / "back"
     skopeo("copy", "--all", "--src-tls-verify=false", f"docker://{appliance.host}/{repo}/copy:1", f"oci:{out}:x",
            tmp_path=tmp_path)
