@@ -245,7 +245,68 @@ def test_an_import_logs_its_events_with_the_request_id_that_started_it(
 @pytest.mark.parametrize(("variable", "value"), [("CARGOHOLD_LOG_LEVEL", "verbose"),
                                                  ("CARGOHOLD_LOG_FORMAT", "xml")])
 def test_a_bad_log_setting_stops_serve_at_start_naming_it(tmp_path: Path, variable: str, value: str) -> None:
-    proc = _cli("serve", "--data-dir", str(tmp_path / "data"), "--bind", "127.0.0.1:1", env={variable: value})
+    proc = _cli("serve", "--data-dir", str(tmp_path / "data"), "--bind", "127.0.0.1:0", env={variable: value})
     assert proc.returncode == 2
     assert f"{variable}={value!r}: not one of" in proc.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was set up
+
+
+def test_promote_gc_and_scrub_are_logged_once_with_the_id_of_the_request(
+        appliance_factory: Callable[..., Appliance], tmp_path: Path) -> None:
+    app = appliance_factory(env={"CARGOHOLD_ALLOW_UNSIGNED_BUNDLES": "true"}, name="events")
+    layout, _refs = unique_layout(tmp_path / "layout", images=1, multiarch=False)
+    bundle = craft.write_bundle(tmp_path / "b.tar.zst", craft.standard_entries(layout.root, None))
+    with bundle.open("rb") as f:
+        resp = requests.post(f"{app.url}/api/v1/bundles", files={"uploadFile": ("b.tar.zst", f)}, auth=app.admin,
+                             timeout=60)
+    assert resp.status_code == 202, resp.text
+    job_url = resp.json()["jobUrl"]
+    job = _wait_for(lambda: (j := requests.get(f"{app.url}{job_url}", auth=app.admin, timeout=10).json())
+                    ["state"] in ("done", "failed") and j, "the import")
+    assert job["state"] == "done", job
+    release = job["report"]["release"]["id"]
+    api = f"{app.url}/api/cargohold/v1"
+    promoted = requests.post(f"{api}/releases/{release}/promote", json={}, auth=app.admin, timeout=30)
+    assert promoted.status_code == 200, promoted.text
+    started = {}
+    for kind in ("gc", "scrub"):
+        r = _wait_for(lambda kind=kind: (r := requests.post(f"{api}/jobs/{kind}", json={}, auth=app.admin,
+                                                            timeout=30)).status_code == 202 and r, f"the {kind} job")
+        started[kind] = r.headers["X-Request-Id"]
+        _wait_for(lambda r=r: requests.get(f"{app.url}{r.headers['Location']}", auth=app.admin, timeout=10)
+                  .json()["state"] != "running", f"the {kind} job's end")
+
+    def of(request_id: str) -> list[str]:
+        return [f"{e['logger']}: {e['message']}" for e in records(app.log())
+                if e.get("request_id") == request_id and e["logger"] != "cargohold.request"]
+
+    assert of(promoted.headers["X-Request-Id"]) == [
+        f"cargohold.audit: admin update release: promote release {release} test-bundle 1.0.0"]
+    gc = _wait_for(lambda: [m for m in of(started["gc"]) if "finished" in m], "the GC's line")
+    assert gc == ["bundles.gc_policy: garbage collection finished: 0 manifests, 0 blobs, 0 bytes reclaimed"]
+    assert of(started["gc"])[0] == "bundles.gc_policy: garbage collection started (retain 3)"
+    scrub = _wait_for(lambda: [m for m in of(started["scrub"]) if "finished" in m], "the scrub's line")
+    assert len(scrub) == 1 and scrub[0].startswith("registry.scrub: scrub finished: ")
+    assert scrub[0].endswith(" blobs checked, 0 damaged, 0 missing")
+
+
+def test_a_blob_download_cut_short_gets_a_line_from_the_front(appliance: Appliance, repo: str) -> None:
+    body = os.urandom(48 << 20)
+    digest = "sha256:" + __import__("hashlib").sha256(body).hexdigest()
+    up = requests.post(f"{appliance.url}/v2/{repo}/blobs/uploads/", auth=appliance.admin, timeout=10)
+    put = requests.put(f"{appliance.url}{up.headers['Location']}", params={"digest": digest}, data=body,
+                       auth=appliance.admin, timeout=60)
+    assert put.status_code == 201, put.text
+    with requests.get(f"{appliance.url}/v2/{repo}/blobs/{digest}", auth=appliance.admin, timeout=30,
+                      stream=True) as got:
+        assert got.status_code == 200
+        got.raw.read(1 << 16)
+        rid = got.headers["X-Request-Id"]
+    # The client went away: the app's line says what it handed over, the front's how far it got.
+    lines = _wait_for(lambda: (found := [r for r in records(appliance.log()) if r.get("request_id") == rid])
+                      and len(found) == 2 and found, "both lines")
+    by = {r["logger"]: r for r in lines}
+    assert by["cargohold.request"]["bytes_out"] == len(body) and by["cargohold.request"]["sent_by"] == "front"
+    front = by["cargohold.front"]
+    assert front["complete"] is False and front["status"] == 200 and front["bytes_out"] < len(body)
+    assert (front["method"], front["path"]) == ("GET", f"/v2/{repo}/blobs/{digest}")
