@@ -310,3 +310,23 @@ def test_a_blob_download_cut_short_gets_a_line_from_the_front(appliance: Applian
     front = by["cargohold.front"]
     assert front["complete"] is False and front["status"] == 200 and front["bytes_out"] < len(body)
     assert (front["method"], front["path"]) == ("GET", f"/v2/{repo}/blobs/{digest}")
+
+
+def test_without_the_front_the_app_makes_the_id_and_logs_sendfile_bodies(
+        appliance_factory: Callable[..., Appliance]) -> None:
+    app = appliance_factory("--front", "none", name="no-front")
+    repo = f"spectro-images/test/r{uuid.uuid4().hex[:10]}"
+    body = os.urandom(200_000)
+    digest = "sha256:" + __import__("hashlib").sha256(body).hexdigest()
+    up = requests.post(f"{app.url}/v2/{repo}/blobs/uploads/", auth=app.admin, timeout=10)
+    assert requests.put(f"{app.url}{up.headers['Location']}", params={"digest": digest}, data=body,
+                        auth=app.admin, timeout=30).status_code == 201
+    forged = "injected\tid x=1"
+    got = requests.get(f"{app.url}/v2/{repo}/blobs/{digest}", auth=app.admin, timeout=30,
+                       headers={"X-Request-Id": forged, "X-Forwarded-For": "203.0.113.9"})
+    assert got.status_code == 200 and got.content == body
+    rid = got.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)  # not the client's: made by the app
+    (line,) = _wait_for(lambda: [r for r in request_lines(app.log()) if r["request_id"] == rid], "the line")
+    assert line["client"] == "127.0.0.1" and line["bytes_out"] == len(body) and "sent_by" not in line
+    assert forged not in app.log() and "203.0.113.9" not in app.log()
