@@ -33,7 +33,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from web.config import Config
 from web.front import ACCEL_PREFIX, Front, FrontLayout, find_nginx, set_parent_death_signal
-from web.logs import GunicornLogger
+from web.logs import GunicornLogger, LogSettings, configure
 from web.metrics_dir import worker_exited
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -97,6 +97,9 @@ class ApplianceServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config, extra: dict[str, Any] | None = None) -> None:
         self.config = config
         self.extra = extra or {}
+        # The CLI has done it already; done again here (idempotent) so a server built without the CLI logs
+        # the same way, and its forked workers inherit it. Raises ValueError for a bad log setting.
+        configure(LogSettings.of(config))
         self.front: Front | None = None
         self.flask_app: Any = None
         if config.front == "nginx":

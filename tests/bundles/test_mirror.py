@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.test_check import PROJECT, check, skopeo_copy, upload
 from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
+from tests.logs import request_lines
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -241,7 +241,8 @@ def test_containerd_pulls_an_image_of_a_registry_with_a_port(appliance: Applianc
     containerd.ctr("images", "pull", ref, hosts_dir=hosts_dir)
     assert containerd.image_digest(ref) == blob.digest
     # containerd asked by the original name, with the upstream host:port (URL-encoded) in ns.
-    assert re.search(rf"/v2/edge/app-{tag}/manifests/1\?ns=127\.0\.0\.1(?::|%3A){port} ", appliance.log())
+    assert any((r["path"], r["query"]) == (f"/v2/edge/app-{tag}/manifests/1", f"ns=127.0.0.1:{port}")
+               for r in request_lines(appliance.log()))
     containerd.ctr("images", "rm", ref)
 
     # override_path mode: the host path names the nested repository itself.
