@@ -633,7 +633,7 @@ class Access:
 
     # -- authentication
 
-    def authenticate(self, username: str, password: str, address: str) -> Principal:
+    def authenticate(self, username: str, password: str, address: str, sign_in: bool = False) -> Principal:
         """The principal for a user's or robot's Basic credentials.
 
         Raises UNAUTHORIZED for wrong credentials or a disabled or expired
@@ -682,8 +682,10 @@ class Access:
                 raise RegistryError("UNAUTHORIZED", f"robot account {username} has expired")
             admin, grants = robot.grants()
             principal = Principal(username, admin, "robot", robot.id, grants)
-        if verified:  # once per password check: a client sending Basic on every request is not a login each time
-            _log_login("login", username, address)
+        # Logged once per password check (a client sending Basic on every request is not a login each time),
+        # and at every UI sign-in (`sign_in`), which starts a session whether or not the check was remembered.
+        if verified or sign_in:
+            _log_login("UI sign-in" if sign_in else "login", username, address)
         logcontext.note_principal(username)
         return principal
 

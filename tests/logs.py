@@ -63,7 +63,7 @@ def parse_text(line: str, fields: tuple[str, ...] = ()) -> dict[str, Any] | None
 def records(log: str) -> list[dict[str, Any]]:
     """Every record of a log, whichever format each line is in (lines that are neither are skipped)."""
     out = []
-    for line in log.splitlines():
+    for line in log.split("\n"):  # as a log reader does: records are separated by newlines only
         if line.startswith("{"):
             try:
                 out.append(json.loads(line))

@@ -41,7 +41,8 @@ from web.config import LOG_FORMATS, LOG_LEVELS, Config
 LEVELS, FORMATS = LOG_LEVELS, LOG_FORMATS
 # Attributes every LogRecord has, and the ones the formatters add: the rest are a record's own fields.
 _STANDARD = frozenset(RESERVED_ATTRS) | {"message", "asctime", "request_id", "taskName"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and the Unicode line breaks that some readers (Python's splitlines) split lines on.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 _BARE = re.compile(r"^[^\s\"=\\\x00-\x1f\x7f]+$")
 
 
@@ -71,7 +72,7 @@ def iso_time(created: float) -> str:
 
 def _escaped(text: str) -> str:
     """`text` on one line: control characters (a newline in a client-chosen name) as escapes."""
-    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)  # "\n", "\u001b"...
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)  # "\n", "\u001b", "\u2028"...
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def _text_value(value: Any) -> str:
     if isinstance(value, bool | int | float):
         return str(value)
     text = str(value)
-    return text if _BARE.match(text) else json.dumps(text, ensure_ascii=False)
+    return text if _BARE.match(text) else _escaped(json.dumps(text, ensure_ascii=False))
 
 
 class JsonLineFormatter(JsonFormatter):

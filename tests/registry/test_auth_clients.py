@@ -3,7 +3,7 @@
 The appliance answers every anonymous or unauthorised /v2/ request with a
 ``Bearer realm=".../service/token"`` challenge, so podman, skopeo and
 containerd fetch a token with their credentials and retry with it; the
-access log shows the token requests. Images are checked by digest.
+request log shows the token requests. Images are checked by digest.
 """
 
 from __future__ import annotations

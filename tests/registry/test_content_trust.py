@@ -25,6 +25,7 @@ from tests.appliance import Appliance, free_port
 from tests.bundles.buildutil import cargohold
 from tests.containerd import Containerd, ContainerdError
 from tests.images import OciLayout
+from tests.logs import request_lines
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -151,5 +152,6 @@ def test_edge_host_pulls_through_the_mirror_follow_the_policy(
     with pytest.raises(ContainerdError, match="412"):
         containerd.ctr("images", "pull", f"docker.io/library/{names['unsigned']}:1", hosts_dir=hosts_dir,
                        timeout=60)
-    assert re.search(rf"GET /v2/library/{names['unsigned']}/manifests/sha256:[0-9a-f]{{64}}\?ns=docker.io "
-                     r"HTTP/1\.1\" 412", app.log()), "the refusal was not the appliance's"
+    assert any(r["method"] == "GET" and r["status"] == 412 and r["query"] == "ns=docker.io"
+               and re.fullmatch(rf"/v2/library/{names['unsigned']}/manifests/sha256:[0-9a-f]{{64}}", r["path"])
+               for r in request_lines(app.log())), "the refusal was not the appliance's"

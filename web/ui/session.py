@@ -142,7 +142,7 @@ def create_blueprint() -> Blueprint:
         try:
             if not username or not password:
                 raise RegistryError("UNAUTHORIZED", "enter a username and a password")
-            principal = access().authenticate(username, password, request.remote_addr or "")
+            principal = access().authenticate(username, password, request.remote_addr or "", sign_in=True)
             if principal.kind != "user":
                 error, status = "Robot accounts cannot sign in to the UI; sign in as a user.", 403
             elif not principal.admin:
