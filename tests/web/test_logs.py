@@ -332,3 +332,22 @@ def test_without_the_front_the_app_makes_the_id_and_logs_sendfile_bodies(
     (line,) = _wait_for(lambda: [r for r in request_lines(app.log()) if r["request_id"] == rid], "the line")
     assert line["client"] == "127.0.0.1" and line["bytes_out"] == len(body) and "sent_by" not in line
     assert forged not in app.log() and "203.0.113.9" not in app.log()
+
+
+def test_a_path_cannot_forge_a_log_line(appliance: Appliance) -> None:
+    resp = requests.get(f"{appliance.url}/v2/x%0A2026-01-01T00:00:00.000Z%20INFO%20%5B1%5D%20forged%20line/tags/list",
+                        timeout=10)
+    rid = resp.headers["X-Request-Id"]
+    _wait_for(lambda: [r for r in request_lines(appliance.log()) if r["request_id"] == rid], "the request line")
+    assert not [line for line in appliance.log().split("\n") if "forged line" in line and rid not in line]
+
+
+def test_python_warnings_are_json_records_too(tmp_path: Path) -> None:
+    code = ("from web.logs import LogSettings, configure; configure(LogSettings('INFO', 'json')); "
+            "import warnings; warnings.warn('careful: something odd')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+                          check=True)
+    (line,) = proc.stderr.strip().split("\n")
+    record = json.loads(line)
+    assert record["logger"] == "py.warnings" and record["level"] == "WARNING"
+    assert "careful: something odd" in record["message"]
