@@ -160,13 +160,16 @@ class RequestLog:
             return counted_write
 
         def finish() -> None:
-            if not entry.logged:
-                entry.logged = True
-                _write_line(entry, body.count if body is not None else 0, self.blobs)
+            if entry.logged:  # closed twice
+                return
+            entry.logged = True
             try:
-                logcontext.reset(token)
-            except ValueError:  # closed from another context than the one the request ran in
-                logcontext.bind(None)
+                _write_line(entry, body.count if body is not None else 0, self.blobs)
+            finally:
+                try:
+                    logcontext.reset(token)
+                except ValueError:  # closed from another context than the one the request ran in
+                    logcontext.bind(None)
 
         try:
             result = self.app(environ, start)
