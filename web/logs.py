@@ -41,9 +41,9 @@ from web.config import LOG_FORMATS, LOG_LEVELS, Config
 LEVELS, FORMATS = LOG_LEVELS, LOG_FORMATS
 # Attributes every LogRecord has, and the ones the formatters add: the rest are a record's own fields.
 _STANDARD = frozenset(RESERVED_ATTRS) | {"message", "asctime", "request_id", "taskName"}
-# Control characters, and the Unicode line breaks that some readers (Python's splitlines) split lines on.
-_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-_BARE = re.compile(r"^[^\s\"=\\\x00-\x1f\x7f]+$")
+# Control characters (C0 and C1), and the Unicode line breaks some readers (Python's splitlines) split lines on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f-\x9f]+")  # fullmatch: "$" would let a final newline through
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _text_value(value: Any) -> str:
     if isinstance(value, bool | int | float):
         return str(value)
     text = str(value)
-    return text if _BARE.match(text) else _escaped(json.dumps(text, ensure_ascii=False))
+    return text if _BARE.fullmatch(text) else _escaped(json.dumps(text, ensure_ascii=False))
 
 
 class JsonLineFormatter(JsonFormatter):
