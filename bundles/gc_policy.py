@@ -71,7 +71,7 @@ def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_R
     what = "garbage collection" + (" dry run" if dry_run else "")
     _log.info("%s started (retain %s)", what, retain, extra={"dry_run": dry_run, "retain": retain})
     try:
-        report = _collect(releases, uploads, retain, grace_seconds, dry_run, cluster, ignore_cluster)
+        report = _collect(releases, uploads, retain, grace_seconds, dry_run, cluster, ignore_cluster, progress)
     except GcRefused as exc:
         _log.warning("%s refused: %s", what, exc, extra={"dry_run": dry_run, "retain": retain})
         raise
@@ -86,7 +86,7 @@ def collect(releases: Releases, uploads: Uploads | None, retain: int = DEFAULT_R
 
 
 def _collect(releases: Releases, uploads: Uploads | None, retain: int, grace_seconds: float, dry_run: bool,
-             cluster: ClusterSource, ignore_cluster: bool) -> dict[str, Any]:
+             cluster: ClusterSource, ignore_cluster: bool, progress: Progress | None) -> dict[str, Any]:
     warnings: list[str] = []
     in_use: frozenset[str] = frozenset()
     cluster_json: dict[str, Any] = {"configured": cluster.configured, "reachable": None}
