@@ -11,6 +11,7 @@ forget a handler.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -75,3 +76,33 @@ def guarded_blueprint(name: str, guard: ApiAccess) -> Blueprint:
         guard.authenticate()
 
     return bp
+
+
+MAX_PAGE = 1_000_000
+MAX_PAGE_SIZE = 100  # Harbor's own cap on page_size
+
+
+def harbor_paging(bad: Callable[[str], Exception]) -> tuple[int, int]:
+    """Harbor's (page, page_size) from the query; raises ``bad(message)`` for a value out of range or not a number."""
+    try:
+        page = int(request.args.get("page") or 1)
+        size = int(request.args.get("page_size") or 10)
+    except ValueError:
+        raise bad("page and page_size must be whole numbers") from None
+    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+        raise bad(f"page must be between 1 and {MAX_PAGE} and page_size between 1 and {MAX_PAGE_SIZE}")
+    return page, size
+
+
+def harbor_listed(items: list[dict[str, Any]], total: int, page: int, size: int) -> Response:
+    """A page of a Harbor list: the items, with X-Total-Count and Link (prev/next) as Harbor sends them."""
+    resp = jsonify(items)
+    resp.headers["X-Total-Count"] = str(total)
+    links = []
+    if page > 1:
+        links.append(f'<{request.path}?page={page - 1}&page_size={size}>; rel="prev"')
+    if page * size < total:
+        links.append(f'<{request.path}?page={page + 1}&page_size={size}>; rel="next"')
+    if links:
+        resp.headers["Link"] = ", ".join(links)
+    return resp

@@ -42,15 +42,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from bundles.api_access import ApiAccess
-from bundles.api_json import guarded_blueprint, json_body
+from bundles.api_json import guarded_blueprint, harbor_listed, harbor_paging, json_body
 from bundles.maintenance_jobs import GC, SCHEDULE, JobBusy, JobOptions, MaintenanceJob, MaintenanceJobs
 from bundles.maintenance_schedule import MaintenanceScheduler
 from bundles.releases import ReleaseError
 from bundles.schedule import Schedule, parse_schedule
 
 PREFIX = "/api/v2.0"
-MAX_PAGE_SIZE = 100
-MAX_PAGE = 1_000_000
 _STATUS = {"running": "Running", "done": "Success", "failed": "Error", "interrupted": "Stopped"}
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TYPES = ("Hourly", "Daily", "Weekly", "Custom", "None", "Manual")
@@ -167,32 +165,13 @@ def create_blueprint(jobs: MaintenanceJobs, scheduler: MaintenanceScheduler, gua
             raise ReleaseError(f"garbage collection {gc_id[:40]!r} not found", 404, "NOT_FOUND")
         return job
 
-    def paging() -> tuple[int, int]:
-        try:
-            page = int(request.args.get("page") or 1)
-            size = int(request.args.get("page_size") or 10)
-        except ValueError:
-            raise _bad("page and page_size must be whole numbers") from None
-        if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
-            raise _bad(f"page must be between 1 and {MAX_PAGE} and page_size between 1 and {MAX_PAGE_SIZE}")
-        return page, size
-
     @bp.get(f"{PREFIX}/system/gc")
     def list_gc() -> Response:
         guard.require_admin("read the garbage collection history")
-        page, size = paging()
+        page, size = harbor_paging(_bad)
         total = jobs.count(GC)
         in_force = scheduler.state(GC).schedule
-        resp = jsonify([history(j, in_force) for j in jobs.list(size, GC, (page - 1) * size)])
-        resp.headers["X-Total-Count"] = str(total)
-        links = []
-        if page > 1:
-            links.append(f'<{PREFIX}/system/gc?page={page - 1}&page_size={size}>; rel="prev"')
-        if page * size < total:
-            links.append(f'<{PREFIX}/system/gc?page={page + 1}&page_size={size}>; rel="next"')
-        if links:
-            resp.headers["Link"] = ", ".join(links)
-        return resp
+        return harbor_listed([history(j, in_force) for j in jobs.list(size, GC, (page - 1) * size)], total, page, size)
 
     @bp.get(f"{PREFIX}/system/gc/<gc_id>")
     def get_gc(gc_id: str) -> Response:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from bundles.api_access import ApiAccess
-from bundles.api_json import error_response, guarded_blueprint, json_body
+from bundles.api_json import error_response, guarded_blueprint, harbor_listed, harbor_paging, json_body
 from bundles.retention import Retention, RetentionError
 
 PREFIX = "/api/v2.0"
-MAX_PAGE_SIZE = 100
-MAX_PAGE = 1_000_000
 
 METADATA = {
     "templates": [
@@ -45,28 +43,6 @@ def _id(text: str, what: str) -> int:
     return int(text)
 
 
-def _paging() -> tuple[int, int]:
-    try:
-        page = int(request.args.get("page") or 1)
-        size = int(request.args.get("page_size") or 10)
-    except ValueError:
-        raise RetentionError("page and page_size must be whole numbers") from None
-    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
-        raise RetentionError(f"page must be between 1 and {MAX_PAGE} and page_size between 1 and {MAX_PAGE_SIZE}")
-    return page, size
-
-
-def _listed(items: list[dict[str, Any]], total: int, page: int, size: int) -> Response:
-    resp = jsonify(items)
-    resp.headers["X-Total-Count"] = str(total)
-    links = []
-    if page > 1:
-        links.append(f'<{request.path}?page={page - 1}&page_size={size}>; rel="prev"')
-    if page * size < total:
-        links.append(f'<{request.path}?page={page + 1}&page_size={size}>; rel="next"')
-    if links:
-        resp.headers["Link"] = ", ".join(links)
-    return resp
 
 
 def create_blueprint(retention: Retention, guard: ApiAccess) -> Blueprint:
@@ -143,17 +119,17 @@ def create_blueprint(retention: Retention, guard: ApiAccess) -> Blueprint:
     def executions(policy_id: str) -> Response:
         guard.require_admin("read retention executions")
         pid = int(policy(policy_id)["id"])
-        page, size = _paging()
+        page, size = harbor_paging(RetentionError)
         items, total = retention.executions(pid, (page - 1) * size, size)
-        return _listed(items, total, page, size)
+        return harbor_listed(items, total, page, size)
 
     @bp.get(f"{PREFIX}/retentions/<policy_id>/executions/<execution_id>/tasks")
     def tasks(policy_id: str, execution_id: str) -> Response:
         guard.require_admin("read retention executions")
         _, eid = execution(policy_id, execution_id)
-        page, size = _paging()
+        page, size = harbor_paging(RetentionError)
         items, total = retention.tasks(eid, (page - 1) * size, size)
-        return _listed(items, total, page, size)
+        return harbor_listed(items, total, page, size)
 
     @bp.get(f"{PREFIX}/retentions/<policy_id>/executions/<execution_id>/tasks/<task_id>")
     def task_log(policy_id: str, execution_id: str, task_id: str) -> Response:
