@@ -34,16 +34,36 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class ProgressBar:
-    """Bytes, rate and time left on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
+class StderrProgress:
+    """A progress line on stderr: redrawn in place on a terminal, a new line each time otherwise."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.started = time.monotonic()
         self._last = 0.0
-        self._state = ""
         self._drawn = False
+
+    def _draw(self, line: str, width: int) -> None:
+        if self.tty:
+            self.stream.write("\r" + line.ljust(width))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class ProgressBar(StderrProgress):
+    """Bytes, rate and time left on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self.started = time.monotonic()
+        self._state = ""
 
     def __call__(self, state: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -56,19 +76,8 @@ class ProgressBar:
         pct = 100.0 * done / total if total else 100.0
         width = 30
         filled = int(width * pct / 100)
-        line = (f"{state:<9} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}%  {_size(done)} / {_size(total)}"
-                f"  {_size(rate)}/s  {_duration(left)} left")
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._draw(f"{state:<9} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}%  {_size(done)} / {_size(total)}"
+                   f"  {_size(rate)}/s  {_duration(left)} left", 100)
 
 
 def _refused(code: str, message: str) -> click.ClickException:

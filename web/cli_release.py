@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, TextIO
 import click
 
 from web.cli import _config, existing_data_dir_option
+from web.cli_import import StderrProgress
 
 
 def _releases(data_dir: Path | None) -> Any:
@@ -253,16 +253,13 @@ def discard_cmd(data_dir: Path | None, release_id: str, reason: str | None, as_j
                "`cargohold gc` reclaims what no tag or other release uses")
 
 
-class JobProgress:
+class JobProgress(StderrProgress):
     """A maintenance job's phase and count on stderr: redrawn in place on a terminal, a line every few seconds
     (or on a new phase) otherwise."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._last = 0.0
+        super().__init__(stream)
         self._phase = ""
-        self._drawn = False
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -271,20 +268,9 @@ class JobProgress:
         self._last, self._phase = now, phase
         if total:
             filled = int(30 * min(done, total) / total)
-            line = f"{phase:<16} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+            self._draw(f"{phase:<16} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", 80)
         else:
-            line = f"{phase}..."
-        if self.tty:
-            self.stream.write("\r" + line.ljust(80))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._draw(f"{phase}...", 80)
 
 
 wait_option = click.option("--wait", is_flag=True,
