@@ -199,6 +199,24 @@ def _present(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if v is not None}
 
 
+# The policies in force: a policy belongs to its project only if it is not older than the project. Deleting a
+# project leaves its policy behind (the registry package knows nothing of retention), and SQLite gives a
+# deleted project's id to the next project: the old policy must not apply to that one.
+_LIVE = "retention_policies rp JOIN projects p ON p.id = rp.project_id AND p.created_at <= rp.created_at"
+
+
+def _remove(db: Any, policy_id: int) -> None:
+    """Delete a policy with its executions, tasks and the project's retention_id naming it (in `db`'s transaction)."""
+    execs = [r[0] for r in db.execute("SELECT id FROM retention_executions WHERE policy_id = ?", [policy_id])]
+    db.conn.executemany("DELETE FROM retention_tasks WHERE execution_id = ?", [(e,) for e in execs])
+    db.execute("DELETE FROM retention_executions WHERE policy_id = ?", [policy_id])
+    row = db.execute("SELECT project_id FROM retention_policies WHERE id = ?", [policy_id]).fetchone()
+    db.execute("DELETE FROM retention_policies WHERE id = ?", [policy_id])
+    if row is not None:
+        db.execute("DELETE FROM project_metadata WHERE project_id = ? AND name = ? AND value = ?",
+                   [row[0], RETENTION_ID, str(policy_id)])
+
+
 class Retention:
     """The retention policies and executions of one registry."""
 
@@ -223,7 +241,7 @@ class Retention:
         return ref
 
     def policy_json(self, policy_id: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT id, project_id, policy FROM retention_policies WHERE id = ?",
+        row = self.db.execute(f"SELECT rp.id, rp.project_id, rp.policy FROM {_LIVE} WHERE rp.id = ?",
                               [policy_id]).fetchone()
         if row is None:
             return None
@@ -233,7 +251,7 @@ class Retention:
                 "scope": {"level": "project", "ref": int(row[1])}}
 
     def policy_of_project(self, project_id: int) -> int | None:
-        row = self.db.execute("SELECT id FROM retention_policies WHERE project_id = ?", [project_id]).fetchone()
+        row = self.db.execute(f"SELECT rp.id FROM {_LIVE} WHERE rp.project_id = ?", [project_id]).fetchone()
         return int(row[0]) if row else None
 
     def create(self, doc: dict[str, Any]) -> int:
@@ -242,6 +260,11 @@ class Retention:
         algorithm, rules = parse_rules(doc)
         now = time.time()
         with write_transaction(self.db) as db:
+            # A policy older than the project belonged to a deleted project whose id SQLite gave out again.
+            for (stale,) in db.execute("SELECT rp.id FROM retention_policies rp JOIN projects p ON p.id = "
+                                       "rp.project_id WHERE rp.project_id = ? AND rp.created_at < p.created_at",
+                                       [project_id]).fetchall():
+                _remove(db, int(stale))
             if db.execute("SELECT 1 FROM retention_policies WHERE project_id = ?", [project_id]).fetchone():
                 raise RetentionError(f"project {project_id} already has a retention policy; change it with PUT",
                                      409, "CONFLICT")
@@ -270,14 +293,7 @@ class Retention:
         if self.policy_json(policy_id) is None:
             raise RetentionError(f"retention policy {policy_id} not found", 404, "NOT_FOUND")
         with write_transaction(self.db) as db:
-            execs = [r[0] for r in db.execute("SELECT id FROM retention_executions WHERE policy_id = ?",
-                                              [policy_id])]
-            db.conn.executemany("DELETE FROM retention_tasks WHERE execution_id = ?", [(e,) for e in execs])
-            db.execute("DELETE FROM retention_executions WHERE policy_id = ?", [policy_id])
-            row = db.execute("SELECT project_id FROM retention_policies WHERE id = ?", [policy_id]).fetchone()
-            db.execute("DELETE FROM retention_policies WHERE id = ?", [policy_id])
-            db.execute("DELETE FROM project_metadata WHERE project_id = ? AND name = ? AND value = ?",
-                       [row[0], RETENTION_ID, str(policy_id)])
+            _remove(db, policy_id)
 
     # -- executions
 

@@ -231,3 +231,34 @@ def test_policies_from_before_get_their_retention_id(appliance_factory: Callable
         assert asyncio.run(client.get_project_retention_id("spectro-images")) == policy_id
     finally:
         again.stop()
+
+
+def test_a_deleted_projects_policy_never_applies_to_a_project_given_its_id(
+        appliance_factory: Callable[..., Appliance]) -> None:
+    """Deleting a project leaves no policy in force: SQLite gives the deleted (highest) id to the next project,
+    which starts with no policy and may create its own."""
+    app = appliance_factory(env=QUIET)
+
+    def project(name: str) -> int:
+        r = requests.post(f"{app.url}{API}/projects", json={"project_name": name}, auth=app.admin, timeout=10)
+        assert r.status_code == 201, r.text
+        return int(requests.get(f"{app.url}{API}/projects/{name}", auth=app.admin, timeout=10).json()["project_id"])
+
+    old_id = project("gone")
+    r = requests.post(f"{app.url}{API}/retentions", auth=app.admin, timeout=10,
+                      json=_policy(old_id, _rule("always")).model_dump(mode="json", exclude_none=True))
+    assert r.status_code == 201, r.text
+    old_policy = int(r.headers["Location"].rsplit("/", 1)[-1])
+    assert requests.delete(f"{app.url}{API}/projects/gone", auth=app.admin, timeout=10).status_code == 200
+    new_id = project("fresh")
+    assert new_id == old_id  # the situation under test: the id was given out again
+    assert requests.get(f"{app.url}{API}/retentions/{old_policy}", auth=app.admin, timeout=10).status_code == 404
+    assert "retention_id" not in requests.get(f"{app.url}{API}/projects/fresh/metadatas", auth=app.admin,
+                                              timeout=10).json()
+    r = requests.post(f"{app.url}{API}/retentions", auth=app.admin, timeout=10,
+                      json=_policy(new_id, _rule("latestPushedK", count=1)).model_dump(mode="json", exclude_none=True))
+    assert r.status_code == 201, r.text
+    policy = requests.get(r.headers["Location"] if r.headers["Location"].startswith("http") else
+                          f"{app.url}{r.headers['Location']}", auth=app.admin, timeout=10).json()
+    assert policy["scope"]["ref"] == new_id and policy["rules"][0]["template"] == "latestPushedK"
+
