@@ -163,7 +163,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
         scanner, guard, seed_api.SeedApiConfig(config.seed_scan, scan_in_background)))
     # Monitoring: /livez and /readyz (open), /metrics and the request metrics (web/metrics.py).
     app.register_blueprint(health.create_blueprint(config))
-    metrics.install(app, config, services.access, accel_prefix)
+    metrics.install(app, config, services.access)
     # The operator UI (web.ui): sign-in, resumable upload (tus), pages.
     ui.init_app(app, imports, ClusterDefinitions(config.paths), signer)
 

@@ -1,12 +1,13 @@
 """Prometheus metrics over HTTP: the request metrics, and ``GET /metrics`` with its access rule.
 
-Every request is counted by a thin WSGI layer around the Flask app
-(`RequestMetrics`): the route template Flask matched (``unmatched`` when none
-did), the method (``other`` for a method no endpoint has), the status, the
-time the app took to answer, the bytes it read from the request body, and
-the bytes of the response body: its Content-Length, or for a blob the nginx
-front sends itself (``X-Accel-Redirect``, web/front.py) the size of that file
-(or of the requested range). No label ever holds a path, digest, tag or user.
+Every request is counted from the request log's measure of it
+(web/requestlog.py measures each request once, for its log line and for
+these): the route template Flask matched (``unmatched`` when none did), the
+method (``other`` for a method no endpoint has), the status, the time until
+the answer had left the app, the bytes it read from the request body, and
+the bytes of the response body, including a blob the nginx front sends
+itself (``X-Accel-Redirect``, web/front.py: the size of that file or of the
+requested range). No label ever holds a path, digest, tag or user.
 
 ``/metrics`` answers the Prometheus text format, summing every process's
 values when the appliance serves (web/metrics_dir.py), with the states read
@@ -24,11 +25,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
-import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import prometheus_client
 from flask import Flask, Response, jsonify, request
@@ -36,25 +33,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from werkzeug.http import parse_range_header
 
 from bundles.metrics import BundlesCollector
 from registry.access import Access, TooManyAttempts
 from registry.auth import parse_basic
 from registry.errors import RegistryError
 from registry.metrics import PREFIX, RegistryCollector
+from web import requestlog
 from web.config import Config
+from web.requestlog import Answered
 
 _log = logging.getLogger(__name__)
 UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_ROUTE_KEY = "cargohold.metrics.route"
 
 HTTP_REQUESTS = Counter(f"{PREFIX}http_requests_total", "HTTP requests answered, by route template, method and status",
                         ["route", "method", "status"])
 HTTP_DURATION = Histogram(f"{PREFIX}http_request_duration_seconds",
-                          "Time the app took to answer, by route template and method (a blob body the front "
-                          "sends is not included)", ["route", "method"],
+                          "Time from a request reaching the app until its answer had left the app, by route "
+                          "template and method (a blob body the front sends is not included)", ["route", "method"],
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 HTTP_RECEIVED = Counter(f"{PREFIX}http_received_bytes_total", "Request body bytes the app read, by route template",
                         ["route"])
@@ -65,92 +62,17 @@ IN_FLIGHT = Gauge(f"{PREFIX}http_requests_in_flight", "Requests the app is answe
                   multiprocess_mode="livesum")
 
 
-class _CountingInput:
-    """wsgi.input that counts the bytes read from it."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.count = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._stream.read(size)
-        self.count += len(data)
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data: bytes = self._stream.readline(size)
-        self.count += len(data)
-        return data
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(hint)
-        self.count += sum(len(line) for line in lines)
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.readline, b"")
-
-
-class RequestMetrics:
-    """WSGI middleware: counts and times every request (see the module docstring). Cheap: no I/O but one stat
-    for a blob the front sends."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], blobs: Path, accel_prefix: str | None) -> None:
-        self.app = app
-        self.blobs = blobs
-        self.accel_prefix = accel_prefix
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        started = time.perf_counter()
-        body = _CountingInput(environ.get("wsgi.input"))
-        environ["wsgi.input"] = body
-        answer: list[Any] = ["500", []]
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            answer[0], answer[1] = status, headers
-            return start_response(status, headers, exc_info)
-
-        IN_FLIGHT.inc()
-        try:
-            return self.app(environ, start)
-        finally:
-            IN_FLIGHT.dec()
-            try:
-                self._record(environ, answer[0], answer[1], body.count, time.perf_counter() - started)
-            except Exception:  # counting must never cost a client its answer
-                _log.exception("could not record the metrics of a request")
-
-    def _record(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]], received: int,
-                duration: float) -> None:
-        route = environ.get(_ROUTE_KEY, UNMATCHED)
-        method = str(environ.get("REQUEST_METHOD", "")).upper()
-        method = method if method in _METHODS else "other"
-        code = status[:3]
-        HTTP_REQUESTS.labels(route, method, code).inc()
-        HTTP_DURATION.labels(route, method).observe(duration)
-        if received:
-            HTTP_RECEIVED.labels(route).inc(received)
-        sent = 0 if method == "HEAD" else self._body_bytes(environ, code, headers)
-        if sent:
-            HTTP_SENT.labels(route).inc(sent)
-
-    def _body_bytes(self, environ: dict[str, Any], code: str, headers: list[tuple[str, str]]) -> int:
-        length, accel = None, None
-        for name, value in headers:
-            lower = name.lower()
-            if lower == "content-length":
-                length = value
-            elif lower == "x-accel-redirect":
-                accel = value
-        if accel is not None and self.accel_prefix and accel.startswith(self.accel_prefix) and code == "200":
-            try:
-                size = os.stat(self.blobs / accel[len(self.accel_prefix):]).st_size
-            except OSError:
-                return 0
-            wanted = parse_range_header(environ.get("HTTP_RANGE"))
-            span = wanted.range_for_length(size) if wanted is not None else None
-            return span[1] - span[0] if span is not None else size
-        return int(length) if length is not None and length.isdigit() else 0
+def _record(answered: Answered) -> None:
+    """Count one answered request (a request-log observer: measured once, web/requestlog.py)."""
+    IN_FLIGHT.dec()
+    route = answered.route or UNMATCHED
+    method = answered.method.upper() if answered.method.upper() in _METHODS else "other"
+    HTTP_REQUESTS.labels(route, method, str(answered.status)).inc()
+    HTTP_DURATION.labels(route, method).observe(answered.duration)
+    if answered.bytes_in:
+        HTTP_RECEIVED.labels(route).inc(answered.bytes_in)
+    if answered.bytes_out and method != "HEAD":
+        HTTP_SENT.labels(route).inc(answered.bytes_out)
 
 
 class _DefaultRegistry(Collector):
@@ -189,18 +111,12 @@ def _refused(status: int, code: str, message: str) -> Response:
     return resp
 
 
-def install(app: Flask, config: Config, access: Access, accel_prefix: str | None) -> None:
+def install(app: Flask, config: Config, access: Access) -> None:
     """Count every request of `app` and serve ``GET /metrics``."""
     registry = _collectors(config)
     token = config.metrics_token.strip()
-    app.wsgi_app = RequestMetrics(app.wsgi_app, config.paths.blobs, accel_prefix)  # type: ignore[method-assign]
-
-    @app.after_request
-    def _route(resp: Response) -> Response:
-        # The template, never the path: "/v2/<path:name>/manifests/<reference>".
-        if request.url_rule is not None:
-            request.environ[_ROUTE_KEY] = request.url_rule.rule
-        return resp
+    # The request log measures every request once (route template, status, bytes, duration); count its measure.
+    requestlog.add_observer(app, IN_FLIGHT.inc, _record)
 
     def refusal() -> Response | None:
         if config.metrics_access == "open":

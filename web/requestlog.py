@@ -38,6 +38,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,32 @@ def install(app: Flask) -> None:
         services = app.extensions.get("cargohold")
         return services.config.paths.blobs if services is not None else None
 
-    app.wsgi_app = RequestLog(app.wsgi_app, blobs)  # type: ignore[method-assign]
+    middleware = RequestLog(app.wsgi_app, blobs)
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    app.extensions[_ENTRY] = middleware
     app.teardown_request(_note_route)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What one request came to, measured once for every consumer (the log line, the metrics)."""
+
+    method: str
+    route: str | None  # the template Flask matched; None when none did
+    status: int
+    bytes_in: int
+    bytes_out: int  # body bytes sent, by the app, the server's sendfile or the front (X-Accel-Redirect)
+    duration: float  # seconds from the request reaching the app until its answer had gone out
+
+
+def add_observer(app: Flask, started: Callable[[], None], answered: Callable[[Answered], None]) -> None:
+    """Also call `started` when a request reaches `app` and `answered` once it has been answered.
+
+    The request log measures each request once; other consumers (web/metrics.py) read its measure instead of
+    wrapping the app again. Raises KeyError if `install` has not run on `app`.
+    """
+    middleware: RequestLog = app.extensions[_ENTRY]
+    middleware.observers.append((started, answered))
 
 
 def request_id_of(header: str | None) -> str:
@@ -131,8 +156,11 @@ class RequestLog:
     def __init__(self, app: Callable[..., Iterable[bytes]], blobs: Callable[[], Path | None]) -> None:
         self.app = app
         self.blobs = blobs
+        self.observers: list[tuple[Callable[[], None], Callable[[Answered], None]]] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        for started, _ in self.observers:
+            _safely(started)
         info = logcontext.RequestInfo(request_id_of(environ.get("HTTP_X_REQUEST_ID")))
         environ["HTTP_X_REQUEST_ID"] = info.request_id
         token = logcontext.bind(info)
@@ -164,7 +192,12 @@ class RequestLog:
                 return
             entry.logged = True
             try:
-                _write_line(entry, body.count if body is not None else 0, self.blobs)
+                answered = _answered(entry, body.count if body is not None else 0, self.blobs)
+                try:
+                    _write_line(entry, answered)
+                finally:
+                    for _, observer in self.observers:
+                        _safely(observer, answered)
             finally:
                 try:
                     logcontext.reset(token)
@@ -267,15 +300,27 @@ def _front_body_length(entry: _Entry, blobs: Path | None) -> int:
     return wanted[1] - wanted[0] if wanted is not None else size
 
 
-def _write_line(entry: _Entry, bytes_in: int, blobs: Callable[[], Path | None]) -> None:
-    environ = entry.environ
-    method = str(environ.get("REQUEST_METHOD", ""))
-    path = _path(environ)
+def _answered(entry: _Entry, bytes_in: int, blobs: Callable[[], Path | None]) -> Answered:
+    method = str(entry.environ.get("REQUEST_METHOD", ""))
     bytes_out = entry.bytes_out
     if entry.front_body is not None:
         bytes_out = _front_body_length(entry, blobs())
     elif not entry.body_iterated and entry.declared is not None and method != "HEAD":
         bytes_out = entry.declared  # sent by the server's sendfile(2)
+    return Answered(method, entry.route, entry.status, bytes_in, bytes_out, time.monotonic() - entry.started)
+
+
+def _safely(call: Callable[..., None], *args: Any) -> None:
+    try:
+        call(*args)
+    except Exception:  # an observer (the metrics) must never cost a client its answer
+        _log.exception("a request observer failed")
+
+
+def _write_line(entry: _Entry, answered: Answered) -> None:
+    environ = entry.environ
+    method = answered.method
+    path = _path(environ)
     fields: dict[str, Any] = {
         "client": environ.get("REMOTE_ADDR") or "-",
         "principal": entry.info.principal or entry.principal or "anonymous",
@@ -285,9 +330,9 @@ def _write_line(entry: _Entry, bytes_in: int, blobs: Callable[[], Path | None]) 
         "query": _query(str(environ.get("QUERY_STRING") or "")),
         "repository": entry.repository,
         "status": entry.status,
-        "bytes_in": bytes_in,
-        "bytes_out": bytes_out,
-        "duration_ms": round((time.monotonic() - entry.started) * 1000, 1),
+        "bytes_in": answered.bytes_in,
+        "bytes_out": answered.bytes_out,
+        "duration_ms": round(answered.duration * 1000, 1),
     }
     if entry.front_body:
         fields["sent_by"] = "front"
