@@ -214,6 +214,20 @@ def _copy_hashed(src: Path, target: Path, mode: int = 0o600, algorithm: str = "s
     return h.hexdigest(), size
 
 
+def _copy_blob(src: Path, staging: Path, target: Path, digest: Digest, size: int) -> tuple[str, int] | None:
+    """Copy blob `src` to `target` through `staging`, verifying it; None when it is `digest` and `size`.
+
+    Otherwise nothing reaches `target` and the answer is (the hex the bytes hash to, how many there were).
+    Raises FileNotFoundError when `src` is missing (backup and restore each word that their own way).
+    """
+    actual, got = _copy_hashed(src, staging, 0o600, digest.algorithm)
+    if actual != digest.encoded or got != size:
+        staging.unlink(missing_ok=True)
+        return actual, got
+    os.replace(staging, target)
+    return None
+
+
 def _hash_file(path: Path, algorithm: str = "sha256") -> tuple[str, int]:
     h = hashlib.new(algorithm)
     size = 0
@@ -364,17 +378,14 @@ def _copy_blobs(paths: DataPaths, dest: Path, wanted: list[tuple[Digest, int]], 
             src = paths.blob(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                actual, got = _copy_hashed(src, target.with_name(target.name + ".copy"), 0o600, digest.algorithm)
+                wrong = _copy_blob(src, target.with_name(target.name + ".copy"), target, digest, size)
             except FileNotFoundError:
                 problems.append(f"{digest} is recorded but its file {src} is missing")
                 continue
-            copied = target.with_name(target.name + ".copy")
-            if actual != digest.encoded or got != size:
-                copied.unlink(missing_ok=True)
-                problems.append(f"{digest} in the store is damaged (its {got} bytes hash to "
-                                f"{digest.algorithm}:{actual}; recorded size {size})")
+            if wrong is not None:
+                problems.append(f"{digest} in the store is damaged (its {wrong[1]} bytes hash to "
+                                f"{digest.algorithm}:{wrong[0]}; recorded size {size})")
                 continue
-            os.replace(copied, target)
             dirs.add(target.parent)
             report.copied += 1
             report.copied_bytes += size
@@ -541,16 +552,14 @@ def _restore_into(source: Path, paths: DataPaths, manifest: dict[str, Any], repo
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = paths.tmp / f"restore-{digest.encoded}"
         try:
-            actual, got = _copy_hashed(src, tmp, 0o600, digest.algorithm)
+            wrong = _copy_blob(src, tmp, target, digest, size)
         except FileNotFoundError:
             problems.append(f"{digest} is missing from the backup ({src})")
             continue
-        if actual != digest.encoded or got != size:
-            tmp.unlink(missing_ok=True)
-            problems.append(f"{digest} in the backup is damaged or changed ({src}: {got} bytes hashing to "
-                            f"{digest.algorithm}:{actual}; recorded size {size})")
+        if wrong is not None:
+            problems.append(f"{digest} in the backup is damaged or changed ({src}: {wrong[1]} bytes hashing to "
+                            f"{digest.algorithm}:{wrong[0]}; recorded size {size})")
             continue
-        os.replace(tmp, target)
         dirs.add(target.parent)
         report.blobs += 1
         report.bytes += size
