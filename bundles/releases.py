@@ -34,6 +34,13 @@ published at import (new names) stay: they may already be pulled or
 running, and the garbage collector keeps content while it is tagged.
 Importing the same bundle again stages it again.
 
+Every promotion, rollback and discard also appends a row to
+``release_events`` in its own transaction: `events` lists them by their
+sequence number, the ordered history a follower appliance replays
+(`bundles.follow`). A followed promotion (`promote(..., followed=...)`)
+records the primary's decision as made there (its forced flag and reason)
+and skips the readiness check the primary already ran.
+
 Retention (`retained`): the promoted release and the N-1 releases promoted
 most recently before it, plus every staged release (waiting for promotion);
 discarded releases hold nothing and take no place in it.
@@ -398,11 +405,13 @@ class Releases:
             self.definitions.put(d)
 
     def promote(self, release_id: int | str, username: str, source_ip: str = "", force: bool = False,
-                reason: str | None = None) -> dict[str, Any]:
+                reason: str | None = None, followed: str | None = None) -> dict[str, Any]:
         """Check, then point every tag of the release at its digests in one transaction; returns the outcome.
 
         Raises ReleaseError: not found, already promoted, content gone, check
-        failed (unless `force`, which needs a `reason`).
+        failed (unless `force`, which needs a `reason`). `followed` names the
+        primary whose promotion this replays (`bundles.follow`): no readiness
+        check (the primary ran it), `force` and `reason` are the primary's.
         """
         release = self.get(release_id)
         if release.state == "promoted":
@@ -410,9 +419,12 @@ class Releases:
         if release.state == "discarded":
             raise ReleaseError(f"release {release.id} ({release.name} {release.version}) was discarded; import its "
                                "bundle again to promote it", 409, "DISCARDED")
-        if force and not (reason or "").strip():
+        if force and not (reason or "").strip() and followed is None:
             raise ReleaseError("a forced promotion needs a reason (--reason)", 400, "BAD_REQUEST")
-        check = self.check(release.id)
+        if followed is not None:
+            check: dict[str, Any] = {"release": release.id, "ready": not force, "definitions": []}
+        else:
+            check = self.check(release.id)
         if not check["ready"] and not force:
             not_ready = [f"{r['definition']}: {sum(v for k, v in r['counts'].items() if k != 'present')} "
                          f"image(s) not present" for r in check["definitions"] if not r["ready"]]
@@ -436,9 +448,14 @@ class Releases:
                        [time.time(), username, previous[0] if previous else None, int(force and not check["ready"]),
                         reason if force else None, release.id])
             self._store_definitions(release.id)
-            note = f" (forced: {reason})" if force and not check["ready"] else ""
+            forced = bool(force and not check["ready"])
+            note = f" (forced: {reason})" if forced else ""
+            if followed is not None:
+                note += f" (as promoted on {followed})"
             self.audit.record(username, "update", "release",
                               f"promote release {release.id} {release.name} {release.version}{note}", source_ip, db=db)
+            _event(db, "promote", release.id, previous[0] if previous else None, username, forced,
+                   reason if forced else None)
         return {"release": self.get(release.id).to_json(), "tagsMoved": moved, "ready": check["ready"],
                 "forced": bool(force and not check["ready"]), "previous": previous[0] if previous else None}
 
@@ -471,6 +488,7 @@ class Releases:
             self.audit.record(username, "update", "release",
                               f"roll back release {current.id} {current.name} {current.version} to release "
                               f"{target.id} {target.name} {target.version}", source_ip, db=db)
+            _event(db, "rollback", target.id, current.id, username)
         return {"rolledBack": self.get(current.id).to_json(), "release": self.get(target.id).to_json(),
                 "tagsMoved": moved}
 
@@ -510,8 +528,31 @@ class Releases:
             self.audit.record(username, "delete", "release",
                               f"discard release {release.id} {release.name} {release.version} (was {release.state})"
                               + (f": {reason}" if reason else ""), source_ip, db=db)
+            _event(db, "discard", release.id, None, username, reason=reason)
         return {"release": self.get(release.id).to_json(), "was": release.state, "imagesDropped": images,
                 "reason": reason}
+
+    # -- the ordered history a follower replays
+
+    def events(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Promote, rollback and discard events with a sequence number above `after`, oldest first."""
+        rows = self.db.execute("SELECT seq, action, release_id, other_id, username, at, forced, reason FROM "
+                               "release_events WHERE seq > ? ORDER BY seq LIMIT ?", [after, limit]).fetchall()
+        return [{"seq": seq, "action": action, "release": rid,
+                 **({"previous": other} if action == "promote" else {}),
+                 **({"rolledBack": other} if action == "rollback" else {}),
+                 "by": username, "at": at, "forced": bool(forced), "reason": reason}
+                for seq, action, rid, other, username, at, forced, reason in rows]
+
+    def last_event(self) -> int:
+        """The highest event sequence number (0: none yet)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM release_events").fetchone()[0])
+
+    def file_digest(self, release_id: int, digest: str) -> Digest | None:
+        """`digest` if it is one of the release's files (charts, definition archives), else None."""
+        row = self.db.execute("SELECT digest FROM release_files WHERE release_id = ? AND digest = ?",
+                              [release_id, digest]).fetchone()
+        return Digest.parse(row[0]) if row else None
 
     # -- retention and GC roots
 
@@ -543,6 +584,14 @@ class Releases:
             blobs |= {d for (d,) in db.execute("SELECT digest FROM cluster_definitions") if d}
             return GcRoots(manifests, in_use, frozenset(blobs))
         return read
+
+
+def _event(db: Database, action: str, release_id: int, other_id: int | None, username: str, forced: bool = False,
+           reason: str | None = None) -> None:
+    """Append one release event inside the transaction that makes the change (see the module docstring)."""
+    db.execute("INSERT INTO release_events (action, release_id, other_id, username, at, forced, reason) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?)", [action, release_id, other_id, username, time.time(), int(forced),
+                                                reason])
 
 
 # -- cluster definition differences ---------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
     GET   /api/cargohold/v1/releases/<id>                 one release (id, ``promoted`` or ``latest``):
                                                           images (pending marked), definitions, files, usage
     GET   /api/cargohold/v1/releases/<id>/diff?from=<id>  differences from `from` (default: the promoted one)
+    GET   /api/cargohold/v1/releases/<id>/files/<digest>  the bytes of one of the release's files (a chart or
+                                                          definition archive, served by no repository)
+    GET   /api/cargohold/v1/releases/events?after=<seq>   promote/rollback/discard events after `seq`, oldest
+                                                          first (at most `limit`, default 1000), and the last seq:
+                                                          what a follower appliance replays (bundles.follow)
     POST  /api/cargohold/v1/releases/<id>/check           readiness as it will be after promotion (not kept)
     POST  /api/cargohold/v1/releases/<id>/promote         {"force": false, "reason": "..."}: check, then move tags
     POST  /api/cargohold/v1/releases/rollback             back to the previously promoted release
@@ -33,13 +38,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from bundles.api_access import ApiAccess
 from bundles.api_json import PREFIX, error_response, flag, guarded_blueprint, json_body
 from bundles.gc_policy import DEFAULT_RETAIN, GcRefused
 from bundles.maintenance_jobs import GC, SCRUB, JobBusy, JobOptions, MaintenanceJob, MaintenanceJobs
 from bundles.releases import ReleaseError, Releases
+from registry.digest import Digest
+from registry.errors import RegistryError
 from registry.gc import DEFAULT_GRACE_SECONDS, parse_grace
 from registry.uploads import Uploads
 
@@ -59,6 +66,34 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads, job
         _principal()
         usage = releases.usage()
         return jsonify({"releases": [{**r.to_json(), "usage": usage.get(r.id)} for r in releases.all()]})
+
+    @bp.get(f"{PREFIX}/releases/events")
+    def events() -> Response:
+        _principal()
+        after, limit = request.args.get("after", "0"), request.args.get("limit", "1000")
+        if not (after.isascii() and after.isdigit() and limit.isascii() and limit.isdigit()) or len(after) > 18 \
+                or not 1 <= int(limit[:5]) <= 1000:
+            raise ReleaseError("after must be a sequence number and limit a number from 1 to 1000", 400,
+                               "BAD_REQUEST")
+        found = releases.events(int(after), int(limit))
+        return jsonify({"events": found, "last": releases.last_event()})
+
+    @bp.get(f"{PREFIX}/releases/<rid>/files/<digest>")
+    def release_file(rid: str, digest: str) -> Response:
+        _principal()
+        release = releases.get(rid)
+        try:
+            wanted = Digest.parse(digest)
+        except RegistryError as exc:
+            raise ReleaseError(exc.message, 400, "DIGEST_INVALID") from None
+        found = releases.file_digest(release.id, str(wanted))
+        path = releases.registry.blob_path(found) if found is not None else None
+        if path is None or not path.is_file():
+            raise ReleaseError(f"release {release.id} has no file {wanted} here", 404, "NOT_FOUND")
+        # Charts and definition archives are small: sent by the app, not through the front's blob path.
+        resp = send_file(path, mimetype="application/octet-stream", conditional=True, etag=str(wanted))
+        resp.headers["Docker-Content-Digest"] = str(wanted)
+        return resp
 
     @bp.get(f"{PREFIX}/releases/<rid>")
     def show(rid: str) -> Response:

@@ -22,6 +22,11 @@ maintenance_schedule       per job kind: the schedule in force (an API override)
                            (bundles.maintenance_schedule)
 retention_policies         Harbor tag retention policies, one per project; retention_executions and retention_tasks
                            their runs, one task (with its log) per repository (bundles.retention)
+release_events             every promote, rollback and discard in the order it committed, numbered by `seq`
+                           (monotonic, never reused): what a follower appliance replays (bundles.follow)
+follow_state               on a follower appliance: the primary it follows, the last event applied, the last
+                           sync and error (one row; bundles.follow)
+follow_releases            on a follower appliance: which local release holds each release of the primary
 """
 
 from __future__ import annotations
@@ -193,3 +198,51 @@ def m010_retention_id(db: Database) -> None:
     db.execute("INSERT OR REPLACE INTO project_metadata (project_id, name, value) "
                "SELECT project_id, 'retention_id', CAST(id AS TEXT) FROM retention_policies "
                "WHERE project_id IN (SELECT id FROM projects)")
+
+
+@clusterdef_migrations()
+def m011_release_events(db: Database) -> None:
+    # bundles.releases writes one row per promote/rollback/discard in the transaction that makes it; `seq` is
+    # the rowid (rows are never deleted, so it only grows). other_id: the release promoted before (promote)
+    # or the one rolled back (rollback).
+    db.table("release_events").create(
+        {"seq": int, "action": str, "release_id": int, "other_id": int, "username": str, "at": float,
+         "forced": int, "reason": str},
+        pk="seq", not_null={"action", "release_id", "at"},
+    )
+    # Decisions made before this table existed are in the audit log, written in the same transactions:
+    # carry them over in their order, so a follower of an upgraded primary replays its whole history.
+    if "audit_logs" in db.table_names():
+        _backfill_release_events(db)
+    db.table("follow_state").create(
+        {"id": int, "primary_url": str, "last_seq": int, "primary_seq": int, "last_sync_at": float,
+         "last_attempt_at": float, "last_error": str, "interval_seconds": float},
+        pk="id",
+    )
+    db.table("follow_releases").create(
+        {"primary_id": int, "local_id": int, "copied_at": float},
+        pk="primary_id", not_null={"local_id", "copied_at"},
+    )
+
+
+def _backfill_release_events(db: Database) -> None:
+    import re
+
+    promote = re.compile(r"promote release (\d+) ")
+    rollback = re.compile(r"roll back release (\d+) .* to release (\d+) ")
+    discard = re.compile(r"discard release (\d+) ")
+    rows = db.execute("SELECT username, resource, op_time FROM audit_logs WHERE resource_type = 'release' "
+                      "ORDER BY id").fetchall()
+    for username, resource, at in rows:
+        if m := promote.match(resource):
+            rid = int(m.group(1))
+            forced = " (forced: " in resource
+            reason = resource.split(" (forced: ", 1)[1][:-1] if " (forced: " in resource else None
+            db.execute("INSERT INTO release_events (action, release_id, username, at, forced, reason) "
+                       "VALUES ('promote', ?, ?, ?, ?, ?)", [rid, username, at, int(forced), reason])
+        elif m := rollback.match(resource):
+            db.execute("INSERT INTO release_events (action, release_id, other_id, username, at, forced) "
+                       "VALUES ('rollback', ?, ?, ?, ?, 0)", [int(m.group(2)), int(m.group(1)), username, at])
+        elif m := discard.match(resource):
+            db.execute("INSERT INTO release_events (action, release_id, username, at, forced) "
+                       "VALUES ('discard', ?, ?, ?, 0)", [int(m.group(1)), username, at])
