@@ -1275,6 +1275,9 @@ class _RepoPlan:
     images: list[PublishedImage] = field(default_factory=list)
 
 
+RepoPlan = _RepoPlan  # what `publish` takes, for callers that plan without a bundle (bundles.follow)
+
+
 def _plain_name(source: Path) -> str:
     name = source.name
     for suffix in (".tar.zst", ".tzst", ".zst", ".tar"):

@@ -524,6 +524,9 @@ cli_images.register(main)
 from web import cli_backup  # noqa: E402
 
 cli_backup.register(main)
+from web import cli_follow  # noqa: E402
+
+cli_follow.register(main)
 
 if __name__ == "__main__":
     # Under `python -m web.cli` this file is __main__, while the command modules

@@ -53,6 +53,7 @@ OTHER_VARIABLES = (
     "CARGOHOLD_KEY_PASSPHRASE",    # a signing key's passphrase on the build side (web/cli_build.py)
     "CARGOHOLD_REGISTRY_CREDS",    # `bundle build --from-registry` credentials (web/cli_build.py)
     "CARGOHOLD_MIRROR_PASSWORD",   # `mirror-config --username`'s password (web/cli_clusterdef.py)
+    "CARGOHOLD_FOLLOW_SECRET",     # `follow`'s robot secret (web/cli_follow.py)
     # Knobs of the test suite and scripts/ (the tests hand their whole environment to the appliance).
     "CARGOHOLD_DOC_SCREENSHOTS", "CARGOHOLD_KILL_SEED", "CARGOHOLD_FUZZ_EXAMPLES",
     "CARGOHOLD_SCHEMATHESIS_EXAMPLES",

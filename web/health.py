@@ -10,12 +10,21 @@
   line per check, as Kubernetes' own endpoints answer).
 
 Harbor's ``/api/v2.0/health`` (registry/harbor.py) reports the same checks.
+
+On a follower appliance (`bundles.follow`) both answers also say how far it
+is behind its primary (JSON ``follower``: primary, lastSync, lagSeconds,
+eventsBehind, lastError, stale; text: one ``follower`` line). A stale
+follower still serves what it holds, so this never makes /readyz fail.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
+from bundles.follow import status as follow_status
 from registry.health import readiness
 from web.config import Config
 
@@ -31,16 +40,32 @@ def create_blueprint(config: Config) -> Blueprint:
     def readyz() -> Response:
         ready = readiness(config.paths, config.import_reserve_bytes)
         status = 200 if ready.ok else 503
+        following = _follower(config)
         if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
             lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.error}" for c in ready.checks]
+            if following is not None:
+                lines.append(f"[{'-' if following['stale'] or following['lastError'] else '+'}]follower of "
+                             f"{following['primary']}: last sync {following['lagSeconds']} s ago, "
+                             f"{following['eventsBehind']} event(s) behind"
+                             + (f", last error: {following['lastError']}" if following["lastError"] else ""))
             lines.append("ready" if ready.ok else f"not ready: {', '.join(ready.failing)}")
             resp = Response("\n".join(lines) + "\n", status=status, mimetype="text/plain")
         else:
             checks = [{"name": c.name, "ok": c.ok, **({"error": c.error} if c.error else {})} for c in ready.checks]
             resp = jsonify({"status": "ready" if ready.ok else "unready", "checks": checks,
-                            **({} if ready.ok else {"failing": ready.failing})})
+                            **({} if ready.ok else {"failing": ready.failing}),
+                            **({"follower": following} if following is not None else {})})
             resp.status_code = status
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
     return bp
+
+
+def _follower(config: Config) -> dict[str, Any] | None:
+    """The follow state, None on a primary (or when the database cannot say: the checks above report that)."""
+    try:
+        found = follow_status(config.paths)
+    except sqlite3.Error:
+        return None
+    return found.to_json() if found is not None else None

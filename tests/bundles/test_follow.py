@@ -1,0 +1,284 @@
+"""A follower appliance (`cargohold follow`, bundles.follow) against a real primary, both on loopback.
+
+Two real appliances (gunicorn behind nginx, each with its own data
+directory): bundles are imported and promoted on the primary with the CLI
+and its API; the follower runs ``cargohold follow --once`` as a robot
+account of the primary; skopeo pulls from the follower and compares the
+bytes with the bundle's. The compromised primary of
+`test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published` is
+the real primary behind a small HTTP proxy in this file that alters or
+withholds one blob: no real appliance can be made to serve bytes that do not
+match their digest, which is exactly what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from bundles import keys
+from tests.appliance import Appliance, free_port
+from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, skopeo_pull, snapshot
+from tests.bundles.releases_util import API, Site, import_release, release_api, trust
+from tests.containerd import Containerd
+from tests.logs import request_lines
+from tests.registry.harborapi import Harbor, RobotAccount
+
+
+def follow(follower: Appliance, url: str, robot: RobotAccount | None, secret_file: Path, *extra: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`cargohold follow URL --once` on the follower's data directory (the robot's secret from a file)."""
+    name = robot.name if robot else "robot$nobody"
+    return subprocess.run([sys.executable, "-m", "web.cli", "follow", url, "--robot", name, "--secret-file",
+                           str(secret_file), "--once", "--data-dir", str(follower.data_dir), *extra],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
+
+
+def _robot(primary: Appliance, tmp: Path) -> tuple[RobotAccount, Path]:
+    """A project robot of the primary with pull on the default project: all a follower needs."""
+    robot = Harbor(primary, primary.admin).project_robot("spectro-images", ("pull",))
+    secret = tmp / "follower.secret"
+    secret.write_text(robot.secret + "\n")
+    secret.chmod(0o600)
+    return robot, secret
+
+
+def _digest(app: Appliance, repository: str, tag: str) -> str | None:
+    r = requests.head(f"{app.url}/v2/{repository}/manifests/{tag}", timeout=30, headers={
+        "Accept": "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"})
+    return r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
+
+
+def _states(app: Appliance) -> list[tuple[str, str, str]]:
+    return [(r["name"], r["version"], r["state"]) for r in release_api(app, "GET", "/releases").json()["releases"]]
+
+
+def _events(app: Appliance) -> list[str]:
+    return [e["action"] for e in release_api(app, "GET", "/releases/events").json()["events"]]
+
+
+def test_follower_copies_promotions_and_rollbacks_in_the_primary_order(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)  # only the primary checks bundle signatures; the follower checks digests
+    robot, secret = _robot(primary, tmp_path)
+    a, b, d = (site.repo(k) for k in "abd")
+
+    r1 = import_release(primary, site.v1)
+    assert release_api(primary, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+
+    # A wrong secret: one clear line, nothing changes here, and the secret is nowhere in the output.
+    before = snapshot(follower.data_dir)
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not-the-Secret-123\n")
+    refused = follow(follower, primary.url, robot, wrong)
+    assert refused.returncode == 1, refused.stderr
+    assert f"refused the robot account {robot.name} (401)" in refused.stderr
+    assert "not-the-Secret-123" not in refused.stderr + refused.stdout
+    assert snapshot(follower.data_dir) == before
+    assert _states(follower) == []
+    ready = requests.get(f"{follower.url}/readyz", timeout=10).json()
+    assert ready["status"] == "ready" and "401" in ready["follower"]["lastError"]
+
+    # Round 1: release 1 copied and promoted; pulls from the follower give the bundle's bytes.
+    done = follow(follower, primary.url, robot, secret)
+    assert done.returncode == 0, done.stderr
+    assert robot.secret not in done.stderr + done.stdout
+    copied = [line for line in done.stderr.splitlines() if "copied as local release" in line]
+    assert len(copied) == 1 and "edge-site 1.0.0" in copied[0], done.stderr
+    assert _states(follower) == [("edge-site", "1.0.0", "promoted")]
+    got = skopeo_pull(follower, site.refs["a"], tmp_path / "f1-a")
+    assert got == site.digests["a1"]
+    assert assert_pulled_identical(tmp_path / "f1-a", site.v1_layout.root, got) == 4
+    shown = release_api(follower, "GET", "/releases/promoted").json()
+    assert shown["keyId"] == keys.key_id(ec_key) and f"(on {primary.url})" in shown["promotedBy"]
+    assert [d["digest"] for d in shown["clusterDefinitions"]] == [site.v1_definition_digest]
+    live = requests.get(f"{follower.url}{API}/cluster-definitions/{site.definition}", auth=follower.admin,
+                        timeout=30)
+    assert live.status_code == 200 and live.json()["version"] == "1.0.0"
+
+    # v2 imported, promoted, then rolled back on the primary: the follower applies the same three events in
+    # order, and ends with the primary's tags (d:1.0, new in v2, stays on both).
+    r2 = import_release(primary, site.v2)
+    assert release_api(primary, "POST", f"/releases/{r2['id']}/promote").status_code == 200
+    assert _digest(primary, a, "1.0") == site.digests["a2"]
+    assert release_api(primary, "POST", "/releases/rollback").status_code == 200
+    done = follow(follower, primary.url, robot, secret, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [e["action"] for e in report["applied"]] == ["promote", "rollback"]
+    assert report["inSync"] and len(report["copied"]) == 1
+    assert _events(follower) == _events(primary) == ["promote", "promote", "rollback"]
+    assert _states(follower) == _states(primary) == [("edge-site", "1.0.0", "promoted"),
+                                                       ("edge-site", "2.0.0", "rolled-back")]
+    for repository, want in ((a, "a1"), (b, "b1"), (site.repo("c"), "c"), (d, "d")):
+        assert _digest(follower, repository, "1.0") == _digest(primary, repository, "1.0") == site.digests[want]
+    got = skopeo_pull(follower, site.refs["d"], tmp_path / "f2-d")
+    assert assert_pulled_identical(tmp_path / "f2-d", site.v2_layout.root, got) > 0
+
+    # Resuming: nothing new, nothing applied twice.
+    again = follow(follower, primary.url, robot, secret, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["applied"] == [] and json.loads(again.stdout)["copied"] == []
+    ready = requests.get(f"{follower.url}/readyz", timeout=10).json()["follower"]
+    assert ready["primary"] == primary.url and ready["eventsBehind"] == 0 and ready["lastError"] is None
+    assert ready["lastEvent"] == 3 and not ready["stale"]
+
+    # A promotion made here, not on the primary, is reported as divergence (exit 1), and not undone.
+    assert release_api(follower, "POST", f"/releases/{shown['id'] + 1}/promote").status_code == 200
+    diverged = follow(follower, primary.url, robot, secret)
+    assert diverged.returncode == 1
+    assert "is rolled-back on the primary, promoted here" in diverged.stderr
+    assert _states(follower)[1][2] == "promoted"
+
+
+class _Compromised:
+    """The real primary behind a proxy that sends wrong bytes for `corrupt` blobs and 404 for `missing` ones."""
+
+    def __init__(self, upstream: Appliance) -> None:
+        self.upstream = upstream
+        self.corrupt: set[str] = set()
+        self.missing: set[str] = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._relay("GET")
+
+            def do_HEAD(self) -> None:
+                self._relay("HEAD")
+
+            def _relay(self, method: str) -> None:
+                digest = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+                if "/blobs/" in self.path and digest in outer.missing:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                up = requests.request(method, f"{outer.upstream.url}{self.path}", headers=headers, timeout=60,
+                                      allow_redirects=False)
+                body = up.content
+                if "/blobs/" in self.path and digest in outer.corrupt and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]  # same length, other bytes
+                self.send_response(up.status_code)
+                for k, v in up.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def compromised() -> Iterator[Callable[[Appliance], _Compromised]]:
+    made: list[_Compromised] = []
+
+    def make(upstream: Appliance) -> _Compromised:
+        made.append(_Compromised(upstream))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def _layer(site: Site, key: str) -> str:
+    """The first layer of image `key` of the v1 layout."""
+    manifest = json.loads((site.v1_layout.root / "blobs" / "sha256" / site.digests[key].split(":")[1]).read_text())
+    return str(manifest["layers"][0]["digest"])
+
+
+def test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey,
+        compromised: Callable[[Appliance], _Compromised]) -> None:
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+    r1 = import_release(primary, site.v1)
+    assert release_api(primary, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    proxy = compromised(primary)
+    layer = _layer(site, "b1")
+    before = snapshot(follower.data_dir)
+
+    proxy.corrupt.add(layer)
+    refused = follow(follower, proxy.url, robot, secret)
+    assert refused.returncode == 1
+    assert f"blob {layer}" in refused.stderr and "does not match the digest" in refused.stderr, refused.stderr
+    assert "nothing of it was published" in refused.stderr
+    assert snapshot(follower.data_dir) == before
+    assert _states(follower) == [] and _digest(follower, site.repo("a"), "1.0") is None
+
+    # Content the primary no longer has in full: refused the same way.
+    proxy.corrupt.clear()
+    proxy.missing.add(layer)
+    incomplete = follow(follower, proxy.url, robot, secret)
+    assert incomplete.returncode == 1
+    assert "the primary no longer has all of it" in incomplete.stderr, incomplete.stderr
+    assert snapshot(follower.data_dir) == before
+
+    # The same primary, honest again: the follower catches up.
+    proxy.missing.clear()
+    done = follow(follower, proxy.url, robot, secret)
+    assert done.returncode == 0, done.stderr
+    assert _digest(follower, site.repo("b"), "1.0") == site.digests["b1"]
+
+
+def test_containerd_pulls_through_the_follower_when_the_primary_is_stopped(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey,
+        containerd: Containerd) -> None:
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+    r1 = import_release(primary, site.v1)
+    assert release_api(primary, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    done = follow(follower, primary.url, robot, secret)
+    assert done.returncode == 0, done.stderr
+
+    # Edge hosts list the primary first, the follower second, for the upstream registry.
+    hosts_dir = tmp_path / "certs.d"
+    (hosts_dir / "docker.io").mkdir(parents=True)
+    (hosts_dir / "docker.io" / "hosts.toml").write_text(
+        f'server = "http://127.0.0.1:{free_port()}"\n'  # closed: a fall-through would fail, not reach the internet
+        f'\n[host."http://{primary.host}"]\n  capabilities = ["pull", "resolve"]\n'
+        f'\n[host."http://{follower.host}"]\n  capabilities = ["pull", "resolve"]\n')
+    primary.stop()
+    ref = site.refs["a"]
+    containerd.ctr("images", "pull", ref, hosts_dir=hosts_dir)
+    try:
+        assert containerd.image_digest(ref) == site.digests["a1"]
+        served = [r for r in request_lines(follower.log()) if r["path"].startswith("/v2/cargotest/rel-a-")]
+        assert served and all(r["query"] == "ns=docker.io" for r in served)
+    finally:
+        containerd.ctr("images", "rm", ref, check=False)
+
+    # The follower says it cannot reach its primary; it keeps serving.
+    stale = follow(follower, primary.url, robot, secret)
+    assert stale.returncode == 1 and f"primary {primary.url} is unreachable" in stale.stderr
+    ready = requests.get(f"{follower.url}/readyz", timeout=10).json()
+    assert ready["status"] == "ready" and "unreachable" in ready["follower"]["lastError"]
+
