@@ -5,7 +5,8 @@ upload, UI, seed directory), by outcome (``done``, ``refused``: a
 `BundleRefused` with its code, ``failed``: anything unexpected, code
 ``INTERNAL``); the code is the job's ``errorCode`` (docs/bundle-import.md,
 "Refusals"), a fixed set. `BundlesCollector` reads releases by state and
-the imports running now from the database at scrape time (a killed
+the imports running now (and, on a follower appliance, how far it is behind its
+primary: `bundles.follow`) from the database at scrape time (a killed
 importer's job reads as interrupted, not running, as everywhere else).
 See registry/metrics.py for how the values of every process are summed.
 """
@@ -54,6 +55,8 @@ class BundlesCollector(Collector):
             states = dict(db.execute("SELECT state, COUNT(*) FROM releases GROUP BY state").fetchall())
             open_jobs = db.execute("SELECT pid, pid_start FROM import_jobs "
                                    "WHERE state IN ('verifying', 'importing')").fetchall()
+            follow = db.execute("SELECT last_sync_at, primary_seq - last_seq, last_error FROM follow_state "
+                                "WHERE id = 1 AND primary_url IS NOT NULL").fetchone()
         except sqlite3.Error:
             return  # the database cannot be read: /readyz says so; these are left out rather than wrong
         releases = GaugeMetricFamily(f"{PREFIX}releases", "Releases by state", labels=["state"])
@@ -62,3 +65,13 @@ class BundlesCollector(Collector):
         yield releases
         running = sum(1 for pid, start in open_jobs if process_alive(pid, start))
         yield GaugeMetricFamily(f"{PREFIX}bundle_imports_in_progress", "Bundle imports running now", value=running)
+        if follow is not None:
+            synced, behind, error = follow
+            yield GaugeMetricFamily(f"{PREFIX}follower_last_sync_timestamp_seconds",
+                                    "When this follower last finished a round with its primary (0: never)",
+                                    value=float(synced or 0))
+            yield GaugeMetricFamily(f"{PREFIX}follower_events_behind",
+                                    "Release events of the primary not yet applied here", value=max(0, behind or 0))
+            yield GaugeMetricFamily(f"{PREFIX}follower_in_sync",
+                                    "1 when the follower's last round ended in sync with the primary, else 0",
+                                    value=0 if error or not synced else 1)

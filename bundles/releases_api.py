@@ -14,6 +14,8 @@ administrator; refusals answer 401 (with the Bearer challenge), 403, 429.
     GET   /api/cargohold/v1/releases/events?after=<seq>   promote/rollback/discard events after `seq`, oldest
                                                           first (at most `limit`, default 1000), and the last seq:
                                                           what a follower appliance replays (bundles.follow)
+    GET   /api/cargohold/v1/follower                      on a follower: the primary, last sync, lag, last error
+                                                          (404 on an appliance that follows no primary)
     POST  /api/cargohold/v1/releases/<id>/check           readiness as it will be after promotion (not kept)
     POST  /api/cargohold/v1/releases/<id>/promote         {"force": false, "reason": "..."}: check, then move tags
     POST  /api/cargohold/v1/releases/rollback             back to the previously promoted release
@@ -72,11 +74,21 @@ def create_blueprint(releases: Releases, guard: ApiAccess, uploads: Uploads, job
         _principal()
         after, limit = request.args.get("after", "0"), request.args.get("limit", "1000")
         if not (after.isascii() and after.isdigit() and limit.isascii() and limit.isdigit()) or len(after) > 18 \
-                or not 1 <= int(limit[:5]) <= 1000:
+                or len(limit) > 4 or not 1 <= int(limit) <= 1000:
             raise ReleaseError("after must be a sequence number and limit a number from 1 to 1000", 400,
                                "BAD_REQUEST")
         found = releases.events(int(after), int(limit))
         return jsonify({"events": found, "last": releases.last_event()})
+
+    @bp.get(f"{PREFIX}/follower")
+    def follower() -> Response:
+        _principal()
+        from bundles.follow import status  # the follower's module, needed only here
+
+        found = status(releases.paths)
+        if found is None:
+            raise ReleaseError("this appliance follows no primary", 404, "NOT_FOUND")
+        return jsonify(found.to_json())
 
     @bp.get(f"{PREFIX}/releases/<rid>/files/<digest>")
     def release_file(rid: str, digest: str) -> Response:

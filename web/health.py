@@ -12,9 +12,11 @@
 Harbor's ``/api/v2.0/health`` (registry/harbor.py) reports the same checks.
 
 On a follower appliance (`bundles.follow`) both answers also say how far it
-is behind its primary (JSON ``follower``: primary, lastSync, lagSeconds,
-eventsBehind, lastError, stale; text: one ``follower`` line). A stale
-follower still serves what it holds, so this never makes /readyz fail.
+is behind its primary (JSON ``follower``: lastSync, lagSeconds,
+eventsBehind, ok (its last round ended in sync), stale; text: one
+``follower`` line), with no address or error text, as the checks say
+nothing an attacker could use: those are in ``GET /api/cargohold/v1/follower``.
+A stale follower still serves what it holds, so this never makes /readyz fail.
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ def create_blueprint(config: Config) -> Blueprint:
         if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
             lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.error}" for c in ready.checks]
             if following is not None:
-                lines.append(f"[{'-' if following['stale'] or following['lastError'] else '+'}]follower of "
-                             f"{following['primary']}: last sync {following['lagSeconds']} s ago, "
-                             f"{following['eventsBehind']} event(s) behind"
-                             + (f", last error: {following['lastError']}" if following["lastError"] else ""))
+                lines.append(f"[{'+' if following['ok'] and not following['stale'] else '-'}]follower: last sync "
+                             f"{following['lagSeconds']} s ago, {following['eventsBehind']} event(s) behind"
+                             + ("" if following["ok"] else ", last round failed or diverged"))
             lines.append("ready" if ready.ok else f"not ready: {', '.join(ready.failing)}")
             resp = Response("\n".join(lines) + "\n", status=status, mimetype="text/plain")
         else:
@@ -68,4 +69,8 @@ def _follower(config: Config) -> dict[str, Any] | None:
         found = follow_status(config.paths)
     except sqlite3.Error:
         return None
-    return found.to_json() if found is not None else None
+    if found is None:
+        return None
+    full = found.to_json()
+    return {"lastSync": full["lastSync"], "lagSeconds": full["lagSeconds"], "eventsBehind": full["eventsBehind"],
+            "ok": full["lastError"] is None, "stale": full["stale"]}

@@ -14,9 +14,11 @@ match their digest, which is exactly what is tested.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,12 +26,18 @@ from typing import Any
 
 import pytest
 import requests
+from sqlite_utils import Database
 
+from bundles import format as fmt
 from bundles import keys
+from bundles.schema import _backfill_release_events
 from tests.appliance import Appliance, free_port
+from tests.bundles import craft
+from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, skopeo_pull, snapshot
 from tests.bundles.releases_util import API, Site, import_release, release_api, trust
 from tests.containerd import Containerd
+from tests.images import OciLayout
 from tests.logs import request_lines
 from tests.registry.harborapi import Harbor, RobotAccount
 
@@ -88,7 +96,9 @@ def test_follower_copies_promotions_and_rollbacks_in_the_primary_order(
     assert snapshot(follower.data_dir) == before
     assert _states(follower) == []
     ready = requests.get(f"{follower.url}/readyz", timeout=10).json()
-    assert ready["status"] == "ready" and "401" in ready["follower"]["lastError"]
+    assert ready["status"] == "ready" and ready["follower"]["ok"] is False and ready["follower"]["lastSync"] is None
+    assert "401" in release_api(follower, "GET", "/follower").json()["lastError"]
+    assert release_api(primary, "GET", "/follower").status_code == 404  # the primary follows nobody
 
     # Round 1: release 1 copied and promoted; pulls from the follower give the bundle's bytes.
     done = follow(follower, primary.url, robot, secret)
@@ -131,8 +141,22 @@ def test_follower_copies_promotions_and_rollbacks_in_the_primary_order(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["applied"] == [] and json.loads(again.stdout)["copied"] == []
     ready = requests.get(f"{follower.url}/readyz", timeout=10).json()["follower"]
-    assert ready["primary"] == primary.url and ready["eventsBehind"] == 0 and ready["lastError"] is None
-    assert ready["lastEvent"] == 3 and not ready["stale"]
+    assert ready["ok"] and ready["eventsBehind"] == 0 and not ready["stale"]
+    state = release_api(follower, "GET", "/follower").json()
+    assert state["primary"] == primary.url and state["lastEvent"] == 3 and state["lastError"] is None
+    metrics = requests.get(f"{follower.url}/metrics", timeout=10).text
+    assert "cargohold_follower_in_sync 1.0" in metrics and "cargohold_follower_events_behind 0.0" in metrics
+
+    # The events API refuses what is not a sequence number; a release file is served only for its release.
+    assert release_api(primary, "GET", "/releases/events", params={"after": "-1"}).status_code == 400
+    assert release_api(primary, "GET", "/releases/events", params={"limit": "5000"}).status_code == 400
+    assert release_api(primary, "GET", "/releases/events", auth=None).status_code == 401
+    archive = release_api(primary, "GET", f"/releases/{r1['id']}").json()["files"][0]
+    served = release_api(primary, "GET", f"/releases/{r1['id']}/files/{archive['digest']}", auth=robot.auth)
+    assert served.status_code == 200 and served.headers["Docker-Content-Digest"] == archive["digest"]
+    assert release_api(primary, "GET", f"/releases/{r2['id']}/files/{archive['digest']}").status_code == 404
+    assert release_api(primary, "GET", f"/releases/{r1['id']}/files/sha256:{'0' * 64}").status_code == 404
+    assert release_api(primary, "GET", f"/releases/{r1['id']}/files/sha256:xyz").status_code == 400
 
     # A promotion made here, not on the primary, is reported as divergence (exit 1), and not undone.
     assert release_api(follower, "POST", f"/releases/{shown['id'] + 1}/promote").status_code == 200
@@ -140,6 +164,56 @@ def test_follower_copies_promotions_and_rollbacks_in_the_primary_order(
     assert diverged.returncode == 1
     assert "is rolled-back on the primary, promoted here" in diverged.stderr
     assert _states(follower)[1][2] == "promoted"
+
+
+def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> Path:
+    """A signed bundle whose cluster definition needs an image it does not carry: promotable only by force."""
+    tag = uuid.uuid4().hex[:8]
+    layout = OciLayout(tmp / "nr-layout")
+    ref = f"docker.io/cargotest/nr-{tag}:1.0"
+    layout.add_image([20_000], seed=uuid.uuid4().int % 100_000, ref=ref)
+    archive = build_archive(tmp / "nr.tgz", simple_definition(f"nr-{tag}", [ref, f"docker.io/cargotest/gone-{tag}:1"]))
+    member = f"cluster-definitions/{archive.name}"
+    entries = craft.standard_entries(layout.root, key, name="not-ready", version="1.0.0", extra=[(member, archive)],
+                                     definitions=[fmt.FileEntry("nr", "1.0.0", member)])
+    return craft.write_bundle(tmp / "not-ready.tar.zst", entries)
+
+
+def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives_an_upgrade(
+        appliance_factory: Callable[..., Appliance], tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+    release = import_release(primary, _not_ready_bundle(tmp_path, ec_key))
+    refused = release_api(primary, "POST", f"/releases/{release['id']}/promote")
+    assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "NOT_READY"
+    forced = release_api(primary, "POST", f"/releases/{release['id']}/promote",
+                         json={"force": True, "reason": "gone image is not deployed here"})
+    assert forced.status_code == 200 and forced.json()["forced"]
+
+    # The follower's own check would refuse it too: the primary's decision is what it applies.
+    done = follow(follower, primary.url, robot, secret)
+    assert done.returncode == 0, done.stderr
+    assert "promote release 1 (forced: gone image is not deployed here)" in done.stderr
+    here = release_api(follower, "GET", "/releases/promoted").json()
+    assert here["forced"] and here["reason"] == "gone image is not deployed here"
+    assert release_api(follower, "GET", "/releases/events").json()["events"][0]["forced"]
+
+    # A primary upgraded from before release events: the migration rebuilds them from the audit log, in order.
+    assert release_api(primary, "POST", "/releases/rollback").status_code == 409  # refused: no event
+    copy = tmp_path / "upgraded.db"
+    with sqlite3.connect(primary.data_dir / "cargohold.db") as live, sqlite3.connect(copy) as target:
+        live.backup(target)
+    with sqlite3.connect(copy) as conn:
+        recorded = conn.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
+                                "ORDER BY seq").fetchall()
+        conn.execute("DELETE FROM release_events")
+        _backfill_release_events(Database(conn))
+        rebuilt = conn.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
+                               "ORDER BY seq").fetchall()
+    assert recorded == [("promote", 1, None, "admin", 1, "gone image is not deployed here")]
+    assert [r[:2] + r[3:] for r in rebuilt] == [r[:2] + r[3:] for r in recorded]
 
 
 class _Compromised:
@@ -280,5 +354,6 @@ def test_containerd_pulls_through_the_follower_when_the_primary_is_stopped(
     stale = follow(follower, primary.url, robot, secret)
     assert stale.returncode == 1 and f"primary {primary.url} is unreachable" in stale.stderr
     ready = requests.get(f"{follower.url}/readyz", timeout=10).json()
-    assert ready["status"] == "ready" and "unreachable" in ready["follower"]["lastError"]
+    assert ready["status"] == "ready" and ready["follower"]["ok"] is False
+    assert "unreachable" in release_api(follower, "GET", "/follower").json()["lastError"]
 
