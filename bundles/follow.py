@@ -74,7 +74,19 @@ Say = Callable[[str], None]
 
 
 class FollowError(Exception):
-    """A round could not finish; the message names the problem (never a credential). Nothing half-done is kept."""
+    """A round could not finish; the message names the problem (never a credential). Nothing half-done is kept.
+
+    `credentials` is true when the primary refused the robot's credentials: retrying at once would only count
+    toward the primary's login limits.
+    """
+
+    def __init__(self, message: str, credentials: bool = False) -> None:
+        super().__init__(message)
+        self.credentials = credentials
+
+
+class ContentGone(FollowError):
+    """The primary lists a release but no longer holds all of its content (collected outside its retention)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,7 @@ class PrimaryApi:
         resp.close()
         if resp.status_code == 401:
             raise FollowError(f"primary {self.primary.base} refused the robot account {self.primary.robot} (401): "
-                              "check the robot name and its secret")
+                              "check the robot name and its secret", credentials=True)
         if resp.status_code == 403:
             raise FollowError(f"primary {self.primary.base}: robot {self.primary.robot} may not read releases "
                               f"(403: {message}); it needs pull on the primary's projects")
@@ -340,20 +352,28 @@ class Follower:
         self._note(primary_seq=primary_last)
         primary_states = {int(r["id"]): str(r["state"]) for r in listed}
         copied = []
+        gone: set[int] = set()
         for release in listed:
             if release["state"] == "discarded":
                 continue
             local = self._mapping().get(int(release["id"]))
             if local is not None and self._local_state(local) not in (None, "discarded"):
                 continue
-            copied.append(self._copy(api, client, int(release["id"])))
+            try:
+                copied.append(self._copy(api, client, int(release["id"])))
+            except ContentGone as exc:
+                if release["state"] not in ("superseded", "rolled-back"):
+                    raise
+                # An old release past the primary's retention: nothing can bring it back, and nothing needs it.
+                self.say(f"{exc}; an old release ({release['state']}), skipped")
+                gone.add(int(release["id"]))
         applied = []
         for event in events:
-            outcome = self._apply(event, primary_states)
+            outcome = self._apply(event, primary_states, gone)
             self._note(last_seq=int(event["seq"]))
             applied.append({**event, "outcome": outcome})
             self.say(f"event {event['seq']}: {_describe(event)}: {outcome}")
-        problems = self._compare(api, listed)
+        problems = self._compare(api, listed, gone)
         return SyncReport(copied, applied, max(primary_last, state.last_seq), problems)
 
     def _local_state(self, local_id: int) -> str | None:
@@ -376,11 +396,12 @@ class Follower:
                                    str(detail.get("bundle") or f"{self.primary.base} release {release_id}"),
                                    detail.get("bundleDigest"), detail.get("keyId"), fetched + fetched_files)
                 local_id = self._publish(plans, files, named, definitions, info, stage, release_id)
+            except NotFound as exc:
+                raise ContentGone(f"{what}: not copied, nothing of it was published (the primary no longer has all "
+                                  f"of it): {exc}") from None
             except (PullError, RegistryError) as exc:
                 message = exc.message if isinstance(exc, RegistryError) else str(exc)
-                incomplete = " (the primary no longer has all of it)" if isinstance(exc, NotFound) else ""
-                raise FollowError(f"{what}: not copied, nothing of it was published{incomplete}: {message}") \
-                    from None
+                raise FollowError(f"{what}: not copied, nothing of it was published: {message}") from None
             except BundleRefused as exc:
                 raise FollowError(f"{what}: not copied, nothing of it was published: {exc.message}") from None
             except (KeyError, TypeError, ValueError) as exc:
@@ -516,7 +537,7 @@ class Follower:
 
     # -- events
 
-    def _apply(self, event: dict[str, Any], primary_states: dict[int, str]) -> str:
+    def _apply(self, event: dict[str, Any], primary_states: dict[int, str], gone: set[int]) -> str:
         """Apply one event of the primary here; returns what happened. Raises FollowError if it cannot be."""
         mapping = self._mapping()
         action, release_id = str(event.get("action")), int(event["release"])
@@ -525,6 +546,8 @@ class Follower:
         if local is None or self._local_state(local) is None:
             if primary_states.get(release_id, "discarded") == "discarded":
                 return "skipped: the release was discarded on the primary before it was copied here"
+            if release_id in gone:
+                return "skipped: the release's content is no longer on the primary"
             raise FollowError(f"event {event['seq']} ({_describe(event)}): release {release_id} is not here")
         state = self._local_state(local)
         try:
@@ -539,6 +562,10 @@ class Follower:
                     return f"already in effect (local release {local} is promoted)"
                 source = mapping.get(int(event.get("rolledBack") or 0))
                 current = self.releases.promoted()
+                if current is not None and source is None and int(event.get("rolledBack") or 0) in gone:
+                    # The release rolled back never came here: promoting the target is the same end state.
+                    self.releases.promote(local, who, "follow", followed=self.primary.base)
+                    return f"local release {local} promoted (the release rolled back is not here)"
                 if current is None or current.id != source or current.previous_id != local:
                     here = f"release {current.id}" if current else "no release"
                     raise FollowError(f"event {event['seq']} ({_describe(event)}): local state diverged from the "
@@ -557,19 +584,29 @@ class Follower:
 
     # -- comparing
 
-    def _compare(self, api: PrimaryApi, listed: list[dict[str, Any]]) -> list[str]:
-        """Differences between the primary's releases and this appliance's (divergence: reported, never undone)."""
+    def _compare(self, api: PrimaryApi, listed: list[dict[str, Any]], gone: set[int]) -> list[str]:
+        """Differences between the primary's releases and this appliance's (divergence: reported, never undone).
+
+        What serves matters: which release is promoted, which wait staged, and the promoted release's tags.
+        Older releases may differ in name only (superseded or rolled back) when one was skipped as gone.
+        """
         mapping = self._mapping()
+        local_of = {loc: pid for pid, loc in mapping.items()}
         problems = []
         for release in listed:
             local = mapping.get(int(release["id"]))
-            if release["state"] == "discarded" and local is None:
-                continue
             here = self._local_state(local) if local is not None else None
+            old = release["state"] in ("discarded", "superseded", "rolled-back") and here != "promoted"
+            if int(release["id"]) in gone or old:
+                continue
             if here != release["state"]:
                 problems.append(f"release {release['id']} ({release['name']} {release['version']}) is "
                                 f"{release['state']} on the primary, {here or 'missing'} here"
                                 + (f" (local release {local})" if local is not None else ""))
+        current = self.releases.promoted()
+        if current is not None and current.id not in local_of:
+            problems.append(f"local release {current.id} ({current.name} {current.version}) is promoted here and "
+                            "does not come from the primary")
         promoted = next((r for r in listed if r["state"] == "promoted"), None)
         if promoted is not None:
             detail = api.release(int(promoted["id"]))

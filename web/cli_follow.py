@@ -6,7 +6,9 @@ round every ``--interval``, or one round with ``--once``. The robot's secret
 comes from ``--secret-file`` or ``$CARGOHOLD_FOLLOW_SECRET``, never from the
 command line, and is never printed. Progress goes to standard error, one
 line per release copied and per event applied; ``--once`` exits 0 when this
-appliance is in sync with the primary, 1 with the reason otherwise.
+appliance is in sync with the primary, 1 with the reason otherwise. While the
+primary refuses the robot's credentials, rounds are ten intervals (at least
+five minutes) apart, so the follower does not lock the robot out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import click
 from web.cli import _config, existing_data_dir_option
 
 SECRET_ENV = "CARGOHOLD_FOLLOW_SECRET"
+CREDENTIALS_PAUSE = 300.0  # seconds between rounds while the primary refuses the robot's credentials (at least)
 
 
 def _secret(secret_file: Path | None) -> str:
@@ -97,12 +100,19 @@ def follow(data_dir: Path | None, primary_url: str, robot: str, secret_file: Pat
     follower = Follower(Releases(services.registry, config.project, rules, services.audit), primary, _say, seconds)
     first = True
     while True:
+        pause = seconds
         try:
             report = follower.sync(new_primary=new_primary and first)
         except FollowError as exc:
             if once:
                 raise click.ClickException(str(exc)) from None
-            _say(f"Error: {exc}")
+            if exc.credentials:
+                # Each refused try counts toward the primary's login limits: do not lock the robot (or this
+                # host's address) out by retrying at the usual pace.
+                pause = max(seconds * 10, CREDENTIALS_PAUSE)
+                _say(f"Error: {exc}; trying again in {pause:.0f} s")
+            else:
+                _say(f"Error: {exc}")
         else:
             if report.in_sync:
                 _say(f"in sync with {primary.base}: event {report.last_seq}, {len(report.copied)} release(s) "
@@ -117,4 +127,4 @@ def follow(data_dir: Path | None, primary_url: str, robot: str, secret_file: Pat
                     raise click.ClickException(f"not in sync with {primary.base}: {'; '.join(report.problems)}")
                 return
         first = False
-        time.sleep(seconds)
+        time.sleep(pause)

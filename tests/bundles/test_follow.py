@@ -166,6 +166,30 @@ def test_follower_copies_promotions_and_rollbacks_in_the_primary_order(
     assert _states(follower)[1][2] == "promoted"
 
 
+def test_a_release_collected_on_the_primary_is_skipped_and_the_follower_still_converges(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+    for bundle in (site.v1, site.v2):
+        release = import_release(primary, bundle)
+        assert release_api(primary, "POST", f"/releases/{release['id']}/promote").status_code == 200
+    # Retention 1: v1 (superseded) loses the content only it had; its release row stays on the primary.
+    gc = release_api(primary, "POST", "/gc", json={"retain": 1, "grace": "0s"})
+    assert gc.status_code == 200, gc.text
+    assert _digest(primary, site.repo("a"), site.digests["a1"]) is None
+
+    done = follow(follower, primary.url, robot, secret)
+    assert done.returncode == 0, done.stderr
+    assert "release 1 (edge-site 1.0.0): not copied" in done.stderr and "an old release (superseded), skipped" \
+        in done.stderr
+    assert "event 1: promote release 1: skipped" in done.stderr
+    assert _states(follower) == [("edge-site", "2.0.0", "promoted")]
+    for key, want in (("a", "a2"), ("b", "b2"), ("c", "c"), ("d", "d")):
+        assert _digest(follower, site.repo(key), "1.0") == site.digests[want]
+
+
 def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> Path:
     """A signed bundle whose cluster definition needs an image it does not carry: promotable only by force."""
     tag = uuid.uuid4().hex[:8]
