@@ -294,7 +294,7 @@ class Follower:
             raise FollowError(f"this appliance follows {current.primary_url}, not {self.primary.base}; to follow "
                               "another primary from its first event, run follow with --new-primary")
         with write_transaction(self._db()) as db:
-            if current is None or current.primary_url != self.primary.base:
+            if current is None or current.primary_url != self.primary.base or new_primary:
                 db.execute("DELETE FROM follow_releases")
                 db.execute("INSERT OR REPLACE INTO follow_state (id, primary_url, last_seq, primary_seq) "
                            "VALUES (1, ?, 0, 0)", [self.primary.base])

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,14 +31,13 @@ from sqlite_utils import Database
 
 from bundles import format as fmt
 from bundles import keys
-from bundles.schema import _backfill_release_events
 from tests.appliance import Appliance, free_port
 from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, skopeo_pull, snapshot
 from tests.bundles.releases_util import API, Site, import_release, release_api, trust
 from tests.containerd import Containerd
-from tests.images import OciLayout
+from tests.images import OCI_MANIFEST, REF_NAME, OciLayout
 from tests.logs import request_lines
 from tests.registry.harborapi import Harbor, RobotAccount
 
@@ -180,27 +180,49 @@ def test_a_release_collected_on_the_primary_is_skipped_and_the_follower_still_co
     assert gc.status_code == 200, gc.text
     assert _digest(primary, site.repo("a"), site.digests["a1"]) is None
 
-    done = follow(follower, primary.url, robot, secret)
-    assert done.returncode == 0, done.stderr
-    assert "release 1 (edge-site 1.0.0): not copied" in done.stderr and "an old release (superseded), skipped" \
-        in done.stderr
-    assert "event 1: promote release 1: skipped" in done.stderr
-    assert _states(follower) == [("edge-site", "2.0.0", "promoted")]
+    # The follower as a service: a round every second until stopped.
+    service = subprocess.Popen([sys.executable, "-m", "web.cli", "follow", primary.url, "--robot", robot.name,
+                                "--secret-file", str(secret), "--interval", "1s", "--data-dir",
+                                str(follower.data_dir)], stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while _states(follower) != [("edge-site", "2.0.0", "promoted")] and time.monotonic() < deadline:
+            assert service.poll() is None, service.communicate()[1]
+            time.sleep(0.5)
+    finally:
+        service.terminate()
+        _, stderr = service.communicate(timeout=30)
+    assert _states(follower) == [("edge-site", "2.0.0", "promoted")], stderr
+    assert "release 1 (edge-site 1.0.0): not copied" in stderr and "an old release (superseded), skipped" in stderr
+    assert "event 1: promote release 1: skipped" in stderr
     for key, want in (("a", "a2"), ("b", "b2"), ("c", "c"), ("d", "d")):
         assert _digest(follower, site.repo(key), "1.0") == site.digests[want]
 
 
-def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> Path:
-    """A signed bundle whose cluster definition needs an image it does not carry: promotable only by force."""
+def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> tuple[Path, OciLayout, str, str]:
+    """A signed bundle whose cluster definition needs an image it does not carry: promotable only by force.
+
+    It also carries a two-platform index; returns the bundle, its layout, the index's reference and digest.
+    """
     tag = uuid.uuid4().hex[:8]
     layout = OciLayout(tmp / "nr-layout")
     ref = f"docker.io/cargotest/nr-{tag}:1.0"
-    layout.add_image([20_000], seed=uuid.uuid4().int % 100_000, ref=ref)
+    image = layout.add_image([20_000], seed=uuid.uuid4().int % 100_000, ref=ref)
+    # An SBOM for the image, as an OCI 1.1 referrer (untagged, found through its subject).
+    sbom = layout.add_blob(b'{"spdxVersion": "SPDX-2.3"}', "application/spdx+json")
+    empty = layout.add_blob(b"{}", "application/vnd.oci.empty.v1+json")
+    referrer = layout.add_blob(json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
+        "config": empty.descriptor(), "layers": [sbom.descriptor()], "subject": image.descriptor()},
+        sort_keys=True).encode(), OCI_MANIFEST)
+    layout.index_entries.append(referrer.descriptor(artifactType="application/spdx+json"))
+    multi = f"quay.io/cargotest/nr-multi-{tag}:2.0"
+    index = layout.add_multiarch([30_000], ref=multi, seed=uuid.uuid4().int % 100_000)
     archive = build_archive(tmp / "nr.tgz", simple_definition(f"nr-{tag}", [ref, f"docker.io/cargotest/gone-{tag}:1"]))
     member = f"cluster-definitions/{archive.name}"
     entries = craft.standard_entries(layout.root, key, name="not-ready", version="1.0.0", extra=[(member, archive)],
                                      definitions=[fmt.FileEntry("nr", "1.0.0", member)])
-    return craft.write_bundle(tmp / "not-ready.tar.zst", entries)
+    return craft.write_bundle(tmp / "not-ready.tar.zst", entries), layout, multi, index.digest
 
 
 def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives_an_upgrade(
@@ -209,7 +231,8 @@ def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives
     follower = appliance_factory(name="follower")
     trust(primary, ec_key, tmp_path)
     robot, secret = _robot(primary, tmp_path)
-    release = import_release(primary, _not_ready_bundle(tmp_path, ec_key))
+    bundle, layout, multi, index = _not_ready_bundle(tmp_path, ec_key)
+    release = import_release(primary, bundle)
     refused = release_api(primary, "POST", f"/releases/{release['id']}/promote")
     assert refused.status_code == 409 and refused.json()["errors"][0]["code"] == "NOT_READY"
     forced = release_api(primary, "POST", f"/releases/{release['id']}/promote",
@@ -223,9 +246,22 @@ def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives
     here = release_api(follower, "GET", "/releases/promoted").json()
     assert here["forced"] and here["reason"] == "gone image is not deployed here"
     assert release_api(follower, "GET", "/releases/events").json()["events"][0]["forced"]
+    # The image's referrer came with it, and the index with every platform, byte for byte.
+    image_repo = "spectro-images/" + _first_ref(layout).rsplit(":", 1)[0]
+    image_digest = _digest(primary, image_repo, "1.0")
+    listed = requests.get(f"{follower.url}/v2/{image_repo}/referrers/{image_digest}", timeout=30).json()
+    assert [m["digest"] for m in listed["manifests"]] == [
+        m["digest"] for m in requests.get(f"{primary.url}/v2/{image_repo}/referrers/{image_digest}",
+                                          timeout=30).json()["manifests"]]
+    assert len(listed["manifests"]) == 1 and listed["manifests"][0]["artifactType"] == "application/spdx+json"
+    got = skopeo_pull(follower, multi, tmp_path / "multi")
+    assert got == index
+    assert assert_pulled_identical(tmp_path / "multi", layout.root, got) == 7  # index, 2 x (manifest, config, layer)
 
     # A primary upgraded from before release events: the migration rebuilds them from the audit log, in order.
     assert release_api(primary, "POST", "/releases/rollback").status_code == 409  # refused: no event
+    from bundles.schema import _backfill_release_events  # the migration's own function (new with it)
+
     copy = tmp_path / "upgraded.db"
     with sqlite3.connect(primary.data_dir / "cargohold.db") as live, sqlite3.connect(copy) as target:
         live.backup(target)
@@ -238,6 +274,11 @@ def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives
                                "ORDER BY seq").fetchall()
     assert recorded == [("promote", 1, None, "admin", 1, "gone image is not deployed here")]
     assert [r[:2] + r[3:] for r in rebuilt] == [r[:2] + r[3:] for r in recorded]
+
+
+def _first_ref(layout: OciLayout) -> str:
+    return str(next(e["annotations"][REF_NAME] for e in layout.index_entries  # type: ignore[index]
+                    if "annotations" in e))
 
 
 class _Compromised:
