@@ -343,8 +343,9 @@ class Follower:
             return report
 
     def _round(self, api: PrimaryApi, client: RegistryClient, state: FollowState) -> SyncReport:
-        listed = api.releases()
+        # Events first: every release an event names existed when it was read, so the list read after has it.
         events, primary_last = api.events(state.last_seq)
+        listed = api.releases()
         if primary_last < state.last_seq:
             raise FollowError(f"the primary's release history ends at event {primary_last}, before event "
                               f"{state.last_seq} applied here: it is not the appliance this one followed (restored "
@@ -544,11 +545,12 @@ class Follower:
         local = mapping.get(release_id)
         who = f"{event.get('by') or 'unknown'} (on {self.primary.base})"
         if local is None or self._local_state(local) is None:
-            if primary_states.get(release_id, "discarded") == "discarded":
+            if primary_states.get(release_id) == "discarded":
                 return "skipped: the release was discarded on the primary before it was copied here"
             if release_id in gone:
                 return "skipped: the release's content is no longer on the primary"
-            raise FollowError(f"event {event['seq']} ({_describe(event)}): release {release_id} is not here")
+            where = "here" if release_id in primary_states else "here, nor in the primary's release list"
+            raise FollowError(f"event {event['seq']} ({_describe(event)}): release {release_id} is not {where}")
         state = self._local_state(local)
         try:
             if action == "promote":
