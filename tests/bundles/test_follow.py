@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import requests
 from sqlite_utils import Database
+from urllib3.exceptions import InsecureRequestWarning
 
 from bundles import format as fmt
 from bundles import keys
@@ -197,6 +199,36 @@ def test_a_release_collected_on_the_primary_is_skipped_and_the_follower_still_co
     assert "event 1: promote release 1: skipped" in stderr
     for key, want in (("a", "a2"), ("b", "b2"), ("c", "c"), ("d", "d")):
         assert _digest(follower, site.repo(key), "1.0") == site.digests[want]
+
+
+def test_a_primary_on_https_is_followed_with_its_ca(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    primary = appliance_factory("--tls", name="primary", scheme="https")
+    follower = appliance_factory(name="follower")
+    ca = tmp_path / "primary-ca.crt"
+    with warnings.catch_warnings():  # fetched unverified, as an edge host bootstraps; every call below verifies
+        warnings.simplefilter("ignore", InsecureRequestWarning)
+        ca.write_bytes(requests.get(f"{primary.url}/ca.crt", verify=False, timeout=10).content)
+    trust(primary, ec_key, tmp_path)
+    made = requests.post(f"{primary.url}/api/v2.0/robots", auth=primary.admin, verify=str(ca), timeout=30, json={
+        "name": "follower", "level": "project", "duration": -1, "permissions": [
+            {"kind": "project", "namespace": "spectro-images", "access": [{"resource": "repository",
+                                                                           "action": "pull"}]}]})
+    assert made.status_code == 201, made.text
+    robot = RobotAccount(made.json()["id"], made.json()["name"], made.json()["secret"])
+    assert robot.name == "robot$spectro-images+follower"  # the name operations.md shows
+    secret = tmp_path / "follower.secret"
+    secret.write_text(robot.secret)
+    r1 = import_release(primary, site.v1)
+    assert release_api(primary, "POST", f"/releases/{r1['id']}/promote", verify=str(ca)).status_code == 200
+
+    untrusted = follow(follower, primary.url, robot, secret)
+    assert untrusted.returncode == 1 and "TLS verification failed; give its CA with --ca" in untrusted.stderr
+    assert _states(follower) == []
+    done = follow(follower, primary.url, robot, secret, "--ca", str(ca))
+    assert done.returncode == 0, done.stderr
+    assert _states(follower) == [("edge-site", "1.0.0", "promoted")]
+    assert _digest(follower, site.repo("a"), "1.0") == site.digests["a1"]
 
 
 def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> tuple[Path, OciLayout, str, str]:
