@@ -58,9 +58,9 @@ from bundles.clusterdef import DefinitionError, parse_archive
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
 from bundles.registry_client import CHUNK, NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
-from registry.blobstore import BlobInfo
+from registry.blobstore import BlobInfo, require_space
 from registry.db import open_database, write_transaction
-from registry.digest import Digest
+from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.gc import import_guard
 from registry.manifests import MANIFEST_TYPES, parse_manifest
@@ -275,13 +275,14 @@ class Follower:
     """Keeps one data directory's releases in step with one primary."""
 
     def __init__(self, releases: Releases, primary: Primary, say: Say = lambda _: None,
-                 interval_seconds: float | None = None) -> None:
+                 interval_seconds: float | None = None, reserve_bytes: int = 256 << 20) -> None:
         self.releases = releases
         self.registry = releases.registry
         self.paths = releases.paths
         self.primary = primary
         self.say = say
         self.interval = interval_seconds
+        self.reserve_bytes = reserve_bytes  # free space a copy must leave on the data volume (import_reserve_bytes)
 
     # -- state
 
@@ -416,7 +417,9 @@ class Follower:
 
     def _fetch_images(self, client: RegistryClient, detail: dict[str, Any], stage: _Staging,
                       what: str) -> tuple[dict[str, RepoPlan], int]:
+        """Manifests first (small, verified), then, once the disk is known to hold them, the blobs not here."""
         plans: dict[str, RepoPlan] = {}
+        wanted: dict[Digest, tuple[str, Descriptor]] = {}  # blob -> (a repository to fetch it from, descriptor)
         fetched = 0
 
         def walk(repository: str, digest: Digest, media_type: str, plan: RepoPlan) -> None:
@@ -434,9 +437,7 @@ class Follower:
             for blob in parsed.required_blobs:
                 have = self._size(blob.digest, stage)
                 if have is None:
-                    client.fetch_blob(self.primary.host, repository, blob, stage.tmp(blob.digest))  # verified
-                    stage.commit(blob.digest)
-                    fetched += blob.size
+                    wanted.setdefault(blob.digest, (repository, blob))
                 elif have != blob.size:
                     raise FollowError(f"{what}: blob {blob.digest} has {have} bytes here, manifest {digest} says "
                                       f"{blob.size}")
@@ -455,6 +456,13 @@ class Follower:
             # Signatures and other referrers travel with their subject, as in a bundle (untagged).
             for referrer in client.referrers(self.primary.host, repository, digest) or []:
                 walk(repository, referrer.digest, referrer.media_type, plan)
+        files = sum(int(f["size"]) for f in detail.get("files", []))
+        require_space(self.paths.root, sum(d.size for _, d in wanted.values()) + files, self.reserve_bytes,
+                      f"{what}: its new content")
+        for repository, blob in wanted.values():
+            client.fetch_blob(self.primary.host, repository, blob, stage.tmp(blob.digest))  # verified
+            stage.commit(blob.digest)
+            fetched += blob.size
         return plans, fetched
 
     def _fetch_files(self, api: PrimaryApi, release_id: int, detail: dict[str, Any],

@@ -97,7 +97,8 @@ def follow(data_dir: Path | None, primary_url: str, robot: str, secret_file: Pat
         rules = parse_mapping_rules(config.mapping_rules)
     except ValueError as exc:
         raise click.UsageError(f"CARGOHOLD_MAPPING_RULES: {exc}") from None
-    follower = Follower(Releases(services.registry, config.project, rules, services.audit), primary, _say, seconds)
+    follower = Follower(Releases(services.registry, config.project, rules, services.audit), primary, _say, seconds,
+                        config.import_reserve_bytes)
     first = True
     while True:
         pause = seconds

@@ -14,6 +14,7 @@ match their digest, which is exactly what is tested.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -409,6 +410,13 @@ def test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published(
     incomplete = follow(follower, proxy.url, robot, secret)
     assert incomplete.returncode == 1
     assert "the primary no longer has all of it" in incomplete.stderr, incomplete.stderr
+    assert snapshot(follower.data_dir) == before
+
+    # A disk that would be left under the reserve: refused before a blob is fetched.
+    proxy.missing.clear()
+    full = follow(follower, proxy.url, robot, secret,
+                  env={**os.environ, "CARGOHOLD_IMPORT_RESERVE_BYTES": str(1 << 50)})
+    assert full.returncode == 1 and "not enough free space" in full.stderr, full.stderr
     assert snapshot(follower.data_dir) == before
 
     # The same primary, honest again: the follower catches up.
