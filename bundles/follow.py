@@ -55,6 +55,7 @@ import requests
 
 from bundles import format as fmt
 from bundles.clusterdef import DefinitionError, parse_archive
+from bundles.image_policy import unsigned_images
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
 from bundles.registry_client import CHUNK, NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
@@ -63,6 +64,7 @@ from registry.db import open_database, write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.gc import import_guard
+from registry.image_trust import CONTENT_TRUST_COSIGN, ImageTrust
 from registry.manifests import MANIFEST_TYPES, parse_manifest
 from registry.paths import DataPaths
 
@@ -392,6 +394,7 @@ class Follower:
         with import_guard(self.paths), _Staging(staging) as stage:
             try:
                 plans, fetched = self._fetch_images(client, detail, stage, what)
+                self._check_content_trust(plans, stage, what)
                 files, named, fetched_files = self._fetch_files(api, release_id, detail, stage)
                 definitions = self._definitions(detail, named, stage, what)
                 info = ReleaseInfo(str(detail["name"]), str(detail.get("version") or ""),
@@ -464,6 +467,15 @@ class Follower:
             stage.commit(blob.digest)
             fetched += blob.size
         return plans, fetched
+
+    def _check_content_trust(self, plans: dict[str, RepoPlan], stage: _Staging, what: str) -> None:
+        """Refuse, as an import does, images that a content-trust project here would not serve."""
+        findings = unsigned_images(ImageTrust(self.registry), plans, lambda d: self._locate(d, stage),
+                                   self.registry.max_manifest_bytes)
+        if findings:
+            raise FollowError(f"{what}: not copied, nothing of it was published: a project here enables "
+                              f"{CONTENT_TRUST_COSIGN} and these images carry no valid cosign signature by a key "
+                              "trusted here: " + "; ".join(map(str, findings)))
 
     def _fetch_files(self, api: PrimaryApi, release_id: int, detail: dict[str, Any],
                      stage: _Staging) -> tuple[list[BlobInfo], list[tuple[str, str, int]], int]:

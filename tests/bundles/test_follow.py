@@ -2,13 +2,13 @@
 
 Two real appliances (gunicorn behind nginx, each with its own data
 directory): bundles are imported and promoted on the primary with the CLI
-and its API; the follower runs ``cargohold follow --once`` as a robot
-account of the primary; skopeo pulls from the follower and compares the
-bytes with the bundle's. The compromised primary of
-`test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published` is
-the real primary behind a small HTTP proxy in this file that alters or
-withholds one blob: no real appliance can be made to serve bytes that do not
-match their digest, which is exactly what is tested.
+and its API; the follower runs ``cargohold follow`` (mostly ``--once``) as a
+robot account of the primary; skopeo pulls from the follower and compares
+the bytes with the bundle's; containerd pulls through the follower with the
+primary stopped. The compromised primary of the refusal test is the real
+primary behind a small HTTP proxy in this file that alters or withholds one
+blob (a stand-in: no real appliance can be made to serve bytes that do not
+match their digest, which is exactly what is tested).
 """
 
 from __future__ import annotations
@@ -383,7 +383,7 @@ def _layer(site: Site, key: str) -> str:
     return str(manifest["layers"][0]["digest"])
 
 
-def test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published(
+def test_a_refused_copy_publishes_nothing_wrong_bytes_missing_blob_full_disk_content_trust(
         appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey,
         compromised: Callable[[Appliance], _Compromised]) -> None:
     primary = appliance_factory(name="primary")
@@ -418,6 +418,15 @@ def test_a_primary_serving_wrong_bytes_is_refused_and_nothing_is_published(
                   env={**os.environ, "CARGOHOLD_IMPORT_RESERVE_BYTES": str(1 << 50)})
     assert full.returncode == 1 and "not enough free space" in full.stderr, full.stderr
     assert snapshot(follower.data_dir) == before
+
+    # A project here that serves only cosign-signed images refuses the unsigned ones, as an import would.
+    harbor = Harbor(follower, follower.admin)
+    assert harbor("POST", "/projects/spectro-images/metadatas",
+                  json={"enable_content_trust_cosign": "true"}).status_code == 200
+    unsigned = follow(follower, proxy.url, robot, secret)
+    assert unsigned.returncode == 1 and "enables enable_content_trust_cosign" in unsigned.stderr, unsigned.stderr
+    assert snapshot(follower.data_dir) == before
+    assert harbor("DELETE", "/projects/spectro-images/metadatas/enable_content_trust_cosign").status_code == 200
 
     # The same primary, honest again: the follower catches up.
     proxy.missing.clear()
