@@ -83,8 +83,8 @@ def follow(data_dir: Path | None, primary_url: str, robot: str, secret_file: Pat
 
     try:
         seconds = parse_grace(interval)
-    except ValueError as exc:
-        raise click.UsageError(f"--interval: {exc}") from None
+    except ValueError:
+        raise click.UsageError(f"--interval {interval!r} is not a duration like 90, 30s, 5m or 1h") from None
     if seconds < 1:
         raise click.UsageError("--interval must be at least 1 second")
     try:
