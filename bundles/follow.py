@@ -4,37 +4,44 @@ For sites with no shared storage: a second appliance copies what the
 primary holds through the primary's own APIs, so edge hosts can list both as
 registry mirrors and keep pulling when either dies. One round (`Follower.sync`):
 
-1. Read the primary: its releases (``GET /api/cargohold/v1/releases``) and
-   its release events after the last one applied here
-   (``GET /api/cargohold/v1/releases/events?after=N``), as a robot account
-   (Basic on the JSON API, the registry's token challenge on /v2/).
+1. Read the primary, as a robot account (Basic on the JSON API, the
+   registry's token challenge on /v2/): its release events after the last
+   one applied here (``GET /api/cargohold/v1/releases/events?after=N``),
+   then its releases (``GET /api/cargohold/v1/releases``; read second, so
+   every release an event names is in it).
 2. Copy every release of the primary that is not here (or was discarded
    here while the primary still has it), oldest first, each all-or-nothing
    as an import is: manifests (indexes with every platform, referrers) by
-   digest through /v2/, each verified against its digest; blobs streamed into
-   a staging directory on the data volume while they are hashed, refused
-   unless size and digest match, then moved into the store; the release's
-   files (charts, definition archives) through
+   digest through /v2/, each verified against its digest; then, once the
+   disk reserve (``import_reserve_bytes``) is known to hold the new content,
+   blobs streamed into a staging directory on the data volume while they are
+   hashed, refused unless size and digest match, then moved into the store;
+   the release's files (charts, definition archives) through
    ``GET /releases/<id>/files/<digest>``, verified likewise; its cluster
-   definitions parsed from those archives as an import parses them. Then
-   `bundles.importer.publish` records everything in ONE transaction with the
-   import's staging rule (`bundles.releases.tag_plan`): the release is staged
-   here exactly as an import of its bundle would stage it. A failure removes
-   the staging directory and publishes nothing of that release.
+   definitions parsed from those archives as an import parses them. Images a
+   content-trust project here would refuse are refused, as an import refuses
+   them. Then `bundles.importer.publish` records everything in ONE
+   transaction with the import's staging rule (`bundles.releases.tag_plan`),
+   with the primary-to-local release mapping (``follow_releases``): the
+   release is staged here exactly as an import of its bundle would stage it.
+   A failure removes the staging directory and publishes nothing of that
+   release. An old release (superseded or rolled back) whose content the
+   primary has collected is skipped, with its events.
 3. Apply the primary's events in their order, idempotently (an event already
    in effect is skipped): a promotion replays the primary's decision
    (`Releases.promote(followed=...)`: no readiness check, the primary's
    forced flag and reason recorded), a rollback and a discard as on the
    primary. The last applied sequence number is kept here (``follow_state``)
    so the next round resumes after it.
-4. Compare: every release of the primary in the same state here, and the
-   promoted release's tags pointing at the same digests. A difference
-   (someone promoted or discarded here, or moved a tag) is reported as
-   divergence: nothing is overwritten, the round is not "in sync".
+4. Compare what serves: the primary's promoted and staged releases in the
+   same state here, no other release promoted here, and the promoted
+   release's tags pointing at the same digests. A difference (someone
+   promoted or discarded here, or moved a tag) is reported as divergence:
+   nothing is overwritten, the round is not "in sync".
 
 The robot's secret is held in memory only: it is never logged, stored or
-put into an error message. This module has no Flask: `web.cli_follow` and
-the health endpoint (`status`) are its faces.
+put into an error message. This module has no Flask: `web.cli_follow`, the
+release API's ``GET /follower``, /readyz and /metrics (`status`) are its faces.
 """
 
 from __future__ import annotations
