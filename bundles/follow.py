@@ -40,7 +40,8 @@ registry mirrors and keep pulling when either dies. One round (`Follower.sync`):
    nothing is overwritten, the round is not "in sync".
 
 The robot's secret is held in memory only: it is never logged, stored or
-put into an error message. This module has no Flask: `web.cli_follow`, the
+put into an error message. The primary's side (address, robot, JSON API) is
+`bundles.follow_primary`. This module has no Flask: `web.cli_follow`, the
 release API's ``GET /follower``, /readyz and /metrics (`status`) are its faces.
 """
 
@@ -53,18 +54,16 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
 
 from bundles import format as fmt
 from bundles.clusterdef import DefinitionError, parse_archive
+from bundles.follow_primary import ContentGone, FollowError, Primary, PrimaryApi
 from bundles.image_policy import unsigned_images
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
-from bundles.registry_client import CHUNK, NotFound, PullError, RegistryClient
+from bundles.registry_client import NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
 from registry.blobstore import BlobInfo, require_space
 from registry.db import open_database, write_transaction
@@ -75,54 +74,9 @@ from registry.image_trust import CONTENT_TRUST_COSIGN, ImageTrust
 from registry.manifests import MANIFEST_TYPES, parse_manifest
 from registry.paths import DataPaths
 
-API = "/api/cargohold/v1"
-EVENTS_PAGE = 1000
 STALE_FACTOR = 3  # a follower whose last sync is older than this many intervals (plus a minute) is stale
 
 Say = Callable[[str], None]
-
-
-class FollowError(Exception):
-    """A round could not finish; the message names the problem (never a credential). Nothing half-done is kept.
-
-    `credentials` is true when the primary refused the robot's credentials: retrying at once would only count
-    toward the primary's login limits.
-    """
-
-    def __init__(self, message: str, credentials: bool = False) -> None:
-        super().__init__(message)
-        self.credentials = credentials
-
-
-class ContentGone(FollowError):
-    """The primary lists a release but no longer holds all of its content (collected outside its retention)."""
-
-
-@dataclass(frozen=True)
-class Primary:
-    """The appliance followed, and the robot account it is read as."""
-
-    url: str  # scheme://host[:port]
-    robot: str
-    secret: str = field(repr=False)
-    ca_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") \
-                or parts.query or parts.fragment or "@" in parts.netloc:
-            raise ValueError(f"primary {self.url!r} must be http(s)://host[:port] with nothing after it")
-        if not self.robot or not self.secret:
-            raise ValueError("a robot account name and its secret are needed")
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).netloc
-
-    @property
-    def base(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)
@@ -141,105 +95,6 @@ class SyncReport:
     def to_json(self) -> dict[str, Any]:
         return {"copied": self.copied, "applied": self.applied, "lastSeq": self.last_seq, "inSync": self.in_sync,
                 "problems": self.problems}
-
-
-class PrimaryApi:
-    """The primary's JSON release API, read as the robot (Basic)."""
-
-    def __init__(self, primary: Primary, timeout: float = 60.0) -> None:
-        self.primary = primary
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def close(self) -> None:
-        self.session.close()
-
-    def _request(self, path: str, stream: bool = False, **params: Any) -> requests.Response:
-        url = f"{self.primary.base}{API}{path}"
-        try:
-            resp = self.session.get(url, params=params or None, auth=(self.primary.robot, self.primary.secret),
-                                    timeout=self.timeout, stream=stream,
-                                    verify=str(self.primary.ca_file) if self.primary.ca_file else True)
-        except requests.exceptions.SSLError:
-            raise FollowError(f"primary {self.primary.base}: TLS verification failed; give its CA with --ca") \
-                from None
-        except requests.RequestException as exc:
-            raise FollowError(f"primary {self.primary.base} is unreachable: {type(exc).__name__}") from None
-        if resp.status_code == 200:
-            return resp
-        message = _error_message(resp)
-        resp.close()
-        if resp.status_code == 401:
-            raise FollowError(f"primary {self.primary.base} refused the robot account {self.primary.robot} (401): "
-                              "check the robot name and its secret", credentials=True)
-        if resp.status_code == 403:
-            raise FollowError(f"primary {self.primary.base}: robot {self.primary.robot} may not read releases "
-                              f"(403: {message}); it needs pull on the primary's projects")
-        raise FollowError(f"primary {self.primary.base} answered {resp.status_code} for {path}: {message}")
-
-    def json(self, path: str, **params: Any) -> Any:
-        resp = self._request(path, **params)
-        try:
-            return resp.json()
-        except ValueError:
-            raise FollowError(f"primary {self.primary.base} sent no JSON for {path}: is it a cargohold "
-                              "appliance?") from None
-
-    def releases(self) -> list[dict[str, Any]]:
-        doc = self.json("/releases")
-        if not isinstance(doc, dict) or not isinstance(doc.get("releases"), list):
-            raise FollowError(f"primary {self.primary.base}: the release list has an unexpected shape")
-        return sorted(doc["releases"], key=lambda r: int(r["id"]))
-
-    def release(self, release_id: int) -> dict[str, Any]:
-        doc = self.json(f"/releases/{release_id}")
-        if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-            raise FollowError(f"primary {self.primary.base}: release {release_id} has an unexpected shape")
-        return doc
-
-    def events(self, after: int) -> tuple[list[dict[str, Any]], int]:
-        """Every event after `after`, oldest first, and the primary's last sequence number."""
-        found: list[dict[str, Any]] = []
-        last = after
-        while True:
-            doc = self.json("/releases/events", after=str(after), limit=str(EVENTS_PAGE))
-            page, last = doc.get("events", []), int(doc.get("last", 0))
-            found += page
-            if len(page) < EVENTS_PAGE:
-                return found, last
-            after = int(page[-1]["seq"])
-
-    def fetch_file(self, release_id: int, digest: Digest, size: int, dest: Path) -> None:
-        """Stream one release file into `dest`, verified against `digest` and `size`; removes `dest` on failure."""
-        what = f"file {digest} of release {release_id} on {self.primary.base}"
-        resp = self._request(f"/releases/{release_id}/files/{digest}", stream=True)
-        try:
-            with resp, dest.open("wb") as out:
-                hasher, got = digest.hasher(), 0
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    got += len(chunk)
-                    if got > size:
-                        raise FollowError(f"{what}: the primary sent more than the {size} bytes expected")
-                    hasher.update(chunk)
-                    out.write(chunk)
-            if got != size:
-                raise FollowError(f"{what}: got {got} bytes, expected {size}")
-            if hasher.hexdigest() != digest.encoded:
-                raise FollowError(f"{what}: the primary sent content that does not match the digest")
-        except requests.RequestException as exc:
-            dest.unlink(missing_ok=True)
-            raise FollowError(f"{what}: download failed: {type(exc).__name__}") from None
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-
-
-def _error_message(resp: requests.Response) -> str:
-    try:
-        errors = resp.json().get("errors") or []
-        return str(errors[0].get("message", ""))[:300] if errors else resp.reason
-    except (ValueError, AttributeError, IndexError):
-        return str(resp.reason)
 
 
 # -- the follow state kept here ------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def follow(data_dir: Path | None, primary_url: str, robot: str, secret_file: Pat
     promotions, rollbacks and discards in its order. See docs/operations.md,
     "Follower appliance and failover".
     """
-    from bundles.follow import Follower, FollowError, Primary
+    from bundles.follow import Follower
+    from bundles.follow_primary import FollowError, Primary
     from bundles.releases import Releases
     from registry.gc import parse_grace
     from registry.names import parse_mapping_rules
