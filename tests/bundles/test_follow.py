@@ -37,7 +37,7 @@ from bundles import keys
 from tests.appliance import Appliance, free_port
 from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
-from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, skopeo_pull, snapshot
+from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, big_layout, skopeo_pull, snapshot
 from tests.bundles.releases_util import API, Site, import_release, release_api, trust
 from tests.containerd import Containerd
 from tests.images import OCI_MANIFEST, REF_NAME, OciLayout
@@ -230,6 +230,33 @@ def test_a_primary_on_https_is_followed_with_its_ca(
     assert done.returncode == 0, done.stderr
     assert _states(follower) == [("edge-site", "1.0.0", "promoted")]
     assert _digest(follower, site.repo("a"), "1.0") == site.digests["a1"]
+
+
+def test_memory_stays_flat_while_a_blob_larger_than_the_process_is_copied(
+        appliance_factory: Callable[..., Appliance], tmp_path: Path, ec_key: keys.PrivateKey) -> None:
+    """`follow --once` copying a 160 MiB layer peaks far below it (the CLI process alone is ~60 MiB)."""
+    primary = appliance_factory(name="primary")
+    follower = appliance_factory(name="follower")
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+    layout, ref = big_layout(tmp_path / "layout", layers=1, layer_size=160 << 20)
+    bundle = craft.write_bundle(tmp_path / "big.tar.zst", craft.standard_entries(layout.root, ec_key), level=1)
+    release = import_release(primary, bundle)
+    assert release_api(primary, "POST", f"/releases/{release['id']}/promote").status_code == 200
+    # Measured in a child of a fresh interpreter, so RUSAGE_CHILDREN sees only the follow.
+    probe = (
+        "import resource, subprocess, sys\n"
+        f"p = subprocess.run([sys.executable, '-m', 'web.cli', 'follow', {primary.url!r}, '--robot', "
+        f"{robot.name!r}, '--secret-file', {str(secret)!r}, '--once', '--data-dir', {str(follower.data_dir)!r}], "
+        "capture_output=True, text=True)\n"
+        "assert p.returncode == 0, p.stderr\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    peak_kib = int(out.stdout.strip())
+    assert peak_kib < 130 * 1024, f"peak RSS {peak_kib // 1024} MiB while copying a 160 MiB blob"
+    assert _digest(follower, "spectro-images/" + ref.rsplit(":", 1)[0], ref.rsplit(":", 1)[1]) == \
+        _digest(primary, "spectro-images/" + ref.rsplit(":", 1)[0], ref.rsplit(":", 1)[1]) is not None
 
 
 def _not_ready_bundle(tmp: Path, key: keys.PrivateKey) -> tuple[Path, OciLayout, str, str]:
