@@ -529,7 +529,11 @@ class _Staging:
         shutil.rmtree(self.root, ignore_errors=True)  # a previous attempt's leftovers: fetched again
         (self.root / "tmp").mkdir(parents=True)
         self._lock = (self.root / "lock").open("w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the leftovers sweep is looking at it this very moment
+            self._lock.close()
+            raise FollowError(f"staging directory {self.root.name} is busy; the next round tries again") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
