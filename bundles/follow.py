@@ -65,7 +65,7 @@ from bundles.image_policy import unsigned_images
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
 from bundles.registry_client import NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
-from registry.blobstore import BlobInfo, require_space
+from registry.blobstore import BlobInfo, require_space, storage_error
 from registry.db import open_database, write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
@@ -271,6 +271,9 @@ class Follower:
                 raise FollowError(f"{what}: not copied, nothing of it was published: {message}") from None
             except BundleRefused as exc:
                 raise FollowError(f"{what}: not copied, nothing of it was published: {exc.message}") from None
+            except OSError as exc:  # the data volume: full, read-only, failing
+                raise FollowError(f"{what}: not copied, nothing of it was published: "
+                                  f"{storage_error(exc, 'a blob').message}") from None
             except (KeyError, TypeError, ValueError) as exc:
                 raise FollowError(f"{what}: not copied: the primary described it in an unexpected shape ({exc!r})") \
                     from None
