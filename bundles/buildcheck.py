@@ -33,7 +33,7 @@ from bundles.artifacts import HELM_CHART_LAYER
 from bundles.build import BundleBuilder
 from bundles.check import DIGEST_MISMATCH, PLATFORM_MISSING, PRESENT, check_definition
 from bundles.files import SiteFile
-from registry.blobstore import BlobInfo
+from registry.blobstore import BlobInfo, ServeHint
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.inventory import Inventory, ManifestRow, RefRow
@@ -171,14 +171,32 @@ class _PlannedStore:
         content = self._contents.get(digest)
         return BlobInfo(digest, content.size) if content is not None else None
 
-    def open(self, digest: Digest) -> BinaryIO:
+    def open(self, digest: Digest, offset: int = 0) -> BinaryIO:
         content = self._contents.get(digest)
         if content is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in the bundle")
         if content.data is not None:
-            return io.BytesIO(content.data)
-        assert content.path is not None
-        return content.path.open("rb")
+            f: BinaryIO = io.BytesIO(content.data)
+        else:
+            assert content.path is not None
+            f = content.path.open("rb")
+        f.seek(offset)
+        return f
+
+    def serve_hint(self, digest: Digest, expires: int) -> ServeHint:
+        return ServeHint(path=self.local_path(digest))
+
+    def check(self) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return "the bundle being built"
+
+    def require_space(self, incoming: int, reserve: int, what: str) -> None:
+        raise NotImplementedError("the planned content is read-only")
+
+    def quarantine(self, digest: Digest, name: str) -> str | None:
+        raise NotImplementedError("the planned content is read-only")
 
     def local_path(self, digest: Digest) -> Path | None:
         content = self._contents.get(digest)

@@ -5,7 +5,10 @@
 `registry.paths`). A blob is written to a temporary file on the same
 filesystem, hashed while it streams in, fsynced, checked against the expected
 digest and size, and only then renamed into place, so a blob path never holds
-wrong bytes. A second backend (S3-compatible) implements the same protocol.
+wrong bytes. `registry.s3store.S3BlobStore` implements the same protocol on
+S3-compatible object storage; callers never ask which one runs: what they
+need of a backend (a way to send bytes without reading them through Python,
+a health check, a free-space check, quarantine) is a method here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -34,14 +37,30 @@ class BlobInfo:
 
     digest: Digest
     size: int
+    # When the blob was last written or reused (epoch seconds; 0 when unknown): garbage collection leaves
+    # unreferenced blobs younger than its grace period alone. Not part of a blob's identity.
+    modified: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True)
+class ServeHint:
+    """How a blob's bytes can be sent without passing through the app: a local file, or a presigned URL."""
+
+    path: Path | None = None
+    url: str | None = None
 
 
 class BlobStore(Protocol):
     """Operations every blob backend provides."""
 
     def stat(self, digest: Digest) -> BlobInfo | None: ...
-    def open(self, digest: Digest) -> BinaryIO: ...
+    def open(self, digest: Digest, offset: int = 0) -> BinaryIO: ...
     def local_path(self, digest: Digest) -> Path | None: ...
+    def serve_hint(self, digest: Digest, expires: int) -> ServeHint: ...
+    def check(self) -> str | None: ...
+    def describe(self) -> str: ...
+    def require_space(self, incoming: int, reserve: int, what: str) -> None: ...
+    def quarantine(self, digest: Digest, name: str) -> str | None: ...
     def ingest(
         self, stream: BinaryIO, expected: Digest | None = None, expected_size: int | None = None
     ) -> BlobInfo: ...
@@ -86,23 +105,61 @@ class FilesystemBlobStore:
     def __init__(self, paths: DataPaths) -> None:
         self.paths = paths
 
+    def describe(self) -> str:
+        return str(self.paths.blobs)
+
     def stat(self, digest: Digest) -> BlobInfo | None:
         try:
             st = self.paths.blob(digest).stat()
         except FileNotFoundError:
             return None
-        return BlobInfo(digest, st.st_size)
+        return BlobInfo(digest, st.st_size, st.st_mtime)
 
-    def open(self, digest: Digest) -> BinaryIO:
-        """Open a blob for reading; raises BLOB_UNKNOWN if it is absent."""
+    def open(self, digest: Digest, offset: int = 0) -> BinaryIO:
+        """Open a blob for reading from byte `offset`; raises BLOB_UNKNOWN if it is absent."""
         try:
-            return self.paths.blob(digest).open("rb")
+            f = self.paths.blob(digest).open("rb")
         except FileNotFoundError:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in the store") from None
+        if offset:
+            f.seek(offset)
+        return f
 
     def local_path(self, digest: Digest) -> Path | None:
         path = self.paths.blob(digest)
         return path if path.exists() else None
+
+    def serve_hint(self, digest: Digest, expires: int) -> ServeHint:
+        """The blob's file (sendfile, or the front's file location); `expires` does not apply."""
+        return ServeHint(path=self.paths.blob(digest))
+
+    def check(self) -> str | None:
+        """None if the blob directory can be listed; otherwise what is wrong (for /readyz)."""
+        try:
+            with os.scandir(self.paths.blobs) as entries:
+                next(entries, None)
+        except FileNotFoundError:
+            return "the blob store's directory is missing"
+        except NotADirectoryError:
+            return "the blob store's path is not a directory"
+        except OSError as exc:
+            why = "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else (exc.strerror or "I/O error")
+            return f"the blob store cannot be read ({why})"
+        return None
+
+    def require_space(self, incoming: int, reserve: int, what: str) -> None:
+        """Blobs land on the data volume: refuse a write that would leave less than `reserve` free."""
+        require_space(self.paths.root, incoming, reserve, what)
+
+    def quarantine(self, digest: Digest, name: str) -> str | None:
+        """Move a damaged blob to ``<data>/quarantine/<name>``; where it went, or None if it was gone."""
+        self.paths.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.paths.quarantine / name
+        try:
+            os.replace(self.paths.blob(digest), target)
+        except FileNotFoundError:
+            return None
+        return str(target)
 
     def temp_file(self) -> tuple[int, Path]:
         """A new temporary file in the store's filesystem (fd, path)."""
@@ -207,6 +264,7 @@ class FilesystemBlobStore:
             for prefix in sorted(p for p in algo_dir.iterdir() if p.is_dir()):
                 for f in prefix.iterdir():
                     try:
-                        yield BlobInfo(Digest.parse(f"{algo_dir.name}:{f.name}"), f.stat().st_size)
+                        st = f.stat()
+                        yield BlobInfo(Digest.parse(f"{algo_dir.name}:{f.name}"), st.st_size, st.st_mtime)
                     except (RegistryError, FileNotFoundError):
                         continue

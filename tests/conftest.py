@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: the running appliance, and `containerd` (tests/containerd.py)."""
+"""Fixtures shared by every test package: the running appliance, `containerd` (tests/containerd.py), and
+the real S3-compatible engines `ceph_rgw` and `seaweedfs` (tests/s3engines.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.appliance import Appliance, start_appliance
 from tests.containerd import containerd  # noqa: F401  (one containerd daemon per session, for any package)
+from tests.s3engines import ceph_rgw, seaweedfs  # noqa: F401  (real S3 engines, one per session; tests/s3engines.py)
 
 
 @pytest.fixture(scope="session")
