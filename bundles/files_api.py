@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import base64
 
-from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask import Blueprint, Response, g, jsonify
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from bundles.api_access import ApiAccess, ApiDenied
 from bundles.files import FileUnknown, SiteFiles
+from registry.blobserve import BlobServing, blob_response
 from registry.errors import RegistryError
 
 PREFIX = "/api/cargohold/v1"
@@ -35,8 +36,9 @@ def _error(status: int, code: str, message: str) -> Response:
     return resp
 
 
-def create_blueprint(files: SiteFiles, guard: ApiAccess, accel_prefix: str | None = None) -> Blueprint:
-    """The files blueprint; `accel_prefix` as for the /v2/ blob GET (set when nginx sends the bytes)."""
+def create_blueprint(files: SiteFiles, guard: ApiAccess, serving: BlobServing | None = None) -> Blueprint:
+    """The files blueprint; `serving` as for the /v2/ blob GET (registry/blobserve.py)."""
+    serving = serving or BlobServing()
     bp = Blueprint("files", __name__, url_prefix=PREFIX)
     registry = files.registry
 
@@ -78,33 +80,17 @@ def create_blueprint(files: SiteFiles, guard: ApiAccess, accel_prefix: str | Non
                 # There, in a project the anonymous caller may not pull from: ask for credentials, as /v2/ does.
                 raise ApiDenied(401, "UNAUTHORIZED", f"authentication required to download {spec}") from None
             return _error(404, "NOT_FOUND", str(exc))
-        path = registry.blob_path(found.digest)
-        if path is None or not path.is_file():
+        if registry.store.stat(found.digest) is None:
             return _error(404, "NOT_FOUND", f"file {found.name} {found.version}: its content {found.digest} is "
                           "not in the store")
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(found.digest.encoded)).decode(),
-                   "Content-Disposition": f'attachment; filename="{found.name}"',
                    "Cache-Control": "private, max-age=0, must-revalidate", "X-Content-Type-Options": "nosniff"}
         g.file_served = found.reference
-        if accel_prefix and request.method == "GET":
-            if request.if_none_match.contains(str(found.digest)):
-                return Response(status=304, headers=headers)
-            wanted = request.range  # nginx would answer a bad Range in HTML: refuse it here, in our shape
-            if "Range" in request.headers and (
-                    wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1
-                    or wanted.range_for_length(found.size) is None):
-                raise RequestedRangeNotSatisfiable(length=found.size)
-            headers["X-Accel-Redirect"] = accel_prefix + path.relative_to(registry.paths.blobs).as_posix()
-            return Response(status=200, headers=headers, mimetype="application/octet-stream")
         try:
-            resp = send_file(path, mimetype="application/octet-stream", conditional=True, etag=str(found.digest),
-                             as_attachment=True, download_name=found.name)
+            return blob_response(registry.store, found.digest, found.size, headers, serving, download_name=found.name)
         except OSError:
             return _error(404, "NOT_FOUND", f"file {found.name} {found.version}: its content is not readable")
-        resp.headers.update({k: v for k, v in headers.items() if k != "ETag"})
-        resp.headers["Accept-Ranges"] = "bytes"  # behind the front, nginx says so itself
-        return resp
 
     @bp.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError) -> Response:

@@ -23,8 +23,12 @@ total and on the ratio), and `tarfile` in streaming mode, member by member:
    holds are hashed (the bundle must still be intact) but not rewritten.
 3. When the whole stream and every signature have been verified, and every
    image in index.json resolves to content that is present, the staged
-   blobs are moved into the store (`FilesystemBlobStore.adopt`, a rename)
-   and `publish` records every manifest and tag in ONE transaction.
+   blobs are moved into the store (`BlobStore.adopt`: a rename on the
+   filesystem; with an object store, a verified multipart upload at the
+   blob's final key, so a key never holds wrong bytes) and `publish`
+   records every manifest and tag in ONE transaction. An object store's
+   objects are only blobs until then: nothing names them, and what a failed
+   import left there is swept by garbage collection after its grace period.
 
 A bundle that ends with a frame index (`bundles.frames`) and needs no
 detached signature is read by `bundles.frame_import` instead: the same
@@ -67,7 +71,7 @@ from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
 from registry import boundedjson
-from registry.blobstore import BlobInfo, fsync_dir
+from registry.blobstore import BlobInfo, BlobStore, fsync_dir
 from registry.db import is_disk_full, write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
@@ -502,6 +506,20 @@ class _Staging:
 
     def has(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
+
+    def fetched(self, digest: Digest, store: BlobStore) -> Path:
+        """A local copy of a blob already in a store with no local files (an object store), for reading.
+
+        Under ``fetched/``, which `staged` never lists: it is not published again, and goes with the staging.
+        """
+        target = self.root / "fetched" / digest.algorithm / digest.encoded
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".part")
+            with store.open(digest) as src, tmp.open("wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+            os.replace(tmp, target)
+        return target
 
     def staged(self) -> Iterator[tuple[Digest, Path]]:
         for algo in ("sha256", "sha512"):
@@ -978,7 +996,12 @@ class Importer:
     def _locate(self, digest: Digest, staging: _Staging) -> Path | None:
         if staging.has(digest):
             return staging.path(digest)
-        return self.registry.store.local_path(digest)
+        store = self.registry.store
+        path = store.local_path(digest)
+        if path is None and store.stat(digest) is not None:
+            # An object store: what an earlier bundle brought (a delta bundle's base manifests) is read locally.
+            return staging.fetched(digest, store)
+        return path
 
     def _plan(self, state: _State, staging: _Staging) -> dict[str, _RepoPlan]:
         """Resolve every image of index.json to content that is present; raises BundleRefused naming a gap."""

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, send_file
-from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestedRangeNotSatisfiable
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from registry import metrics
 from registry.access import Access, LoginLimiter, TooManyAttempts, project_of
 from registry.auth import Principal, Users
+from registry.blobserve import BlobServing, blob_response
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.image_trust import ImageTrust
@@ -62,9 +63,9 @@ class DistributionConfig:
     own_hosts: frozenset[str]
     realm: str = "cargohold"
     external_url: str | None = None
-    # Set when a front (web/front.py) serves blob bodies: GET answers with
-    # X-Accel-Redirect to this internal prefix + the blob's path under blobs/.
-    accel_prefix: str | None = None
+    # How blob bodies go out (registry/blobserve.py): through the front (X-Accel-Redirect), by a redirect
+    # to the object store, or from the app.
+    serving: BlobServing = field(default_factory=BlobServing)
 
 
 class _Body:
@@ -285,28 +286,9 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
     def get_blob(name: str, digest: str) -> Response:
         _allow("pull", name)
         info = registry.blob(name, Digest.parse(digest))
-        path = registry.blob_path(info.digest)
-        if path is None:
-            raise RegistryError("BLOB_UNKNOWN", f"blob {info.digest} is not in the store")
-        if config.accel_prefix and request.method == "GET":
-            # The front sends the bytes (sendfile, Range, slow clients); this thread is free at once.
-            headers = {"Docker-Content-Digest": str(info.digest), "ETag": f'"{info.digest}"',
-                       "Cache-Control": "public, max-age=31536000, immutable"}
-            if request.if_none_match.contains(str(info.digest)):
-                return Response(status=304, headers=headers)
-            # nginx would answer a bad Range in HTML: refuse it here, in the spec's shape, as send_file does.
-            wanted = request.range
-            if "Range" in request.headers and (
-                    wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1
-                    or wanted.range_for_length(info.size) is None):
-                raise RequestedRangeNotSatisfiable(length=info.size)
-            headers["X-Accel-Redirect"] = config.accel_prefix + path.relative_to(registry.paths.blobs).as_posix()
-            return Response(status=200, headers=headers, mimetype="application/octet-stream")
-        resp = send_file(path, mimetype="application/octet-stream", conditional=True, etag=str(info.digest),
-                         max_age=31536000)
-        resp.headers["Docker-Content-Digest"] = str(info.digest)
-        resp.headers["Accept-Ranges"] = "bytes"
-        return resp
+        headers = {"Docker-Content-Digest": str(info.digest), "ETag": f'"{info.digest}"',
+                   "Cache-Control": "public, max-age=31536000, immutable"}
+        return blob_response(registry.store, info.digest, info.size, headers, config.serving)
 
     @bp.delete("/<path:name>/blobs/<digest>")
     def delete_blob(name: str, digest: str) -> Response:
@@ -351,7 +333,7 @@ def create_blueprint(registry: Registry, uploads: Uploads, users: Users, config:
         digest_text = request.args.get("digest")
         if digest_text:
             digest = Digest.parse(digest_text)
-            uploads.require_space(_content_length())
+            registry.store.require_space(_content_length() or 0, uploads.reserve_bytes, "this upload")
             # Refused before a byte is stored when the declared size would pass the project's quota.
             registry.quota.require_repository(registry.db, name, {str(digest): _content_length() or 0})
             info = registry.store.ingest(_body(), digest, _content_length())

@@ -297,11 +297,8 @@ class GarbageCollector:
         return self.registry.store.stat(Digest.parse(digest)) is not None
 
     def _older(self, digest: Digest, cutoff: float) -> bool:
-        path = self.registry.store.local_path(digest)
-        try:
-            return path is not None and path.stat().st_mtime < cutoff
-        except FileNotFoundError:
-            return False
+        info = self.registry.store.stat(digest)
+        return info is not None and info.modified < cutoff
 
     def _sweep_files(self, cutoff: float, report: GcReport, progress: Progress = _no_progress) -> None:
         total = int(self.registry.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])  # about as many files
@@ -328,18 +325,15 @@ class GarbageCollector:
             for digest in batch:
                 if str(digest) in known:
                     continue
-                path = self.registry.store.local_path(digest)
-                if path is None:
+                # Stat again under the lock: the walk's age may predate a reuse (the store refreshes it).
+                info = self.registry.store.stat(digest)
+                if info is None:
                     continue
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                if st.st_mtime >= cutoff:
+                if info.modified >= cutoff:
                     continue  # just written or just reused by a push: its row is on the way
                 if self.registry.store.delete(digest):
                     report.files += 1
-                    report.bytes_reclaimed += st.st_size
+                    report.bytes_reclaimed += info.size
 
     def _stale_uploads(self) -> tuple[int, int]:
         assert self.uploads is not None

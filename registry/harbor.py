@@ -339,7 +339,7 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
     def health() -> Response:
         # The checks of /readyz (registry.health), in Harbor's shape: "registry" is the blob store. Harbor answers
         # 200 either way; the body says unhealthy and which component is, with why.
-        ready = readiness(access.registry.paths, reserve_bytes)
+        ready = readiness(access.registry.paths, reserve_bytes, access.registry.store)
         names = {BLOBSTORE: "registry"}
         components: list[dict[str, str]] = [{"name": "core", "status": "healthy"}]
         for check in ready.checks:

@@ -7,10 +7,14 @@ Three checks, each of what a pull or a push needs:
   heartbeat row in a ``BEGIN IMMEDIATE`` transaction: a database that is
   read-only, full, missing or held by another writer for longer than
   `DB_TIMEOUT_SECONDS` fails.
-- ``blobstore``: the blob store's directory is there and can be listed.
+- ``blobstore``: the blob store answers: its directory is there and can be
+  listed, or, with an object store, its bucket exists and the credentials
+  reach it (`BlobStore.check`).
 - ``disk``: the free space on the data volume is above the reserve every
   write must leave (``CARGOHOLD_IMPORT_RESERVE_BYTES``); below it pushes,
-  uploads and imports are refused with 507.
+  uploads and imports are refused with 507. With an object store the data
+  volume still holds the database and upload and import staging, so the
+  check stays; its message does not claim blobs live there.
 
 Messages name what is wrong in words an operator acts on, never a path, a
 size or a secret: the endpoints answer anyone.
@@ -18,13 +22,13 @@ size or a secret: the endpoints answer anyone.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 
+from registry.blobstore import BlobStore
 from registry.paths import DataPaths
 
 DB_TIMEOUT_SECONDS = 3.0
@@ -99,19 +103,9 @@ def _sqlite_reason(exc: sqlite3.Error) -> str:
     return "an SQLite error; see the appliance log"
 
 
-def check_blobstore(paths: DataPaths) -> Check:
-    """The blob store's directory exists and can be listed."""
-    try:
-        with os.scandir(paths.blobs) as entries:
-            next(entries, None)
-    except FileNotFoundError:
-        return Check(BLOBSTORE, "the blob store's directory is missing")
-    except NotADirectoryError:
-        return Check(BLOBSTORE, "the blob store's path is not a directory")
-    except OSError as exc:
-        why = "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else (exc.strerror or "I/O error")
-        return Check(BLOBSTORE, f"the blob store cannot be read ({why})")
-    return Check(BLOBSTORE)
+def check_blobstore(store: BlobStore) -> Check:
+    """The blob store answers (its directory can be listed, or its bucket is there)."""
+    return Check(BLOBSTORE, store.check())
 
 
 def check_disk(paths: DataPaths, reserve_bytes: int) -> Check:
@@ -126,6 +120,6 @@ def check_disk(paths: DataPaths, reserve_bytes: int) -> Check:
     return Check(DISK)
 
 
-def readiness(paths: DataPaths, reserve_bytes: int) -> Readiness:
+def readiness(paths: DataPaths, reserve_bytes: int, store: BlobStore) -> Readiness:
     """Every check, in a fixed order (database, blobstore, disk)."""
-    return Readiness((check_database(paths), check_blobstore(paths), check_disk(paths, reserve_bytes)))
+    return Readiness((check_database(paths), check_blobstore(store), check_disk(paths, reserve_bytes)))

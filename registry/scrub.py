@@ -1,9 +1,11 @@
 """Scrub: re-hash every blob in the store and quarantine the ones whose bytes no longer match.
 
 A blob file is only ever put in place with verified bytes, so a mismatch
-means the disk (or someone) changed it afterwards. Each file is hashed as a
-stream (flat memory). A damaged file is moved to
-``<data>/quarantine/<algorithm>-<hex>-<unix time>`` (kept for inspection,
+means the disk (or someone) changed it afterwards. Each blob is hashed as a
+stream (flat memory), through the store's interface, so an object store's
+blobs are checked as files are. A damaged blob is moved to
+``<data>/quarantine/<algorithm>-<hex>-<unix time>`` (with an object store,
+``<prefix>/quarantine/...`` in the bucket; kept for inspection,
 never served), so pulls answer BLOB_UNKNOWN instead of wrong bytes. Its
 database rows stay: the readiness check then reports the images that need
 it as ``blob_missing``, and importing the bundle again (or pushing the image
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,10 +54,10 @@ class ScrubReport:
                 "rateBytes": self.rate_bytes, "throttledSeconds": round(self.throttled_seconds, 3)}
 
 
-def _hash_file(path: os.PathLike[str] | str, algorithm: str, throttle: Throttle) -> tuple[str, int]:
-    h = hashlib.new(algorithm)
+def _hash_blob(registry: Registry, digest: Digest, throttle: Throttle) -> tuple[str, int]:
+    h = hashlib.new(digest.algorithm)
     size = 0
-    with open(path, "rb") as f:
+    with registry.store.open(digest) as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
@@ -93,15 +94,13 @@ def _scrub(registry: Registry, quarantine: bool, progress: Callable[[int, int], 
            report: ScrubReport) -> None:
     started = time.monotonic()
     throttle = Throttle(report.rate_bytes)
-    paths = registry.paths
     for info in registry.store.walk():
-        path = registry.store.local_path(info.digest)
-        if path is None:
-            continue
         try:
-            actual, size = _hash_file(path, info.digest.algorithm, throttle)
-        except FileNotFoundError:
-            continue  # removed by garbage collection meanwhile
+            actual, size = _hash_blob(registry, info.digest, throttle)
+        except RegistryError as exc:
+            if exc.code == "BLOB_UNKNOWN":
+                continue  # removed by garbage collection meanwhile
+            raise
         report.checked += 1
         report.bytes += size
         if progress is not None:
@@ -111,13 +110,8 @@ def _scrub(registry: Registry, quarantine: bool, progress: Callable[[int, int], 
         entry: dict[str, Any] = {"digest": str(info.digest), "actual": f"{info.digest.algorithm}:{actual}",
                                  "size": size, "quarantined": None}
         if quarantine:
-            paths.quarantine.mkdir(parents=True, exist_ok=True)
-            target = paths.quarantine / f"{info.digest.algorithm}-{info.digest.encoded}-{int(time.time())}"
-            try:
-                os.replace(path, target)
-                entry["quarantined"] = str(target)
-            except FileNotFoundError:
-                pass
+            entry["quarantined"] = registry.store.quarantine(
+                info.digest, f"{info.digest.algorithm}-{info.digest.encoded}-{int(time.time())}")
         report.damaged.append(entry)
     for (text,) in registry.db.execute("SELECT digest FROM blobs ORDER BY digest"):
         try:

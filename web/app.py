@@ -49,6 +49,7 @@ from web.config import Config
 from web.maintenance import maintenance_jobs
 from web.maintenance import scheduler as maintenance_scheduler
 from web.seed import scan_in_background, seed_scanner
+from web.storage import blob_serving, blob_store
 from web.tls import generated_ca
 
 
@@ -70,7 +71,7 @@ def build_services(config: Config) -> Services:
     import bundles.schema  # noqa: F401  (registers the bundles package's tables, so migrate applies them too)
 
     migrate(paths)
-    registry = Registry(paths, max_manifest_bytes=config.max_manifest_bytes)
+    registry = Registry(paths, blob_store(config), max_manifest_bytes=config.max_manifest_bytes)
     # A promoted release's tags move only by promote or rollback (registry.protection).
     registry.protection.add_owner(promoted_release_tags, "Released tags move only by promoting or rolling back a "
                                   "release (cargohold release promote / rollback).")
@@ -119,7 +120,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(create_blueprint(
         services.registry, services.uploads, services.users,
         DistributionConfig(project=config.project, own_hosts=config.own_hosts, realm=realm,
-                           external_url=config.external_url, accel_prefix=accel_prefix),
+                           external_url=config.external_url, serving=blob_serving(config, accel_prefix)),
         services.access, signer))
     app.register_blueprint(token_api.create_blueprint(services.access, signer, config.external_url))
     app.register_blueprint(harbor.create_blueprint(
@@ -152,7 +153,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     harbor.add_openapi_section(app, harbor_openapi.section())  # describe both in /api/v2.0/openapi.json
     app.register_blueprint(protection_api.create_blueprint(services.registry, guard))
     app.register_blueprint(files_api.create_blueprint(SiteFiles(services.registry, config.project), guard,
-                                                      accel_prefix))
+                                                      blob_serving(config, accel_prefix)))
     imports = import_services(config, services.registry)
     app.register_blueprint(bundles_api.create_blueprint(
         imports.importer, imports.jobs, guard, config.paths,
@@ -162,7 +163,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     app.register_blueprint(seed_api.create_blueprint(
         scanner, guard, seed_api.SeedApiConfig(config.seed_scan, scan_in_background)))
     # Monitoring: /livez and /readyz (open), /metrics and the request metrics (web/metrics.py).
-    app.register_blueprint(health.create_blueprint(config))
+    app.register_blueprint(health.create_blueprint(config, services.registry.store))
     metrics.install(app, config, services.access)
     # The operator UI (web.ui): sign-in, resumable upload (tus), pages.
     ui.init_app(app, imports, ClusterDefinitions(config.paths), signer)

@@ -14,6 +14,7 @@ from bundles.trust import TrustStore
 from registry.model import Registry
 from registry.names import parse_mapping_rules
 from web.config import Config
+from web.storage import blob_store
 
 
 def import_policy(config: Config) -> ImportPolicy:
@@ -39,6 +40,6 @@ class ImportServices:
 
 
 def import_services(config: Config, registry: Registry | None = None) -> ImportServices:
-    registry = registry or Registry(config.paths, max_manifest_bytes=config.max_manifest_bytes)
+    registry = registry or Registry(config.paths, blob_store(config), max_manifest_bytes=config.max_manifest_bytes)
     trust = TrustStore(config.paths)
     return ImportServices(Importer(registry, trust, import_policy(config)), trust, ImportJobs(config.paths))

@@ -215,13 +215,18 @@ def serve(data_dir: Path | None, bind: str | None, workers: int | None, worker_c
 def _prepare(config: Config) -> Config:
     """Set-up before serving: migrate, create the admin, ensure TLS material; the config to serve with."""
     from registry.auth import ADMIN
+    from registry.s3store import StorageConfigError
     from registry.upgrade import DataDirTooNew
     from web.app import build_services
 
     try:
         services = build_services(config)  # migrates; an older data directory is backed up first (registry.upgrade)
-    except DataDirTooNew as exc:
+    except (DataDirTooNew, StorageConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    # One clear line at start rather than a 500 on the first pull: the bucket must be there and reachable.
+    problem = services.registry.store.check()
+    if problem is not None:
+        raise click.ClickException(f"the blob store {services.registry.store.describe()} is not usable: {problem}")
     if services.users.stored(ADMIN) is not None:
         if config.admin_password is not None:
             # Never the value: only that it has no effect any more.

@@ -15,6 +15,21 @@ import click
 
 from registry.paths import DataPaths
 from web.cli import _config, data_dir_option, existing_data_dir_option
+from web.config import Config
+
+
+def _refuse_object_store(config: Config, command: str) -> None:
+    """With blobs in an object store, backup and restore are refused: they copy blobs as files of the data volume.
+
+    Why not copy the objects into DEST: an object store is chosen because the blobs outgrow one machine's
+    disk, and the engine keeps them safer with its own versioning and replication than one copy on another
+    disk would. Copying only the database and keys would make a backup that cannot restore a registry.
+    """
+    if config.storage_url.strip():
+        raise click.ClickException(
+            f"`cargohold {command}` works with blobs on the data volume, and CARGOHOLD_STORAGE_URL puts them in an "
+            "object store: protect them with the object store's own versioning or replication, and the data "
+            "volume (database, keys) with a filesystem snapshot (docs/operations.md, \"Object storage\")")
 
 
 def _progress(prefix: str) -> Callable[[str], None]:
@@ -41,6 +56,7 @@ def backup_cmd(dest: Path, data_dir: Path | None, verify_existing: bool, as_json
     # No migration here: a backup reads the data directory as it is (whichever version last migrated it,
     # which the manifest records), and never changes it.
     config = _config(data_dir=data_dir)
+    _refuse_object_store(config, "backup")
     try:
         report = backup(config.paths, dest, _progress("backup"), verify_existing)
     except BackupError as exc:
@@ -67,6 +83,7 @@ def restore_cmd(source: Path, data_dir: Path | None, as_json: bool) -> None:
     from registry.backup import BackupError, restore
 
     config = _config(data_dir=data_dir)
+    _refuse_object_store(config, "restore")
     try:
         report = restore(source, config.paths, _progress("restore"), _serve_lock)
     except BackupError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 from bundles.schedule import Schedule, parse_schedule
 from registry.names import parse_mapping_rules
 from registry.paths import DataPaths
+from registry.s3store import StorageURL
 from web import settings
 from web.settings import Bytes, Spec, setting
 
@@ -58,6 +59,11 @@ OTHER_VARIABLES = (
     "CARGOHOLD_DOC_SCREENSHOTS", "CARGOHOLD_KILL_SEED", "CARGOHOLD_FUZZ_EXAMPLES",
     "CARGOHOLD_SCHEMATHESIS_EXAMPLES",
 )
+
+
+def _storage_url(text: str) -> None:
+    if text.strip():
+        StorageURL.parse(text)  # raises StorageConfigError (a ValueError) naming what is wrong
 
 
 def _mapping_rules(text: str) -> None:
@@ -167,6 +173,18 @@ class Config:
     # ERROR or CRITICAL; default INFO) and the format, "text" (default) or "json" (one object per line).
     log_level: str = setting("INFO", validate=_log_level)
     log_format: str = setting("text", validate=_log_format)
+    # Blob storage (docs/operations.md, "Object storage"). Empty (default): blobs are files under <data>/blobs.
+    # ``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1``: blobs are objects in that bucket of an
+    # S3-compatible engine (path-style addressing), under ``<prefix>/blobs/sha256/<2 hex>/<hex>``. The database,
+    # keys and upload and import staging stay on the data volume.
+    storage_url: str = setting("", validate=_storage_url)
+    # The object store's keys: an AWS-style credentials file ([default] aws_access_key_id, aws_secret_access_key;
+    # refused if group or others may read it). Default: the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables.
+    storage_credentials_file: Path | None = None
+    # With an object store: blob GETs answer 307 to a presigned URL valid storage_redirect_seconds (default
+    # 300), so clients fetch the bytes from the store itself. Off by default: edge hosts often cannot reach it.
+    storage_redirect: bool = False
+    storage_redirect_seconds: int = setting(300, minimum=1, maximum=7 * 86400)
 
     @property
     def paths(self) -> DataPaths:

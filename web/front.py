@@ -45,9 +45,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.blobserve import ACCEL_OBJECT_PREFIX
+from registry.s3store import StorageURL
 from web import frontlog
 from web.config import Config
 
@@ -388,9 +391,71 @@ http {{
             # The app's X-Request-Id does not survive the redirect: the same id, from nginx.
             add_header X-Request-Id $request_id always;
         }}
-{errors}
+{_object_location(c)}{errors}
     }}
 }}
+"""
+
+
+def _object_location(c: Config) -> str:
+    """With an object store: the internal location that proxies a presigned GET to it (registry/blobserve.py).
+
+    The app's X-Accel-Redirect names ``<ACCEL_OBJECT_PREFIX><bucket>/<key>?<signature>``; nginx strips the
+    prefix and sends the request to the store's endpoint with the client's Range (and nothing that carries
+    the client's credentials), then passes the store's answer on as it arrives, so a slow client holds
+    no gunicorn thread. The app's headers are saved before the store's response replaces them.
+    """
+    if not c.storage_url.strip():
+        return ""
+    url = StorageURL.parse(c.storage_url)
+    endpoint = url.endpoint or f"https://s3.{url.region}.amazonaws.com"
+    if _UNSAFE_PATH.search(endpoint):
+        raise FrontError(f"the storage endpoint {endpoint} has a character nginx configuration cannot hold")
+    host = urllib.parse.urlsplit(endpoint).netloc
+    tls = "\n            proxy_ssl_server_name on;" if endpoint.startswith("https://") else ""
+    return f"""
+        location ^~ {ACCEL_OBJECT_PREFIX} {{
+            internal;
+            set $cargohold_digest $upstream_http_docker_content_digest;
+            set $cargohold_etag $upstream_http_etag;
+            set $cargohold_cache $upstream_http_cache_control;
+            set $cargohold_digest_rfc $upstream_http_digest;
+            set $cargohold_disposition $upstream_http_content_disposition;
+            rewrite ^{ACCEL_OBJECT_PREFIX}(.*)$ /$1 break;
+            proxy_pass {endpoint};{tls}
+            # The presigned signature covers the Host header; the client's credentials and cookies stay here.
+            proxy_set_header Host "{host}";
+            proxy_set_header Authorization "";
+            proxy_set_header Cookie "";
+            proxy_set_header X-Forwarded-For "";
+            proxy_set_header X-Forwarded-Proto "";
+            proxy_set_header X-Request-ID "";
+            proxy_set_header Range $http_range;
+            proxy_method GET;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_intercept_errors on;
+            # A large blob streams through: no temporary file on the data volume, a few buffers per client.
+            proxy_buffering on;
+            proxy_max_temp_file_size 0;
+            proxy_read_timeout {c.app_timeout}s;
+            # The store's own headers (its ETag is an MD5, its ids are its business) give way to the app's.
+            proxy_hide_header ETag;
+            proxy_hide_header Cache-Control;
+            proxy_hide_header Last-Modified;
+            proxy_hide_header x-amz-request-id;
+            proxy_hide_header x-amz-id-2;
+            proxy_hide_header x-rgw-object-type;
+            proxy_hide_header Server;
+            add_header Docker-Content-Digest $cargohold_digest always;
+            add_header Docker-Distribution-API-Version registry/2.0 always;
+            add_header ETag $cargohold_etag always;
+            add_header Cache-Control $cargohold_cache always;
+            add_header Digest $cargohold_digest_rfc always;
+            add_header Content-Disposition $cargohold_disposition always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header X-Request-Id $request_id always;
+        }}
 """
 
 

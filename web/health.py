@@ -27,11 +27,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from bundles.follow import status as follow_status
+from registry.blobstore import BlobStore
 from registry.health import readiness
 from web.config import Config
 
 
-def create_blueprint(config: Config) -> Blueprint:
+def create_blueprint(config: Config, store: BlobStore) -> Blueprint:
     bp = Blueprint("health", __name__)
 
     @bp.get("/livez")
@@ -40,7 +41,7 @@ def create_blueprint(config: Config) -> Blueprint:
 
     @bp.get("/readyz")
     def readyz() -> Response:
-        ready = readiness(config.paths, config.import_reserve_bytes)
+        ready = readiness(config.paths, config.import_reserve_bytes, store)
         status = 200 if ready.ok else 503
         following = _follower(config)
         if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":

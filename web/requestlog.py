@@ -46,6 +46,7 @@ from flask import Flask, g, request
 from werkzeug.datastructures import Range
 
 from registry import logcontext
+from registry.blobserve import ACCEL_OBJECT_PREFIX, FRONT_BODY_SIZE
 from web.front import ACCEL_PREFIX
 
 HEADER = "X-Request-Id"
@@ -290,12 +291,16 @@ def _query(raw: str) -> str | None:
 def _front_body_length(entry: _Entry, blobs: Path | None) -> int:
     """How many bytes nginx sends for an X-Accel-Redirect answer: the file, or the asked range of it."""
     target = entry.front_body or ""
-    if blobs is None or not target.startswith(ACCEL_PREFIX):
+    if target.startswith(ACCEL_OBJECT_PREFIX):
+        # An object the front fetches from the object store: its size as the app knew it (registry/blobserve.py).
+        size = int(entry.environ.get(FRONT_BODY_SIZE) or 0)
+    elif blobs is None or not target.startswith(ACCEL_PREFIX):
         return 0
-    try:
-        size = (blobs / target[len(ACCEL_PREFIX):]).stat().st_size
-    except OSError:
-        return 0
+    else:
+        try:
+            size = (blobs / target[len(ACCEL_PREFIX):]).stat().st_size
+        except OSError:
+            return 0
     wanted = entry.range.range_for_length(size) if entry.range is not None else None
     return wanted[1] - wanted[0] if wanted is not None else size
 
