@@ -203,7 +203,15 @@ class S3BlobStore:
                     self._pid = os.getpid()
         return self._shared
 
-    def _make_client(self) -> Any:
+    @property
+    def _probe(self) -> Any:
+        """A client that tries once with short timeouts: /readyz must answer a load balancer in seconds."""
+        if getattr(self._local, "probe", None) is None or self._local.pid != os.getpid():
+            self._local.probe = self._make_client(attempts=1, connect_timeout=2, read_timeout=5)
+            self._local.pid = os.getpid()
+        return self._local.probe
+
+    def _make_client(self, attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 60) -> Any:
         import boto3
         from botocore.config import Config as BotoConfig
 
@@ -213,7 +221,8 @@ class S3BlobStore:
             aws_access_key_id=c.access_key, aws_secret_access_key=c.secret_key, aws_session_token=c.session_token,
             config=BotoConfig(
                 signature_version="s3v4", s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 # Every gunicorn thread and import adopter may talk to the store at once.
                 max_pool_connections=64,
                 # On-site engines do not all accept the newer flexible checksums (aws-chunked trailers);
@@ -239,7 +248,7 @@ class S3BlobStore:
     def check(self) -> str | None:
         """None if the bucket answers; otherwise what is wrong, for /readyz and the start-up check."""
         try:
-            self.client.head_bucket(Bucket=self.url.bucket)
+            self._probe.head_bucket(Bucket=self.url.bucket)
         except Exception as exc:  # botocore raises many types; the words matter, not the class
             code = _error_code(exc)
             if code in ("404", "NoSuchBucket", "NotFound"):

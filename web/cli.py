@@ -218,15 +218,22 @@ def _prepare(config: Config) -> Config:
     from registry.s3store import StorageConfigError
     from registry.upgrade import DataDirTooNew
     from web.app import build_services
+    from web.storage import blob_store
 
+    # One clear line at start rather than a 500 on the first pull, and before anything is migrated or created:
+    # the object store's URL and keys must be usable and its bucket there.
+    try:
+        store = blob_store(config)
+    except StorageConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    config.paths.ensure()  # a first start: the directories (a filesystem store's included) exist from here on
+    problem = store.check()
+    if problem is not None:
+        raise click.ClickException(f"the blob store {store.describe()} is not usable: {problem}")
     try:
         services = build_services(config)  # migrates; an older data directory is backed up first (registry.upgrade)
-    except (DataDirTooNew, StorageConfigError) as exc:
+    except DataDirTooNew as exc:
         raise click.ClickException(str(exc)) from None
-    # One clear line at start rather than a 500 on the first pull: the bucket must be there and reachable.
-    problem = services.registry.store.check()
-    if problem is not None:
-        raise click.ClickException(f"the blob store {services.registry.store.describe()} is not usable: {problem}")
     if services.users.stored(ADMIN) is not None:
         if config.admin_password is not None:
             # Never the value: only that it has no effect any more.

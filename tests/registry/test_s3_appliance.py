@@ -203,6 +203,13 @@ def test_gc_removes_an_unreferenced_object_after_grace_and_scrub_finds_damage(
     assert requests.get(f"{app.url}/v2/{repo}/blobs/{damaged}", auth=app.admin, timeout=30).status_code == 404
 
 
+def test_backup_and_restore_refuse_with_an_object_store(s3app: tuple[Appliance, str], tmp_path: Path) -> None:
+    app, _ = s3app
+    proc = cargohold(app, "backup", str(tmp_path / "backup"), check=False)
+    assert proc.returncode == 1 and "object store's own versioning or replication" in proc.stderr, proc.stderr
+    assert not (tmp_path / "backup").exists()
+
+
 def test_readyz_names_the_store_when_its_bucket_is_gone(ceph_rgw: S3Engine, tmp_path: Path) -> None:
     bucket = ceph_rgw.new_bucket()
     app = start_appliance(tmp_path / "data", env=s3_env(ceph_rgw, bucket))
@@ -219,7 +226,7 @@ def test_readyz_names_the_store_when_its_bucket_is_gone(ceph_rgw: S3Engine, tmp_
         app.stop()
 
 
-@pytest.mark.parametrize("problem", ["missing-bucket", "bad-url", "no-credentials"])
+@pytest.mark.parametrize("problem", ["missing-bucket", "bad-url", "no-credentials", "unreachable", "wrong-key"])
 def test_serve_refuses_to_start_naming_the_problem(ceph_rgw: S3Engine, tmp_path: Path, problem: str) -> None:
     env = {**os.environ, **s3_env(ceph_rgw, "never-created-bucket"), "CARGOHOLD_ADMIN_PASSWORD": "test-admin-Secret-1"}
     expected = "bucket 'never-created-bucket' does not exist"
@@ -230,13 +237,22 @@ def test_serve_refuses_to_start_naming_the_problem(ceph_rgw: S3Engine, tmp_path:
         env.pop("AWS_ACCESS_KEY_ID")
         env.pop("AWS_SECRET_ACCESS_KEY")
         expected = "no credentials for the object store"
+    elif problem == "unreachable":
+        env["CARGOHOLD_STORAGE_URL"] = f"s3://bucket?endpoint=http://127.0.0.1:{free_port()}"
+        expected = "the object store cannot be reached"
+    elif problem == "wrong-key":
+        env["CARGOHOLD_STORAGE_URL"] = ceph_rgw.storage_url(ceph_rgw.new_bucket())
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+        expected = "is denied (check the credentials)"
     proc = subprocess.run([sys.executable, "-m", "web.cli", "serve", "--data-dir", str(tmp_path / "data"),
                            "--bind", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, cwd=REPO_ROOT,
                           env=env, timeout=120)
     assert proc.returncode != 0
     assert expected in proc.stderr, proc.stderr
-    assert ceph_rgw.secret_key not in proc.stderr + proc.stdout
-    assert "Traceback" not in proc.stderr
+    assert ceph_rgw.secret_key not in proc.stderr + proc.stdout and "not-the-secret" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("Data directory:")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1 and errors[0].startswith("Error: "), proc.stderr
+    assert not (tmp_path / "data" / "cargohold.db").exists(), "a refused start creates no database"
 
 
 def test_credentials_file_readable_by_others_is_refused(ceph_rgw: S3Engine, tmp_path: Path) -> None:
