@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.appliance import free_port
+from web.front import set_parent_death_signal
 
 ACCESS_KEY = "CARGOHOLDTESTKEY0001"
 SECRET_KEY = "cargohold-test-secret-key-0000000000000001"
@@ -87,6 +88,12 @@ class S3Engine:
         for p in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a daemon that dies with this process (a killed test run leaves no cluster behind)."""
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                            preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL))
 
 
 def _wait_for_s3(engine: S3Engine, deadline: float, logs: Path) -> None:
@@ -181,15 +188,12 @@ ms cluster mode = crc
         _run(["monmaptool", "--create", "--clobber", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{mon_port}]",
               str(workdir / "monmap")], setup_log)
         _run(["ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(workdir / "monmap")], setup_log)
-        engine.processes.append(subprocess.Popen(["ceph-mon", *c, "-f", "-i", "a"], stdout=subprocess.DEVNULL,
-                                                 stderr=(logs / "mon.out").open("wb")))
+        engine.processes.append(_spawn(["ceph-mon", *c, "-f", "-i", "a"], logs / "mon.out"))
         osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "create"], setup_log).strip()
         (workdir / "osd" / f"osd.{osd_id}").mkdir(exist_ok=True)
         _run(["ceph-osd", *c, "-i", osd_id, "--mkfs"], setup_log)
-        engine.processes.append(subprocess.Popen(["ceph-osd", *c, "-f", "-i", osd_id], stdout=subprocess.DEVNULL,
-                                                 stderr=(logs / "osd.out").open("wb")))
-        engine.processes.append(subprocess.Popen(["radosgw", *c, "-f", "-n", "client.rgw"],
-                                                 stdout=subprocess.DEVNULL, stderr=(logs / "rgw.out").open("wb")))
+        engine.processes.append(_spawn(["ceph-osd", *c, "-f", "-i", osd_id], logs / "osd.out"))
+        engine.processes.append(_spawn(["radosgw", *c, "-f", "-n", "client.rgw"], logs / "rgw.out"))
         _wait_for_rgw_admin(c, deadline, setup_log)
         _wait_for_s3(engine, deadline, logs)
     except BaseException:
@@ -223,11 +227,10 @@ def start_seaweedfs(workdir: Path, timeout: float = 60) -> S3Engine:
         "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
     logs = workdir / "weed.log"
     engine = S3Engine("seaweedfs", f"http://127.0.0.1:{s3_port}", workdir)
-    engine.processes.append(subprocess.Popen(
+    engine.processes.append(_spawn(
         ["weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir}", f"-master.port={master_port}",
          f"-volume.port={volume_port}", f"-filer.port={filer_port}", "-s3", f"-s3.port={s3_port}",
-         f"-s3.config={config}", "-volume.max=0"],
-        stdout=subprocess.DEVNULL, stderr=logs.open("wb")))
+         f"-s3.config={config}", "-volume.max=0"], logs))
     try:
         _wait_for_s3(engine, started + timeout, logs)
     except BaseException:
