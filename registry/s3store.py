@@ -180,9 +180,10 @@ class S3BlobStore:
         self.url = url
         self.part_size = part_size
         self._credentials = credentials
-        self._local = threading.local()
         self._pid = os.getpid()
         self._shared: Any = None
+        self._probe_pid = os.getpid()
+        self._probe_client: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -206,10 +207,11 @@ class S3BlobStore:
     @property
     def _probe(self) -> Any:
         """A client that tries once with short timeouts: /readyz must answer a load balancer in seconds."""
-        if getattr(self._local, "probe", None) is None or self._local.pid != os.getpid():
-            self._local.probe = self._make_client(attempts=1, connect_timeout=2, read_timeout=5)
-            self._local.pid = os.getpid()
-        return self._local.probe
+        with self._lock:
+            if self._probe_client is None or self._probe_pid != os.getpid():
+                self._probe_client = self._make_client(attempts=1, connect_timeout=2, read_timeout=5)
+                self._probe_pid = os.getpid()
+            return self._probe_client
 
     def _make_client(self, attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 60) -> Any:
         import boto3
