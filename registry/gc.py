@@ -289,16 +289,12 @@ class GarbageCollector:
         # Dry run: files with no row at all (crash leftovers) the file sweep would take.
         known = {d for d, _, _ in blob_rows}
         return [(str(info.digest), info.size) for info in self.registry.store.walk()
-                if str(info.digest) not in known and self._older(info.digest, cutoff)]
+                if str(info.digest) not in known and info.modified < cutoff]
 
     # -- the file sweep ---------------------------------------------------------------------------
 
     def _on_disk(self, digest: str) -> bool:
         return self.registry.store.stat(Digest.parse(digest)) is not None
-
-    def _older(self, digest: Digest, cutoff: float) -> bool:
-        info = self.registry.store.stat(digest)
-        return info is not None and info.modified < cutoff
 
     def _sweep_files(self, cutoff: float, report: GcReport, progress: Progress = _no_progress) -> None:
         total = int(self.registry.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])  # about as many files
