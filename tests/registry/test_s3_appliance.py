@@ -336,3 +336,40 @@ def test_containerd_pulls_an_image_whose_blobs_come_from_the_store(
     sent = {r["path"].rsplit("/", 1)[1] for r in request_lines(app.log())
             if r["method"] == "GET" and r["path"].startswith(f"/v2/{name}/blobs/") and r.get("sent_by") == "front"}
     assert sent == closure - {image.digest}, "every layer and the config came through the front from the store"
+
+
+def _peak_rss_kib(pids: list[int]) -> int:
+    peak = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+    return peak
+
+
+@pytest.mark.slow
+def test_a_large_blob_streams_in_and_out_with_flat_memory(s3app: tuple[Appliance, str], ceph_rgw: S3Engine) -> None:
+    """160 MiB up (one monolithic POST, chunked) and down: no worker's peak memory grows by more than a few parts."""
+    app, bucket = s3app
+    size, block = 160 << 20, os.urandom(1 << 20)
+    digest = "sha256:" + hashlib.sha256(block * (size // len(block))).hexdigest()
+    workers = app.worker_pids()
+    before = _peak_rss_kib(workers)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(size // len(block)):
+            yield block
+
+    repo = "spectro-images/s3/large"
+    put = requests.post(f"{app.url}/v2/{repo}/blobs/uploads/?digest={digest}", data=body(), auth=app.admin,
+                        timeout=600)
+    assert put.status_code == 201, put.text
+    assert ceph_rgw.client().head_object(Bucket=bucket, Key=key_of(digest))["ContentLength"] == size
+    h = hashlib.sha256()
+    with requests.get(f"{app.url}/v2/{repo}/blobs/{digest}", auth=app.admin, stream=True, timeout=600) as got:
+        assert got.status_code == 200
+        for chunk in got.iter_content(1 << 20):
+            h.update(chunk)
+    assert "sha256:" + h.hexdigest() == digest
+    grown = _peak_rss_kib(workers) - before
+    assert grown < 48 << 10, f"a worker's peak memory grew by {grown} KiB for a {size >> 20} MiB blob"
