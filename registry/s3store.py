@@ -242,10 +242,14 @@ class S3BlobStore:
     # -- errors --------------------------------------------------------------------------------------------
 
     def _fail(self, exc: Exception, what: str) -> RegistryError:
+        """The registry error for a failed store call: 503 (retry later) when the store is down or busy, else 500.
+
+        The message names the operation and the store's error code, never the endpoint or a key: clients read it.
+        """
         code = _error_code(exc)
-        return RegistryError("UNAVAILABLE" if code in ("", "ServiceUnavailable", "SlowDown", "InternalError")
-                             else "UNKNOWN",
-                             f"object store {self.describe()}: {what} failed ({code or type(exc).__name__})")
+        unavailable = code in ("", "ServiceUnavailable", "SlowDown", "InternalError", "503", "500")
+        return RegistryError("UNKNOWN", f"the object store failed {what} ({code or type(exc).__name__})",
+                             status=503 if unavailable else 500)
 
     def check(self) -> str | None:
         """None if the bucket answers; otherwise what is wrong, for /readyz and the start-up check."""
@@ -268,7 +272,7 @@ class S3BlobStore:
         except Exception as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise self._fail(exc, f"HEAD of blob {digest}") from None
+            raise self._fail(exc, f"to stat blob {digest}") from None
         return BlobInfo(digest, int(head["ContentLength"]), head["LastModified"].timestamp())
 
     def open(self, digest: Digest, offset: int = 0) -> BinaryIO:
@@ -279,7 +283,7 @@ class S3BlobStore:
         except Exception as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in the store") from None
-            raise self._fail(exc, f"GET of blob {digest}") from None
+            raise self._fail(exc, f"to read blob {digest}") from None
         return io.BufferedReader(_Body(got["Body"]), CHUNK)
 
     def local_path(self, digest: Digest) -> Path | None:
@@ -353,7 +357,7 @@ class S3BlobStore:
         except RegistryError:
             raise
         except Exception as exc:
-            raise self._fail(exc, "writing a blob") from None
+            raise self._fail(exc, "to write a blob") from None
         finally:
             if upload_id is not None:
                 self._abort(key or "", upload_id)
@@ -386,7 +390,7 @@ class S3BlobStore:
         except RegistryError:
             raise
         except Exception as exc:
-            raise self._fail(exc, "writing a manifest") from None
+            raise self._fail(exc, "to write a manifest") from None
 
     def adopt(self, path: Path, digest: Digest, size: int) -> BlobInfo:
         """Stream a local file the caller verified into the store (checked again on the way), then remove it."""
@@ -411,7 +415,7 @@ class S3BlobStore:
         except Exception as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return
-            raise self._fail(exc, f"refreshing blob {digest}") from None
+            raise self._fail(exc, f"to refresh blob {digest}") from None
 
     def _copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> None:
         head = self.client.head_object(Bucket=self.url.bucket, Key=src)
@@ -445,7 +449,7 @@ class S3BlobStore:
         except Exception as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise self._fail(exc, f"quarantining blob {digest}") from None
+            raise self._fail(exc, f"to quarantine blob {digest}") from None
         self.delete(digest)
         return f"s3://{self.url.bucket}/{dst}"
 
@@ -456,7 +460,7 @@ class S3BlobStore:
         try:
             self.client.delete_object(Bucket=self.url.bucket, Key=self.key(digest))
         except Exception as exc:
-            raise self._fail(exc, f"deleting blob {digest}") from None
+            raise self._fail(exc, f"to delete blob {digest}") from None
         return True
 
     def walk(self) -> Iterator[BlobInfo]:
@@ -477,7 +481,7 @@ class S3BlobStore:
         except RegistryError:
             raise
         except Exception as exc:
-            raise self._fail(exc, "listing blobs") from None
+            raise self._fail(exc, "to list blobs") from None
 
 
 def _error_code(exc: Exception) -> str:

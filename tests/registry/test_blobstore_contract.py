@@ -272,3 +272,19 @@ def test_s3_keys_mirror_the_filesystem_layout(request: pytest.FixtureRequest, en
     d = store.ingest_bytes(b"layout").digest
     keys = [o["Key"] for o in store.client.list_objects_v2(Bucket=store.url.bucket)["Contents"]]
     assert keys == [f"site/a/blobs/sha256/{d.encoded[:2]}/{d.encoded}"]
+
+
+def test_s3_store_that_does_not_answer_is_a_503_naming_the_operation(tmp_path: Path) -> None:
+    """No engine needed: nothing listens on the port. Every call fails as "retry later", never as a 500 or a hang."""
+    from tests.appliance import free_port
+
+    store = S3BlobStore(StorageURL("some-bucket", "", f"http://127.0.0.1:{free_port()}"),
+                        Credentials("KEY", "secret-value"))
+    d = digest_of(b"x")
+    for call in (lambda: store.stat(d), lambda: store.open(d), lambda: store.ingest_bytes(b"x"),
+                 lambda: list(store.walk()), lambda: store.delete(d)):
+        with pytest.raises(RegistryError) as err:
+            call()
+        assert err.value.status == 503 and "the object store failed" in err.value.message
+        assert "secret-value" not in err.value.message and "127.0.0.1" not in err.value.message
+    assert store.check() is not None and "cannot be reached" in str(store.check())
