@@ -421,6 +421,11 @@ def _object_location(c: Config) -> str:
             set $cargohold_cache $upstream_http_cache_control;
             set $cargohold_digest_rfc $upstream_http_digest;
             set $cargohold_disposition $upstream_http_content_disposition;
+            set $cargohold_nosniff $upstream_http_x_content_type_options;
+            set $cargohold_frame $upstream_http_x_frame_options;
+            set $cargohold_csp $upstream_http_content_security_policy;
+            set $cargohold_referrer $upstream_http_referrer_policy;
+            set $cargohold_hsts $upstream_http_strict_transport_security;
             rewrite ^{ACCEL_OBJECT_PREFIX}(.*)$ /$1 break;
             proxy_pass {endpoint};{tls}
             # The presigned signature covers the Host header; the client's credentials and cookies stay here.
@@ -453,7 +458,12 @@ def _object_location(c: Config) -> str:
             add_header Cache-Control $cargohold_cache always;
             add_header Digest $cargohold_digest_rfc always;
             add_header Content-Disposition $cargohold_disposition always;
-            add_header X-Content-Type-Options nosniff always;
+            # The security headers the app set (web/hardening.py), as the file location carries them over.
+            add_header X-Content-Type-Options $cargohold_nosniff always;
+            add_header X-Frame-Options $cargohold_frame always;
+            add_header Content-Security-Policy $cargohold_csp always;
+            add_header Referrer-Policy $cargohold_referrer always;
+            add_header Strict-Transport-Security $cargohold_hsts always;
             add_header X-Request-Id $request_id always;
         }}
 """

@@ -113,6 +113,9 @@ def test_blob_get_through_the_front_honours_range(s3app: tuple[Appliance, str], 
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["Docker-Content-Digest"] == digest and whole.headers["Content-Length"] == str(len(data))
     assert whole.headers["ETag"] == f'"{digest}"' and "x-amz-request-id" not in whole.headers
+    assert whole.headers["X-Content-Type-Options"] == "nosniff" and whole.headers["Content-Type"] == \
+        "application/octet-stream"
+    assert whole.headers["Docker-Distribution-API-Version"] == "registry/2.0"
     part = requests.get(f"{app.url}/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=1000-4999"},
                         auth=app.admin, timeout=30)
     assert part.status_code == 206 and part.content == data[1000:5000]
