@@ -418,9 +418,7 @@ def _object_location(c: Config) -> str:
             internal;
             set $cargohold_digest $upstream_http_docker_content_digest;
             set $cargohold_etag $upstream_http_etag;
-            set $cargohold_cache $upstream_http_cache_control;
             set $cargohold_digest_rfc $upstream_http_digest;
-            set $cargohold_disposition $upstream_http_content_disposition;
             set $cargohold_nosniff $upstream_http_x_content_type_options;
             set $cargohold_frame $upstream_http_x_frame_options;
             set $cargohold_csp $upstream_http_content_security_policy;
@@ -455,9 +453,9 @@ def _object_location(c: Config) -> str:
             add_header Docker-Content-Digest $cargohold_digest always;
             add_header Docker-Distribution-API-Version registry/2.0 always;
             add_header ETag $cargohold_etag always;
-            add_header Cache-Control $cargohold_cache always;
+            # File downloads' RFC 3230 digest (Content-Disposition and Cache-Control nginx carries over from the
+            # redirecting answer itself).
             add_header Digest $cargohold_digest_rfc always;
-            add_header Content-Disposition $cargohold_disposition always;
             # The security headers the app set (web/hardening.py), as the file location carries them over.
             add_header X-Content-Type-Options $cargohold_nosniff always;
             add_header X-Frame-Options $cargohold_frame always;

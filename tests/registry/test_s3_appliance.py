@@ -116,6 +116,7 @@ def test_blob_get_through_the_front_honours_range(s3app: tuple[Appliance, str], 
     assert whole.headers["X-Content-Type-Options"] == "nosniff" and whole.headers["Content-Type"] == \
         "application/octet-stream"
     assert whole.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert whole.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     part = requests.get(f"{app.url}/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=1000-4999"},
                         auth=app.admin, timeout=30)
     assert part.status_code == 206 and part.content == data[1000:5000]
@@ -376,3 +377,34 @@ def test_a_large_blob_streams_in_and_out_with_flat_memory(s3app: tuple[Appliance
     assert "sha256:" + h.hexdigest() == digest
     grown = _peak_rss_kib(workers) - before
     assert grown < 48 << 10, f"a worker's peak memory grew by {grown} KiB for a {size >> 20} MiB blob"
+
+
+def test_a_bundled_file_downloads_from_the_store_and_a_definition_checks_present(
+        s3app: tuple[Appliance, str], ceph_rgw: S3Engine, tmp_path: Path) -> None:
+    """Files (bundles/files_api.py) go out through the front from the bucket; a readiness check finds every blob."""
+    from tests.bundles.test_files_charts import _build, _chart, _definition, sha256
+
+    app, bucket = s3app
+    data = os.urandom(2_000_000)
+    iso = tmp_path / "installer.iso"
+    iso.write_bytes(data)
+    chart = _chart(tmp_path / "edge-app-0.3.1.tgz", "edge-app", "0.3.1+build1")
+    name = f"s3-files-{uuid.uuid4().hex[:6]}"
+    definition = _definition(tmp_path, name, sha256(data), len(data))
+    bundle = _build(tmp_path, "--file", f"{iso}=installer.iso:1.0", "--chart", chart,
+                    "--cluster-definition", definition)
+    cargohold(app, "keys", "add", str(tmp_path / "signing.pub.pem"), check=False)
+    cargohold(app, "bundle", "import", str(bundle), "--json", "--quiet")
+    assert sha256(data) in blob_keys(ceph_rgw, bucket)
+
+    api = f"{app.url}/api/cargohold/v1/files"
+    whole = requests.get(f"{api}/installer.iso:1.0", timeout=30)
+    assert whole.status_code == 200 and whole.content == data
+    assert whole.headers["Content-Disposition"] == 'attachment; filename="installer.iso"'
+    assert whole.headers["Digest"].startswith("sha-256=") and whole.headers["Docker-Content-Digest"] == sha256(data)
+    assert whole.headers["Cache-Control"] == "private, max-age=0, must-revalidate"
+    part = requests.get(f"{api}/installer.iso:1.0", headers={"Range": "bytes=1000-1999"}, timeout=30)
+    assert part.status_code == 206 and part.content == data[1000:2000]
+
+    check = json.loads(cargohold(app, "clusterdef", "check", name, "--json", check=False).stdout)
+    assert {f["finding"] for f in check["findings"]} == {"present"}, check["findings"]
