@@ -65,7 +65,7 @@ from bundles.image_policy import unsigned_images
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
 from bundles.registry_client import NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
-from registry.blobstore import BlobInfo, require_space, storage_error
+from registry.blobstore import BlobInfo, BlobStore, require_space, storage_error
 from registry.db import open_database, write_transaction
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
@@ -410,7 +410,12 @@ class Follower:
     def _locate(self, digest: Digest, stage: _Staging) -> Path | None:
         if stage.has(digest):
             return stage.path(digest)
-        return self.registry.store.local_path(digest)
+        store = self.registry.store
+        path = store.local_path(digest)
+        if path is None and store.stat(digest) is not None:
+            # An object store: content an earlier release brought is read from a local copy in the staging.
+            return stage.fetched(digest, store)
+        return path
 
     def _have(self, digest: Digest, stage: _Staging) -> bool:
         return stage.has(digest) or self.registry.store.stat(digest) is not None
@@ -551,6 +556,16 @@ class _Staging:
 
     def has(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
+
+    def fetched(self, digest: Digest, store: BlobStore) -> Path:
+        """A local copy, for reading, of a blob in a store with no local files; `staged` never lists it."""
+        target = self.root / "fetched" / digest.algorithm / digest.encoded
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with store.open(digest) as src, self.tmp(digest).open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(self.tmp(digest), target)
+        return target
 
     def commit(self, digest: Digest) -> None:
         """Move a verified temporary file into place."""
