@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from bundles.api_access import ApiAccess, ApiDenied
 from bundles.importer import BundleRefused, Importer
 from bundles.jobs import ImportJobs, disk_full_refusal, start_in_background
 from registry.db import is_disk_full
+from registry.dbengine import Error as DatabaseError
 from registry.numbers import NumberInvalid, parse_number
 from registry.paths import DataPaths
 
@@ -86,12 +86,14 @@ def create_blueprint(importer: Importer, jobs: ImportJobs, guard: ApiAccess, pat
     def _refused(exc: BundleRefused) -> Response:
         return _error(_STATUS.get(exc.code, 400), exc.code, exc.message)
 
-    @bp.errorhandler(sqlite3.Error)
-    def _database(exc: sqlite3.Error) -> Response:
+    def _database(exc: Exception) -> Response:
         if is_disk_full(exc):  # e.g. no room to record the job: the same answer as a full data volume
             refusal = disk_full_refusal(exc)
             return _error(507, refusal.code, refusal.message)
         raise exc
+
+    for database_error in DatabaseError:  # each engine's
+        bp.register_error_handler(database_error, _database)
 
     @bp.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:

@@ -23,7 +23,6 @@ Both APIs sit on the appliance's Harbor access model (`registry.access`):
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 
 from flask import Response, g, jsonify, request
@@ -31,6 +30,7 @@ from flask import Response, g, jsonify, request
 from registry.access import Access, TooManyAttempts, project_of
 from registry.audit import AuditLog
 from registry.auth import Principal
+from registry.dbengine import Error as DatabaseError
 from registry.errors import RegistryError
 from registry.token_api import bearer_challenge, request_principal
 from registry.tokens import TokenSigner
@@ -118,7 +118,7 @@ class ApiAccess:
         try:
             self.audit.record(p.username if p else "anonymous", operation, resource_type, resource,
                               request.remote_addr or "")
-        except sqlite3.Error:
+        except DatabaseError:
             # The write itself succeeded; say so in the log rather than fail the client.
             _log.exception("could not record %s %s %s in the audit log", operation, resource_type, resource)
 

@@ -50,6 +50,7 @@ from bundles.discovery import (
 )
 from bundles.tarheaders import BoundedTarInfo
 from registry.db import migrate, open_database, write_transaction
+from registry.dbengine import insert_id
 from registry.paths import DataPaths
 
 API_VERSION = "cargohold.io/v1"
@@ -654,8 +655,10 @@ class ClusterDefinitions:
         """Store a definition, replacing an earlier one of the same name; returns it as stored."""
         stored = ClusterDefinition(**{**definition.__dict__, "imported_at": time.time()})
         with write_transaction(self.db) as db:
-            db.execute("INSERT OR REPLACE INTO cluster_definitions (name, version, digest, source, document, "
-                       "imported_at) VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO cluster_definitions (name, version, digest, source, document, imported_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+                       "digest = excluded.digest, source = excluded.source, document = excluded.document, "
+                       "imported_at = excluded.imported_at",
                        [stored.name, stored.version, stored.digest, stored.source, json.dumps(stored.to_json()),
                         stored.imported_at])
         return stored
@@ -688,11 +691,10 @@ class ClusterDefinitions:
     def record_check(self, result: dict[str, Any]) -> int:
         """Keep a check result (as made by `bundles.check`); returns its id."""
         with write_transaction(self.db) as db:
-            cur = db.execute("INSERT INTO cluster_definition_checks (definition, definition_digest, checked_at, "
-                             "ready, result) VALUES (?, ?, ?, ?, ?)",
+            return insert_id(db, "INSERT INTO cluster_definition_checks (definition, definition_digest, "
+                             "checked_at, ready, result) VALUES (?, ?, ?, ?, ?)",
                              [result["definition"], result.get("definitionDigest"), result["checkedAt"],
                               int(bool(result["ready"])), json.dumps(result)])
-            return int(cur.lastrowid or 0)
 
     def checks(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """Summaries of past checks of `name`, newest first."""

@@ -51,7 +51,6 @@ import os
 import posixpath
 import queue
 import shutil
-import sqlite3
 import struct
 import tarfile
 import threading
@@ -73,6 +72,7 @@ from bundles.trust import TrustStore
 from registry import boundedjson
 from registry.blobstore import BlobInfo, BlobStore, fsync_dir
 from registry.db import is_disk_full, write_transaction
+from registry.dbengine import Error as DatabaseError
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.gc import import_guard
@@ -1226,7 +1226,7 @@ class Importer:
                 store.delete(digest)
             raise BundleRefused("DISK_FULL" if exc.code == "INSUFFICIENT_STORAGE" else "PUBLISH",
                                 f"publishing failed, nothing was published: {exc.message}") from None
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             for digest in adopted:
                 store.delete(digest)
             if is_disk_full(exc):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from bundles import metrics
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
 from registry import logcontext
 from registry.db import is_disk_full, migrate, open_database, write_transaction
+from registry.dbengine import Error as DatabaseError
 from registry.paths import DataPaths
 from registry.processes import process_alive, process_start
 
@@ -118,7 +118,7 @@ class ImportJobs:
                        "updated_at = ? WHERE id = ?", [json.dumps(report), time.time(), job_id])
 
     def fail(self, job_id: str, error: str, code: str = INTERNAL) -> None:
-        """Record the job as failed with `error` and its refusal `code`; raises sqlite3.Error if SQLite cannot."""
+        """Record the job as failed with `error` and its refusal `code`; raises a database error if it cannot."""
         with write_transaction(self.db) as db:
             db.execute("UPDATE import_jobs SET state = 'failed', error = ?, error_code = ?, updated_at = ? "
                        "WHERE id = ?", [_printable(error), code, time.time(), job_id])
@@ -133,7 +133,7 @@ class ImportJobs:
             try:
                 self.fail(job_id, error, code)
                 return True
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 _log.error("import job %s: could not record its end (%s: %s) in the database: %s%s", job_id, code,
                            _printable(error), exc, "" if delay is None else f"; retrying in {delay:.0f} s")
                 if delay is None:
@@ -160,7 +160,7 @@ class ImportJobs:
                     db.execute("UPDATE import_jobs SET state = 'failed', error = ?, error_code = 'INTERRUPTED', "
                                "updated_at = ? WHERE id = ? AND state IN ('verifying', 'importing')",
                                [message, time.time(), job.id])
-            except sqlite3.Error as exc:  # a full database: shown as failed all the same, recorded next time
+            except DatabaseError as exc:  # a full database: shown as failed all the same, recorded next time
                 _log.warning("import job %s: could not record it as interrupted: %s", job.id, exc)
             return ImportJob(**{**job.__dict__, "state": "failed", "error": message, "error_code": "INTERRUPTED"})
         return job
@@ -187,7 +187,7 @@ class JobProgress:
                 or now - self._last_time >= PROGRESS_SECONDS):
             try:
                 self.jobs.progress(self.job_id, done, total, state)
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 if not is_disk_full(exc):
                     raise
                 # Progress is advisory: the import goes on, and its end (or DISK_FULL at publishing) is recorded.
@@ -254,7 +254,7 @@ def run_import(importer: Importer, jobs: ImportJobs, job_id: str, source: Path, 
     report["jobId"] = job_id
     try:
         jobs.finish(job_id, report)
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         # Published (one transaction, committed) but not recorded as done: say so rather than fail the import.
         _log.error("import job %s: imported, but the report could not be recorded: %s", job_id, exc)
     return report
@@ -273,7 +273,7 @@ def start_in_background(importer: Importer, jobs: ImportJobs, source: Path, sign
     parts = bundle_parts(source)
     try:
         job = jobs.create(source.name, sum(p.stat().st_size for p in parts))
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         if is_disk_full(exc):
             raise disk_full_refusal(exc) from None
         raise

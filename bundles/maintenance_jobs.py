@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -39,14 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from bundles.expiry import ExpireStep, expire_staging
 from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
 from bundles.releases import Releases
 from registry import logcontext
 from registry.audit import AuditLog
 from registry.db import open_database, write_transaction
+from registry.dbengine import Database
+from registry.dbengine import Error as DatabaseError
 from registry.gc import DEFAULT_GRACE_SECONDS
 from registry.paths import DataPaths
 from registry.processes import process_alive, process_start
@@ -224,7 +223,7 @@ class MaintenanceJobs:
             with write_transaction(self.db) as db:
                 db.execute("UPDATE maintenance_jobs SET state = 'interrupted', error = ?, finished_at = ?, "
                            "updated_at = ? WHERE id = ? AND state = 'running'", [message, now, now, job.id])
-        except sqlite3.Error as exc:  # a full database: shown as interrupted all the same, recorded next time
+        except DatabaseError as exc:  # a full database: shown as interrupted all the same, recorded next time
             _log.warning("maintenance job %s: could not record it as interrupted: %s", job.id, exc)
         return MaintenanceJob(**{**job.__dict__, "state": "interrupted", "error": message, "finished_at": now})
 
@@ -326,7 +325,7 @@ class MaintenanceJobs:
                 with write_transaction(self.db) as db:
                     db.execute("UPDATE maintenance_jobs SET phase = ?, done = ?, total = ?, updated_at = ? "
                                "WHERE id = ?", [phase, done, total, time.time(), job_id])
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 _log.warning("maintenance job %s: could not record progress: %s", job_id, exc)
 
         return report
@@ -394,7 +393,7 @@ class MaintenanceJobs:
         if audited is not None and self.audit is not None:
             try:
                 self.audit.record(job.requested_by or "", *audited, source_ip)
-            except sqlite3.Error:
+            except DatabaseError:
                 _log.exception("maintenance job %s: could not record it in the audit log", job.id)
         self._finish(job.id, "done", result, None)
 
@@ -409,7 +408,7 @@ class MaintenanceJobs:
                                [state, json.dumps(result) if result is not None else None, error, state, now, now,
                                 job_id])
                 return
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 _log.error("maintenance job %s: could not record its end: %s", job_id, exc)
                 if delay is None:
                     return

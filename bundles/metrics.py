@@ -13,7 +13,6 @@ See registry/metrics.py for how the values of every process are summed.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Histogram
@@ -21,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from registry.db import open_database
+from registry.dbengine import Error as DatabaseError
 from registry.metrics import PREFIX
 from registry.paths import DataPaths
 from registry.processes import process_alive
@@ -57,7 +57,7 @@ class BundlesCollector(Collector):
                                    "WHERE state IN ('verifying', 'importing')").fetchall()
             follow = db.execute("SELECT last_sync_at, primary_seq - last_seq, last_error FROM follow_state "
                                 "WHERE id = 1 AND primary_url IS NOT NULL").fetchone()
-        except sqlite3.Error:
+        except DatabaseError:
             return  # the database cannot be read: /readyz says so; these are left out rather than wrong
         releases = GaugeMetricFamily(f"{PREFIX}releases", "Releases by state", labels=["state"])
         for state in sorted(set(RELEASE_STATES) | set(states)):

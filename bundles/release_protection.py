@@ -11,15 +11,13 @@ services.
 
 from __future__ import annotations
 
-import json
-
-from sqlite_utils import Database
+from registry.dbengine import Database, placeholders
 
 
 def promoted_release_tags(db: Database, repository: str, tags: list[str]) -> dict[str, str]:
     """tag -> "promoted release N (name version)" for the tags among `tags` the promoted release owns."""
     rows = db.execute(
         "SELECT ri.tag, r.id, r.name, r.version FROM release_images ri JOIN releases r ON r.id = ri.release_id "
-        "WHERE r.state = 'promoted' AND ri.repository = ? AND ri.tag IN (SELECT value FROM json_each(?))",
-        [repository, json.dumps(tags)]).fetchall()
+        f"WHERE r.state = 'promoted' AND ri.repository = ? AND ri.tag IN ({placeholders(len(tags))})",
+        [repository, *tags]).fetchall() if tags else []
     return {tag: f"promoted release {rid} ({name} {version})".replace(" )", ")") for tag, rid, name, version in rows}

@@ -57,12 +57,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_utils import Database
-
 from bundles.check import check_definition
 from bundles.clusterdef import ClusterDefinition, ClusterDefinitions
 from registry.audit import AuditLog
 from registry.db import open_database, write_transaction
+from registry.dbengine import Database, insert_id, placeholders
 from registry.digest import Digest
 from registry.diskuse import disk_areas
 from registry.gc import GcRoots, RootsFn
@@ -186,27 +185,32 @@ def record_release(db: Database, info: ReleaseInfo, images: list[tuple[str, str,
                          [info.bundle_digest]).fetchone()
         release_id = int(row[0]) if row else None
     if release_id is None:
-        cur = db.execute("INSERT INTO releases (name, version, bundle, bundle_digest, key_id, imported_at, state, "
-                         "forced, bytes_written) VALUES (?, ?, ?, ?, ?, ?, 'staged', 0, ?)",
-                         [info.name, info.version, info.bundle, info.bundle_digest, info.key_id, time.time(),
-                          info.bytes_written])
-        release_id = int(cur.lastrowid or 0)
+        release_id = insert_id(db, "INSERT INTO releases (name, version, bundle, bundle_digest, key_id, "
+                               "imported_at, state, forced, bytes_written) VALUES (?, ?, ?, ?, ?, ?, 'staged', 0, ?)",
+                               [info.name, info.version, info.bundle, info.bundle_digest, info.key_id, time.time(),
+                                info.bytes_written])
     else:
         # A discarded release imported again is staged again (its rows are written back below).
         db.execute("UPDATE releases SET bundle = ?, key_id = ?, state = CASE state WHEN 'discarded' THEN 'staged' "
                    "ELSE state END WHERE id = ?", [info.bundle, info.key_id, release_id])
         for table in ("release_images", "release_definitions", "release_files"):
             db.execute(f"DELETE FROM {table} WHERE release_id = ?", [release_id])
-    db.conn.executemany(
-        "INSERT OR REPLACE INTO release_images (release_id, reference, repository, tag, digest, media_type, pending) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    # The rows of this release were deleted above (or it is new): plain inserts; a reference or name twice in
+    # the lists keeps the last, as the rows did before.
+    db.executemany(
+        "INSERT INTO release_images (release_id, reference, repository, tag, digest, media_type, pending) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (release_id, reference) DO UPDATE SET repository = "
+        "excluded.repository, tag = excluded.tag, digest = excluded.digest, media_type = excluded.media_type, "
+        "pending = excluded.pending",
         [(release_id, ref, repo, tag, digest, mt, int(pending)) for ref, repo, tag, digest, mt, pending in images])
-    db.conn.executemany(
-        "INSERT OR REPLACE INTO release_definitions (release_id, name, version, digest, document) "
-        "VALUES (?, ?, ?, ?, ?)",
+    db.executemany(
+        "INSERT INTO release_definitions (release_id, name, version, digest, document) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (release_id, name) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
+        "document = excluded.document",
         [(release_id, d.name, d.version, d.digest, json.dumps(d.to_json())) for d in definitions])
-    db.conn.executemany("INSERT OR REPLACE INTO release_files (release_id, path, digest, size) VALUES (?, ?, ?, ?)",
-                        [(release_id, p, d, s) for p, d, s in files])
+    db.executemany("INSERT INTO release_files (release_id, path, digest, size) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (release_id, path) DO UPDATE SET digest = excluded.digest, size = excluded.size",
+                   [(release_id, p, d, s) for p, d, s in files])
     return release_id
 
 
@@ -575,12 +579,10 @@ class Releases:
         """The garbage collector's roots: kept releases' images and files, current definitions, `in_use` digests."""
         def read(db: Database) -> GcRoots:
             ids = self.retained(keep, db)
-            marks = json.dumps(ids)
+            marks = placeholders(len(ids)) or "NULL"  # a few releases: those kept
             manifests = frozenset((repo, d) for repo, d in db.execute(
-                "SELECT repository, digest FROM release_images WHERE release_id IN (SELECT value FROM json_each(?))",
-                [marks]))
-            blobs = {d for (d,) in db.execute(
-                "SELECT digest FROM release_files WHERE release_id IN (SELECT value FROM json_each(?))", [marks])}
+                f"SELECT repository, digest FROM release_images WHERE release_id IN ({marks})", ids))
+            blobs = {d for (d,) in db.execute(f"SELECT digest FROM release_files WHERE release_id IN ({marks})", ids)}
             blobs |= {d for (d,) in db.execute("SELECT digest FROM cluster_definitions") if d}
             return GcRoots(manifests, in_use, frozenset(blobs))
         return read

@@ -42,6 +42,7 @@ from typing import Any
 
 from registry.access import Projects
 from registry.db import write_transaction
+from registry.dbengine import insert_id
 from registry.errors import RegistryError
 from registry.immutable import RuleError, compile_pattern, validate_pattern
 from registry.model import Registry
@@ -208,7 +209,7 @@ _LIVE = "retention_policies rp JOIN projects p ON p.id = rp.project_id AND p.cre
 def _remove(db: Any, policy_id: int) -> None:
     """Delete a policy with its executions, tasks and the project's retention_id naming it (in `db`'s transaction)."""
     execs = [r[0] for r in db.execute("SELECT id FROM retention_executions WHERE policy_id = ?", [policy_id])]
-    db.conn.executemany("DELETE FROM retention_tasks WHERE execution_id = ?", [(e,) for e in execs])
+    db.executemany("DELETE FROM retention_tasks WHERE execution_id = ?", [(e,) for e in execs])
     db.execute("DELETE FROM retention_executions WHERE policy_id = ?", [policy_id])
     row = db.execute("SELECT project_id FROM retention_policies WHERE id = ?", [policy_id]).fetchone()
     db.execute("DELETE FROM retention_policies WHERE id = ?", [policy_id])
@@ -268,12 +269,11 @@ class Retention:
             if db.execute("SELECT 1 FROM retention_policies WHERE project_id = ?", [project_id]).fetchone():
                 raise RetentionError(f"project {project_id} already has a retention policy; change it with PUT",
                                      409, "CONFLICT")
-            cur = db.execute("INSERT INTO retention_policies (project_id, policy, created_at, updated_at) "
-                             "VALUES (?, ?, ?, ?)",
-                             [project_id, json.dumps({"algorithm": algorithm, "rules": rules}), now, now])
-            assert cur.lastrowid is not None
-            policy_id = int(cur.lastrowid)
-            db.execute("INSERT OR REPLACE INTO project_metadata (project_id, name, value) VALUES (?, ?, ?)",
+            policy_id = insert_id(db, "INSERT INTO retention_policies (project_id, policy, created_at, updated_at) "
+                                  "VALUES (?, ?, ?, ?)",
+                                  [project_id, json.dumps({"algorithm": algorithm, "rules": rules}), now, now])
+            db.execute("INSERT INTO project_metadata (project_id, name, value) VALUES (?, ?, ?) "
+                       "ON CONFLICT (project_id, name) DO UPDATE SET value = excluded.value",
                        [project_id, RETENTION_ID, str(policy_id)])
             return policy_id
 
@@ -306,11 +306,9 @@ class Retention:
         rules = [_rule(r) for r in policy["rules"]]
         started = time.time()
         with write_transaction(self.db) as db:
-            cur = db.execute(
-                "INSERT INTO retention_executions (policy_id, dry_run, status, trigger, requested_by, start_time) "
+            execution_id = insert_id(
+                db, "INSERT INTO retention_executions (policy_id, dry_run, status, trigger, requested_by, start_time) "
                 "VALUES (?, ?, 'Running', ?, ?, ?)", [policy_id, int(dry_run), trigger, requested_by, started])
-            assert cur.lastrowid is not None
-            execution_id = int(cur.lastrowid)
         failed = False
         prefix = f"{project.name}/" if project else "\0"
         repositories = [(int(i), n) for i, n in self.db.execute(

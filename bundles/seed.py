@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +69,8 @@ from bundles.jobs import ImportJobs, disk_full_refusal, run_import
 from bundles.trust import TrustStore
 from registry.audit import append as audit_append
 from registry.db import is_disk_full, open_database, write_transaction
+from registry.dbengine import Error as DatabaseError
+from registry.dbengine import insert_id
 from registry.paths import DataPaths
 from registry.processes import process_alive, process_start
 
@@ -268,11 +269,10 @@ class SeedScanner:
                     "SELECT 1 FROM seed_scans WHERE serve = ? AND trigger = 'start' AND state = 'done'",
                     [serve]).fetchone():
                 return None
-            cursor = db.execute(
-                "INSERT INTO seed_scans (seed_dir, trigger, requested_by, serve, state, pid, pid_start, report, "
+            scan_id = insert_id(
+                db, "INSERT INTO seed_scans (seed_dir, trigger, requested_by, serve, state, pid, pid_start, report, "
                 "started_at) VALUES (?, ?, ?, ?, 'running', ?, ?, NULL, ?)",
                 [str(self.seed_dir), trigger, requested_by, serve, me, me_start, time.time()])
-            scan_id = int(cursor.lastrowid or 0)
             audit_append(db, requested_by, "create", "seed-scan", f"{scan_id}:{self.seed_dir}")
         return scan_id, True
 
@@ -329,7 +329,7 @@ class SeedScanner:
                 db.execute("UPDATE seed_scans SET report = ?, state = ?, finished_at = ? WHERE id = ?",
                            [json.dumps(report.to_json()), state, None if state == "running" else time.time(),
                             scan_id])
-        except sqlite3.Error as exc:  # the scan's own record is advisory; the imports are recorded on their own
+        except DatabaseError as exc:  # the scan's own record is advisory; the imports are recorded on their own
             _log.warning("seed scan %s: could not record its report: %s", scan_id, exc)
 
     def get_scan(self, scan_id: int) -> SeedScan | None:
@@ -376,9 +376,14 @@ class SeedScanner:
                 if previous.state == "importing" and row is not None and process_alive(row[13], row[14]):
                     return BUSY, previous
             db.execute(
-                "INSERT OR REPLACE INTO seed_files (path, kind, size, mtime_ns, parts, signature, state, job_id, "
+                "INSERT INTO seed_files (path, kind, size, mtime_ns, parts, signature, state, job_id, "
                 "error_code, error, digest, result, pid, pid_start, scan_id, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'importing', NULL, NULL, NULL, NULL, NULL, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, 'importing', NULL, NULL, NULL, NULL, NULL, ?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET kind = excluded.kind, size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, parts = excluded.parts, signature = excluded.signature, "
+                "state = excluded.state, job_id = NULL, error_code = NULL, error = NULL, digest = NULL, result = NULL, "
+                "pid = excluded.pid, pid_start = excluded.pid_start, scan_id = excluded.scan_id, "
+                "updated_at = excluded.updated_at",
                 [str(entry.path), entry.kind, entry.size, entry.mtime_ns, entry.parts,
                  entry.signature.name if entry.signature else None, me, me_start, scan_id, time.time()])
         return None, previous if same else None
@@ -394,7 +399,7 @@ class SeedScanner:
                            [state, job_id, code, error, digest, result, time.time(), str(entry.path)])
                 if audit is not None:
                     audit_append(db, *audit)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             # Left "importing" with this process as owner: shown interrupted once it ends, and retried then.
             _log.error("seed %s: could not record its outcome (%s %s): %s", entry.name, state, code or "", exc)
 
@@ -420,14 +425,14 @@ class SeedScanner:
         try:
             signature = self._signature(entry)
             job = self.jobs.create(source, entry.size - (entry.signature.stat().st_size if entry.signature else 0))
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *DatabaseError) as exc:  # type: ignore[misc]
             refusal = disk_full_refusal(exc) if is_disk_full(exc) else BundleRefused("STORAGE", f"cannot start: {exc}")
             self._record(entry, "interrupted", code=refusal.code, error=refusal.message)
             return self._line(entry, REFUSED, code=refusal.code, error=refusal.message)
         try:
             with write_transaction(self.db) as db:
                 audit_append(db, who, "create", "import", f"{job.id}:{source}")
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             _log.warning("seed %s: could not audit the import's start: %s", entry.name, exc)
         _log.info("seed: importing %s (job %s)", entry.name, job.id)
         try:
@@ -463,7 +468,7 @@ class SeedScanner:
             self._record(entry, "refused", code=code, error=str(exc),
                          audit=(who, "update", "seed", f"{source}: refused {code}"))
             return self._line(entry, REFUSED, code=code, error=str(exc))
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             code = "DISK_FULL" if is_disk_full(exc) else "PUBLISH"
             self._record(entry, "interrupted", code=code, error=str(exc))
             return self._line(entry, REFUSED, code=code, error=str(exc))

@@ -36,6 +36,7 @@ from typing import Any
 from registry import logcontext
 from registry.auth import ROBOT_PREFIX, Principal, Users, VerifiedCache, hash_password
 from registry.db import write_transaction
+from registry.dbengine import insert_id
 from registry.errors import RegistryError
 from registry.model import Registry
 from registry.sessions import Sessions
@@ -232,9 +233,9 @@ class Members:
             if db.execute("SELECT 1 FROM project_members WHERE project_id = ? AND user_id = ?",
                           [project.id, user_id]).fetchone():
                 raise AccessError("CONFLICT", "the user is already a member of the project")
-            cur = db.execute("INSERT INTO project_members (project_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
-                             [project.id, user_id, role, time.time()])
-        member = self.get(project, int(cur.lastrowid or 0))
+            member_id = insert_id(db, "INSERT INTO project_members (project_id, user_id, role, created_at) "
+                                  "VALUES (?, ?, ?, ?)", [project.id, user_id, role, time.time()])
+        member = self.get(project, member_id)
         assert member is not None
         return member
 
@@ -445,12 +446,12 @@ class Robots:
         with write_transaction(self.registry.db) as db:
             if db.execute("SELECT 1 FROM robots WHERE name = ?", [name]).fetchone():
                 raise AccessError("CONFLICT", f"robot account {name} already exists")
-            cur = db.execute(
-                "INSERT INTO robots (name, description, secret_hash, level, project_id, disabled, duration, "
+            robot_id = insert_id(
+                db, "INSERT INTO robots (name, description, secret_hash, level, project_id, disabled, duration, "
                 "expires_at, permissions, creator, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [name, description, hash_password(secret), level, project_id, int(disable), duration, expires,
                  json.dumps(perms), creator, now, now])
-        robot = self.get(int(cur.lastrowid or 0))
+        robot = self.get(robot_id)
         assert robot is not None
         return robot, secret
 
@@ -592,8 +593,10 @@ class LoginLimiter:
                         continue
                     failures, first, seen = int(row[0]) + 1, float(row[1]), [*seen, mark][-max(limit + 1, 64):]
                 lock = self._lock(failures, limit)
-                db.execute("INSERT OR REPLACE INTO login_failures (key, failures, first_at, locked_until, seen, "
-                           "last_at) VALUES (?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO login_failures (key, failures, first_at, locked_until, seen, last_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, "
+                           "first_at = excluded.first_at, locked_until = excluded.locked_until, "
+                           "seen = excluded.seen, last_at = excluded.last_at",
                            [key, failures, first, now + lock if lock else 0.0, " ".join(seen), now])
 
     def succeeded(self, username: str, address: str) -> None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlite_utils import Database
-
 from registry.blobstore import BlobInfo
 from registry.db import write_transaction
+from registry.dbengine import Database
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.manifests import parse_manifest

@@ -115,7 +115,8 @@ class Artifacts:
                       ) -> tuple[int, list[Repository]]:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         db = self.registry.db
-        base = (" FROM repositories r JOIN projects p ON p.name = substr(r.name, 1, instr(r.name, '/') - 1) "
+        base = (" FROM repositories r JOIN projects p ON p.name = substr(r.name, 1, CASE WHEN instr(r.name, '/') > 0 "
+                "THEN instr(r.name, '/') - 1 ELSE 0 END) "
                 "LEFT JOIN repository_meta rm ON rm.name = r.name")
         total = int(db.execute(f"SELECT COUNT(*){base}{clause}", params).fetchone()[0])
         rows = db.execute(
@@ -154,8 +155,9 @@ class Artifacts:
     def set_description(self, name: str, description: str) -> None:
         self.repository(name)
         with write_transaction(self.registry.db) as db:
-            db.execute("INSERT OR REPLACE INTO repository_meta (name, description, updated_at) VALUES (?, ?, ?)",
-                       [name, description, time.time()])
+            db.execute("INSERT INTO repository_meta (name, description, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
+                       "updated_at = excluded.updated_at", [name, description, time.time()])
 
     def delete_repository(self, name: str) -> None:
         """Delete a repository with all its manifests and tags; its blobs stay until garbage collection."""

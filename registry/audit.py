@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from registry.db import after_commit, write_transaction
+from registry.dbengine import Database
 
 if TYPE_CHECKING:  # registry.model reaches this module through registry.protection
     from registry.model import Registry

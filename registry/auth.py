@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.db import write_transaction
+from registry.dbengine import insert_id
 from registry.errors import RegistryError
 from registry.model import Registry
 from registry.passwords import check_password_policy
@@ -173,8 +174,8 @@ class Users:
         generated = password is None
         password = password or secrets.token_urlsafe(18)
         with write_transaction(db):
-            db.execute("INSERT OR IGNORE INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 1, ?)",
-                       [ADMIN, hash_password(password), time.time()])
+            db.execute("INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 1, ?) "
+                       "ON CONFLICT (username) DO NOTHING", [ADMIN, hash_password(password), time.time()])
         return password if generated else None
 
     def add_user(self, username: str, password: str, admin: bool = False, email: str = "", realname: str = "",
@@ -196,15 +197,15 @@ class Users:
                                 "`cargohold admin set-password`")
             self._email_free(db, profile[0], None)
             now = time.time()
-            cur = db.execute("INSERT INTO users (username, password_hash, admin, created_at, updated_at, email, "
+            return insert_id(db, "INSERT INTO users (username, password_hash, admin, created_at, updated_at, email, "
                              "realname, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              [username, hashed, int(admin), now, now, *profile])
-            return int(cur.lastrowid or 0)
 
     @staticmethod
     def _email_free(db: Any, email: str, user_id: int | None) -> None:
-        if email and db.execute("SELECT 1 FROM users WHERE email = ? COLLATE NOCASE AND id IS NOT ?",
-                                [email, user_id]).fetchone():
+        other = "" if user_id is None else " AND id <> ?"
+        if email and db.execute(f"SELECT 1 FROM users WHERE lower(email) = lower(?){other}",
+                                [email] + ([] if user_id is None else [user_id])).fetchone():
             raise UserError("CONFLICT", f"the email {email!r} is already another user's")
 
     def update_profile(self, user_id: int, email: str | None, realname: str | None, comment: str | None) -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.blobstore import CHUNK, fsync_dir
-from registry.db import connect
+from registry.db import connect_sqlite
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.paths import DataPaths
@@ -149,7 +149,7 @@ def snapshot_database(database: Path, target: Path) -> None:
     copy is switched to a rollback journal (one self-contained file) and fsynced.
     """
     target.unlink(missing_ok=True)
-    src = connect(database)
+    src = connect_sqlite(database)
     try:
         dst = sqlite3.connect(target, isolation_level=None)
         try:
@@ -261,9 +261,10 @@ def recorded_blobs(database: Path) -> list[tuple[Digest, int]]:
 
 def _schema_version(conn: sqlite3.Connection) -> str:
     """The version that last migrated a database (see registry.upgrade); VERSION for one never migrated."""
+    from registry.dbengine import SQLiteDatabase
     from registry.upgrade import recorded_version  # registry.upgrade builds on this module
 
-    return recorded_version(conn) or VERSION
+    return recorded_version(SQLiteDatabase(conn)) or VERSION
 
 
 def _blob_rel(digest: Digest) -> Path:
@@ -271,6 +272,14 @@ def _blob_rel(digest: Digest) -> Path:
 
 
 # -- backup ---------------------------------------------------------------------------------------------------
+
+
+def _refuse_postgres(paths: DataPaths) -> None:
+    if paths.database_url:
+        raise BackupError("the metadata is in PostgreSQL (CARGOHOLD_DATABASE_URL): back it up with PostgreSQL's own "
+                          "tools (pg_dump) and the blob store with them or a file copy; cargohold backup and restore "
+                          "handle SQLite data directories only (docs/operations.md, PostgreSQL metadata). "
+                          "Nothing was changed")
 
 
 def backup(paths: DataPaths, dest: Path, progress: Progress = _quiet, verify_existing: bool = False,
@@ -283,6 +292,7 @@ def backup(paths: DataPaths, dest: Path, progress: Progress = _quiet, verify_exi
     `after_snapshot` runs once the snapshot is taken, under the guard (tests
     use it to run a collection at that moment).
     """
+    _refuse_postgres(paths)
     dest = dest.resolve()
     if dest == paths.root or paths.root in dest.parents:
         raise BackupError(f"{dest} is inside the data directory {paths.root}; back up to another directory "
@@ -487,6 +497,7 @@ def restore(source: Path, paths: DataPaths, progress: Progress = _quiet,
     entered once the directory exists and held to the end (the CLI keeps
     `cargohold serve` off the directory with it).
     """
+    _refuse_postgres(paths)
     source = source.resolve()
     root = paths.root
     if root.exists() and not root.is_dir():

@@ -24,9 +24,11 @@ whose mtime is older than the grace period is unlinked, in batches, each
 batch checked and unlinked inside its own write transaction. Since
 `Registry.register_blob` refuses to record a blob whose file is missing,
 and runs under the same lock, no row can ever come to point at a deleted
-file. The file sweep takes ``gc.lock`` exclusively; bundle imports hold it
-shared while they run (they reuse files the store already has), so while an
-import runs the file sweep is deferred and says so. Likewise ``backup.lock``:
+file. The file sweep takes the ``gc`` lock exclusively (``gc.lock`` beside
+SQLite, an advisory lock on PostgreSQL, so imports on every replica count:
+`registry.db.cluster_lock`); bundle imports hold it shared while they run
+(they reuse files the store already has), so while an import runs the file
+sweep is deferred and says so. Likewise the ``backup`` lock:
 `cargohold backup` holds it shared from before its database snapshot until
 it has copied every blob the snapshot names (`backup_guard`).
 
@@ -38,24 +40,23 @@ removed and their bytes reported.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlite_utils import Database
-
 from registry import metrics
-from registry.db import write_transaction
+from registry.db import cluster_lock, write_transaction
+from registry.dbengine import Database, placeholders
 from registry.digest import Digest
 from registry.model import Registry
 from registry.paths import DataPaths
 from registry.uploads import Uploads
 
 DEFAULT_GRACE_SECONDS = 3600.0
+# The locks (registry.db.cluster_lock: files gc.lock and backup.lock beside SQLite, advisory locks on PostgreSQL).
+GC_LOCK, BACKUP_LOCK = "gc", "backup"
 _FILE_BATCH = 256
 
 
@@ -104,13 +105,8 @@ class GcReport:
 @contextlib.contextmanager
 def import_guard(paths: DataPaths) -> Iterator[None]:
     """Held (shared) while a bundle import runs: the file sweep waits for it to end."""
-    paths.ensure()
-    with paths.gc_lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with cluster_lock(paths, GC_LOCK, shared=True):
+        yield
 
 
 @contextlib.contextmanager
@@ -120,12 +116,8 @@ def backup_guard(paths: DataPaths) -> Iterator[None]:
     Taking it waits for a file sweep in progress, so a snapshot taken under
     it names only blobs whose files stay until the guard is released.
     """
-    with paths.backup_lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with cluster_lock(paths, BACKUP_LOCK, shared=True):
+        yield
 
 
 _IMPORT_RUNNING = ("a bundle import is running: blob files were not removed this time "
@@ -136,25 +128,13 @@ _BACKUP_RUNNING = ("a backup is running: blob files were not removed this time "
 
 @contextlib.contextmanager
 def _sweep_lock(paths: DataPaths) -> Iterator[str | None]:
-    """Exclusive ``gc.lock`` and ``backup.lock`` without waiting; yields None, or why the sweep must wait."""
-    with paths.gc_lock.open("a") as f, paths.backup_lock.open("a") as b:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    """Exclusive ``gc`` and ``backup`` locks without waiting; yields None, or why the sweep must wait."""
+    with cluster_lock(paths, GC_LOCK, wait=False) as gc_taken:
+        if not gc_taken:
             yield _IMPORT_RUNNING
             return
-        try:
-            try:
-                fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield _BACKUP_RUNNING
-                return
-            try:
-                yield None
-            finally:
-                fcntl.flock(b, fcntl.LOCK_UN)
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        with cluster_lock(paths, BACKUP_LOCK, wait=False) as backup_taken:
+            yield None if backup_taken else _BACKUP_RUNNING
 
 
 RootsFn = Callable[[Database], GcRoots]
@@ -200,11 +180,11 @@ class GarbageCollector:
         cutoff = time.time() - self.grace
         db = self.registry.db
         if dry_run:
-            db.execute("BEGIN")  # a read snapshot: the same view as the real run would take
+            db.begin_read()  # a read snapshot: the same view as the real run would take
             try:
                 orphans = self._mark_and_sweep_rows(db, roots, cutoff, report, delete=False)
             finally:
-                db.conn.rollback()
+                db.rollback()
             gone = {b["digest"] for b in report.blobs}
             report.bytes_reclaimed = sum(int(b["size"]) for b in report.blobs if self._on_disk(b["digest"]))
             report.bytes_reclaimed += sum(size for d, size in orphans if d not in gone)
@@ -280,11 +260,11 @@ class GarbageCollector:
         report.kept_blobs = len(blob_rows) - len(drop_blobs)
 
         if delete:
-            db.conn.executemany("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", doomed)
-            db.conn.executemany("DELETE FROM tags WHERE repository_id = ? AND digest = ?", doomed)
-            db.conn.executemany("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", doomed)
-            db.conn.executemany("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", drop_links)
-            db.conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d, _ in drop_blobs])
+            db.executemany("DELETE FROM manifest_refs WHERE repository_id = ? AND manifest = ?", doomed)
+            db.executemany("DELETE FROM tags WHERE repository_id = ? AND digest = ?", doomed)
+            db.executemany("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", doomed)
+            db.executemany("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", drop_links)
+            db.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d, _ in drop_blobs])
             return []
         # Dry run: files with no row at all (crash leftovers) the file sweep would take.
         known = {d for d, _, _ in blob_rows}
@@ -316,8 +296,7 @@ class GarbageCollector:
         # transaction that first checks the file is there, so it either sees it gone or we see its row.
         with write_transaction(self.registry.db) as db:
             known = {row[0] for row in db.execute(
-                "SELECT b.digest FROM json_each(?) j JOIN blobs b ON b.digest = j.value",
-                [json.dumps([str(d) for d in batch])])}
+                f"SELECT digest FROM blobs WHERE digest IN ({placeholders(len(batch))})", [str(d) for d in batch])}
             for digest in batch:
                 if str(digest) in known:
                     continue

@@ -49,7 +49,6 @@ Basic (users and robots). Every write lands in the audit log.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +69,8 @@ from registry.access import (
 from registry.artifacts import Artifacts, Repository, rfc3339
 from registry.audit import AuditLog
 from registry.auth import Principal
+from registry.dbengine import Error as DatabaseError
+from registry.dbengine import IntegrityError
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.harbor_context import RouteContext
@@ -294,10 +295,12 @@ def create_blueprint(access: Access, artifacts: Artifacts, audit: AuditLog, defa
         return harbor_error(codes.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_SERVER_ERROR"),
                             exc.description or exc.name, status, headers)
 
-    @bp.errorhandler(sqlite3.IntegrityError)
-    def _integrity(exc: sqlite3.IntegrityError) -> Response:
+    def _integrity(exc: Exception) -> Response:
         # Another table (a release, a bundle) still refers to what was to be deleted.
         return harbor_error("PRECONDITION", "the resource is still in use by other appliance data", 412)
+
+    for integrity_error in IntegrityError:  # each engine's
+        bp.register_error_handler(integrity_error, _integrity)
 
     @bp.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -889,7 +892,7 @@ def register_audit(app: Flask, audit: AuditLog) -> None:
                     audit.record(who, "delete", "tag", f"{name}:{reference}", where)
             elif endpoint == "delete_blob":
                 audit.record(who, "delete", "blob", f"{name}@{request.view_args.get('digest')}", where)
-        except sqlite3.Error:
+        except DatabaseError:
             # The write itself succeeded; say so in the log rather than fail the client.
             app.logger.exception("could not record %s on %s in the audit log", endpoint, name)
         return resp

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from registry.blobstore import BlobStore
+from registry.dbengine import Error as DatabaseError
 from registry.paths import DataPaths
 
 DB_TIMEOUT_SECONDS = 3.0
@@ -65,6 +66,8 @@ class Readiness:
 
 def check_database(paths: DataPaths, timeout: float = DB_TIMEOUT_SECONDS) -> Check:
     """A real write: the heartbeat row, in its own write transaction on a fresh connection."""
+    if paths.database_url:
+        return _check_postgres(paths.database_url, timeout)
     if not paths.database.is_file():
         return Check(DATABASE, "the database is missing")
     try:
@@ -77,7 +80,8 @@ def check_database(paths: DataPaths, timeout: float = DB_TIMEOUT_SECONDS) -> Che
         conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("INSERT OR REPLACE INTO health_heartbeat (id, checked_at, pid) VALUES (1, ?, ?)",
+            conn.execute("INSERT INTO health_heartbeat (id, checked_at, pid) VALUES (1, ?, ?) ON CONFLICT (id) "
+                         "DO UPDATE SET checked_at = excluded.checked_at, pid = excluded.pid",
                          [time.time(), os.getpid()])
             conn.execute("COMMIT")
         except BaseException:
@@ -87,6 +91,27 @@ def check_database(paths: DataPaths, timeout: float = DB_TIMEOUT_SECONDS) -> Che
         return Check(DATABASE, f"the database cannot be written ({_sqlite_reason(exc)})")
     finally:
         conn.close()
+    return Check(DATABASE)
+
+
+def _check_postgres(url: str, timeout: float) -> Check:
+    """The same heartbeat write on PostgreSQL, bounded by `timeout` (connecting, the write lock, the write)."""
+    from registry.db import connect_postgres, write_transaction
+
+    try:
+        db = connect_postgres(url)
+    except DatabaseError as exc:
+        return Check(DATABASE, f"the PostgreSQL database cannot be reached ({type(exc).__name__})")
+    try:
+        db.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+        with write_transaction(db):
+            db.execute("INSERT INTO health_heartbeat (id, checked_at, pid) VALUES (1, ?, ?) ON CONFLICT (id) "
+                       "DO UPDATE SET checked_at = excluded.checked_at, pid = excluded.pid",
+                       [time.time(), os.getpid()])
+    except DatabaseError as exc:
+        return Check(DATABASE, f"the PostgreSQL database cannot be written ({type(exc).__name__})")
+    finally:
+        db.close()
     return Check(DATABASE)
 
 

@@ -156,7 +156,8 @@ class ImageTrust:
     def set_metadata(self, project_id: int, values: dict[str, str]) -> None:
         with write_transaction(self.registry.db) as db:
             for name, value in values.items():
-                db.execute("INSERT OR REPLACE INTO project_metadata (project_id, name, value) VALUES (?, ?, ?)",
+                db.execute("INSERT INTO project_metadata (project_id, name, value) VALUES (?, ?, ?) "
+                           "ON CONFLICT (project_id, name) DO UPDATE SET value = excluded.value",
                            [project_id, name, value])
 
     def protected(self, repository: str) -> bool:

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from registry.db import write_transaction
+from registry.dbengine import Database, insert_id
 
 if TYPE_CHECKING:  # registry.model imports this module (through registry.protection)
     from registry.access import Project
@@ -230,12 +229,11 @@ class ImmutableRules:
                                   "rules already, the most it may have")
             self._refuse_duplicate(existing, rule, None)
             now = time.time()
-            cur = db.execute(
-                "INSERT INTO immutable_rules (project_id, priority, disabled, repo_decoration, repo_pattern, "
+            rule_id = insert_id(
+                db, "INSERT INTO immutable_rules (project_id, priority, disabled, repo_decoration, repo_pattern, "
                 "tag_decoration, tag_pattern, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [project.id, rule.priority, int(rule.disabled), rule.repo_decoration, rule.repo_pattern,
                  rule.tag_decoration, rule.tag_pattern, now, now])
-            rule_id = int(cur.lastrowid or 0)
         found = self.get(project, rule_id)
         assert found is not None
         return found

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import builtins
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from registry.artifacts import rfc3339
 from registry.db import write_transaction
+from registry.dbengine import IntegrityError, insert_id
 from registry.model import Registry
 
 GLOBAL, PROJECT = "g", "p"
@@ -126,12 +126,11 @@ class Labels:
         now = time.time()
         try:
             with write_transaction(self.registry.db) as db:
-                cur = db.execute("INSERT INTO labels (name, description, color, scope, project_id, created_at, "
-                                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 [value.name, value.description, value.color, scope,
-                                  project_id if scope == PROJECT else 0, now, now])
-                label_id = int(cur.lastrowid or 0)
-        except sqlite3.IntegrityError:
+                label_id = insert_id(db, "INSERT INTO labels (name, description, color, scope, project_id, "
+                                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [value.name, value.description, value.color, scope,
+                                      project_id if scope == PROJECT else 0, now, now])
+        except IntegrityError:
             raise self._taken(value.name, scope) from None
         found = self.get(label_id)
         assert found is not None
@@ -143,7 +142,7 @@ class Labels:
             with write_transaction(self.registry.db) as db:
                 db.execute("UPDATE labels SET name = ?, description = ?, color = ?, updated_at = ? WHERE id = ?",
                            [value.name, value.description, value.color, time.time(), label.id])
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise self._taken(value.name, label.scope) from None
         found = self.get(label.id)
         if found is None:
@@ -171,8 +170,9 @@ class Labels:
             if db.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
                           [repository_id, digest]).fetchone() is None:
                 raise LabelError("NOT_FOUND", f"artifact {digest} not found", 404)
-            cur = db.execute("INSERT OR IGNORE INTO artifact_labels (repository_id, digest, label_id, created_at) "
-                             "VALUES (?, ?, ?, ?)", [repository_id, digest, label.id, time.time()])
+            cur = db.execute("INSERT INTO artifact_labels (repository_id, digest, label_id, created_at) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT (repository_id, digest, label_id) DO NOTHING",
+                             [repository_id, digest, label.id, time.time()])
             if cur.rowcount == 0:
                 raise LabelError("CONFLICT", f"label {label.id} ({label.name}) is already on artifact {digest}", 409)
 

@@ -17,7 +17,6 @@ goes stale when a process dies.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from registry.db import open_database
+from registry.dbengine import Error as DatabaseError
 from registry.paths import DataPaths
 from registry.version import VERSION
 
@@ -117,7 +117,7 @@ class RegistryCollector(Collector):
                                 value=self.reserve_bytes)
         try:
             open_sessions = open_database(self.paths).execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
-        except sqlite3.Error:
+        except DatabaseError:
             return  # the database cannot be read: /readyz says so; the metric is left out rather than wrong
         yield GaugeMetricFamily(f"{PREFIX}upload_sessions_open", "Blob upload sessions open now (not finished, "
                                 "cancelled or expired)", value=int(open_sessions))

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from registry.blobstore import BlobInfo, BlobStore, FilesystemBlobStore
 from registry.db import open_database, write_transaction
+from registry.dbengine import Database, insert_id
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.manifests import ParsedManifest, parse_manifest, referrer_artifact_type
@@ -76,16 +75,15 @@ class Registry:
         row = db.execute("SELECT id FROM repositories WHERE name = ?", [name]).fetchone()
         if row:
             return int(row[0])
-        cur = db.execute("INSERT INTO repositories (name, created_at) VALUES (?, ?)", [name, time.time()])
-        return int(cur.lastrowid or 0)
+        return insert_id(db, "INSERT INTO repositories (name, created_at) VALUES (?, ?)", [name, time.time()])
 
     def catalog(self, n: int | None = None, last: str | None = None) -> Page:
         """Repository names in lexical order after `last`, at most `n`."""
         return self._page("SELECT name FROM repositories WHERE name > ? ORDER BY name", [], n, last)
 
     def _page(self, sql: str, params: list[object], n: int | None, last: str | None) -> Page:
-        limit = -1 if n is None else n + 1
-        rows = [r[0] for r in self.db.execute(f"{sql} LIMIT ?", [*params, last or "", limit]).fetchall()]
+        limit = "" if n is None else f" LIMIT {int(n) + 1}"
+        rows = [r[0] for r in self.db.execute(f"{sql}{limit}", [*params, last or ""]).fetchall()]
         if n is not None and len(rows) > n:
             return Page(rows[:n], True)
         return Page(rows, False)
@@ -102,7 +100,7 @@ class Registry:
         if self.store.stat(info.digest) is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {info.digest} is not in the store (removed by garbage "
                                 "collection meanwhile?); push or import it again", detail={"digest": str(info.digest)})
-        db.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
+        db.execute("INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
                    [str(info.digest), info.size, time.time()])
 
     def link_blob(self, name: str, info: BlobInfo) -> None:
@@ -114,8 +112,8 @@ class Registry:
     def link(self, db: Database, repo_id: int, info: BlobInfo) -> None:
         """Register a stored blob and link it into a repository. Call inside a transaction."""
         self.register_blob(db, info)
-        db.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?)",
-                   [repo_id, str(info.digest), time.time()])
+        db.execute("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?) "
+                   "ON CONFLICT (repository_id, digest) DO NOTHING", [repo_id, str(info.digest), time.time()])
 
     def blob(self, name: str, digest: Digest) -> BlobInfo:
         """A blob servable from `name`; raises BLOB_UNKNOWN otherwise."""
@@ -222,8 +220,10 @@ class Registry:
         now = time.time()
         self.link(db, repo_id, info)
         db.execute(
-            "INSERT OR REPLACE INTO manifests (repository_id, digest, media_type, artifact_type, subject, size, "
-            "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, size, "
+            "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repository_id, digest) DO UPDATE "
+            "SET media_type = excluded.media_type, artifact_type = excluded.artifact_type, subject = excluded.subject, "
+            "size = excluded.size, annotations = excluded.annotations, created_at = excluded.created_at",
             [repo_id, str(parsed.digest), parsed.media_type, referrer_artifact_type(parsed),
              str(parsed.subject.digest) if parsed.subject else None, parsed.size,
              json.dumps(parsed.annotations) if parsed.annotations else None, now],
@@ -233,18 +233,19 @@ class Registry:
         refs: list[tuple[Descriptor, str]] = [(d, "blob") for d in blobs]
         refs += [(d, "manifest") for d in parsed.manifests]
         if refs:
-            db.conn.executemany(
-                "INSERT OR IGNORE INTO manifest_refs "
+            db.executemany(
+                "INSERT INTO manifest_refs "
                 "(repository_id, manifest, child, kind, media_type, size, platform) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repository_id, manifest, child) DO NOTHING",
                 [(repo_id, str(parsed.digest), str(d.digest), kind, d.media_type, d.size,
                   json.dumps(d.platform, sort_keys=True) if d.platform else None) for d, kind in refs],
             )
 
     def set_tag(self, db: Database, repo_id: int, tag: str, digest: Digest) -> None:
         """Point `tag` at a manifest of the repository. Call inside a transaction."""
-        db.execute("INSERT OR REPLACE INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?)",
-                   [repo_id, tag, str(digest), time.time()])
+        db.execute("INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, "
+                   "updated_at = excluded.updated_at", [repo_id, tag, str(digest), time.time()])
 
     def resolve(self, name: str, reference: str) -> ManifestRecord:
         """The manifest a tag or digest names; raises MANIFEST_UNKNOWN (or NAME_UNKNOWN)."""

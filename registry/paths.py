@@ -1,9 +1,11 @@
 """The data directory's layout: every path cargohold writes is built here.
 
     <data>/
-      cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it)
+      cargohold.db            SQLite metadata (WAL mode: -wal and -shm beside it); absent when the
+                              metadata is in PostgreSQL (`database_url`, registry.db)
       cargohold.db.lock       held while migrations run, so workers never race them
-      gc.lock                 held shared by bundle imports, exclusively by the GC's file sweep
+      gc.lock                 held shared by bundle imports, exclusively by the GC's file sweep (SQLite only:
+                              with PostgreSQL these locks are advisory locks, registry.db.cluster_lock)
       backup.lock             held shared by `cargohold backup` while it copies, exclusively by the GC's
                               file sweep (registry.gc.backup_guard): a blob a backup's snapshot names stays
       serve.lock              held by the one `cargohold serve` of this directory for its whole life
@@ -36,7 +38,7 @@ Nothing else in the code joins path segments under the data directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.digest import Digest
@@ -47,6 +49,8 @@ class DataPaths:
     """Paths under one data directory."""
 
     root: Path
+    # The PostgreSQL metadata database (registry.db), or None for cargohold.db here; never in a repr (a password).
+    database_url: str | None = field(default=None, repr=False)
 
     @property
     def database(self) -> Path:

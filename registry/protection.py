@@ -38,9 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_utils import Database
-
 from registry.audit import append as audit_append
+from registry.dbengine import Database, insert_id
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.immutable import matching_rules
@@ -204,10 +203,9 @@ class TagProtection:
                                   "CONFLICT")
         now = time.time()
         reason = reason.strip()
-        cur = db.execute("INSERT INTO tag_overrides (repository, tag, reason, granted_by, source_ip, created_at, "
-                         "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [repository, tag, reason, username, source_ip, now, now + ttl])
-        grant_id = int(cur.lastrowid or 0)
+        grant_id = insert_id(db, "INSERT INTO tag_overrides (repository, tag, reason, granted_by, source_ip, "
+                             "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [repository, tag, reason, username, source_ip, now, now + ttl])
         audit_append(db, username, "create", "tag",
                      f"{repository}:{tag} protection override {grant_id} granted for one change within {ttl}s "
                      f"(points at {row[0]}; protected by {'; '.join(protected[tag])}): {reason}", source_ip)

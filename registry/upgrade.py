@@ -31,9 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sqlite_utils import Database, Migrations
-
 from registry.backup import copy_state_files, parse_version, snapshot_database
+from registry.dbengine import Database, Migrations, SQLiteDatabase
 from registry.paths import DataPaths
 from registry.version import VERSION
 
@@ -47,13 +46,9 @@ class DataDirTooNew(Exception):
     """The data directory was migrated by a newer cargohold; the message says which and what to do."""
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def recorded_version(conn: sqlite3.Connection) -> str | None:
+def recorded_version(conn: Database) -> str | None:
     """The version that last migrated the database; BASELINE for one with migrations but no record; None if new."""
-    tables = _tables(conn)
+    tables = set(conn.table_names())
     if "appliance_versions" in tables:
         row = conn.execute("SELECT version FROM appliance_versions ORDER BY id DESC LIMIT 1").fetchone()
         if row is not None:
@@ -63,11 +58,11 @@ def recorded_version(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-def _unknown_migrations(conn: sqlite3.Connection, sets: Sequence[Migrations]) -> list[str]:
-    if MIGRATIONS_TABLE not in _tables(conn):
+def _unknown_migrations(conn: Database, sets: Sequence[Migrations]) -> list[str]:
+    if MIGRATIONS_TABLE not in conn.table_names():
         return []
     known = {m.name: {x.name for x in m._migrations} for m in sets}
-    return [f"{s}/{n}" for s, n in conn.execute(f"SELECT migration_set, name FROM {MIGRATIONS_TABLE} ORDER BY rowid")
+    return [f"{s}/{n}" for s, n in conn.execute(f"SELECT migration_set, name FROM {MIGRATIONS_TABLE} ORDER BY id")
             if s in known and n not in known[s]]
 
 
@@ -82,12 +77,17 @@ def _backup_from_this_version(paths: DataPaths) -> Path | None:
 
 def refuse_newer(paths: DataPaths, sets: Sequence[Migrations]) -> None:
     """Raise DataDirTooNew if a newer cargohold migrated the database; reads only (no write, no WAL checkpoint)."""
-    conn = sqlite3.connect(f"file:{paths.database}?mode=ro", uri=True, timeout=30)
+    conn = SQLiteDatabase(sqlite3.connect(f"file:{paths.database}?mode=ro", uri=True, timeout=30))
     try:
-        version = recorded_version(conn)
-        unknown = _unknown_migrations(conn, sets)
+        refuse_newer_database(paths, conn, sets)
     finally:
         conn.close()
+
+
+def refuse_newer_database(paths: DataPaths, conn: Database, sets: Sequence[Migrations]) -> None:
+    """`refuse_newer` on an open connection (PostgreSQL's metadata, whose database is no file); reads only."""
+    version = recorded_version(conn)
+    unknown = _unknown_migrations(conn, sets)
     newer = version is not None and parse_version(version) > parse_version(VERSION)
     if not newer and not unknown:
         return
@@ -105,7 +105,7 @@ def refuse_newer(paths: DataPaths, sets: Sequence[Migrations]) -> None:
 
 def needs_backup(db: Database) -> str | None:
     """The version that last migrated an existing database, if it is not this one (an upgrade is starting)."""
-    version = recorded_version(db.conn)
+    version = recorded_version(db)
     return version if version is not None and version != VERSION else None
 
 

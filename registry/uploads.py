@@ -73,7 +73,7 @@ class Uploads:
         except OSError as exc:
             raise storage_error(exc, "an upload") from exc
         with write_transaction(self.registry.db) as db:
-            db.execute("INSERT INTO uploads (uuid, repository, offset, hash_state, created_at, updated_at) "
+            db.execute("INSERT INTO uploads (uuid, repository, \"offset\", hash_state, created_at, updated_at) "
                        "VALUES (?, ?, 0, ?, ?, ?)", [uuid, name, state, now, now])
         metrics.UPLOADS_STARTED.inc()
         return UploadSession(uuid, name, 0, now)
@@ -82,7 +82,7 @@ class Uploads:
         """The session `uuid` of repository `name`; raises BLOB_UPLOAD_UNKNOWN."""
         if not _UUID_RE.match(uuid):
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid!r} is not known")
-        row = self.registry.db.execute("SELECT repository, offset, created_at FROM uploads WHERE uuid = ?",
+        row = self.registry.db.execute("SELECT repository, \"offset\", created_at FROM uploads WHERE uuid = ?",
                                        [uuid]).fetchone()
         if row is None or row[0] != name:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid} is not known to repository {name}")
@@ -97,7 +97,7 @@ class Uploads:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known") from None
         with f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            row = self.registry.db.execute("SELECT offset, hash_state FROM uploads WHERE uuid = ?",
+            row = self.registry.db.execute("SELECT \"offset\", hash_state FROM uploads WHERE uuid = ?",
                                            [session.uuid]).fetchone()
             if row is None:
                 raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known")
@@ -155,7 +155,7 @@ class Uploads:
 
     def _commit(self, uuid: str, offset: int, state: bytes | None) -> None:
         with write_transaction(self.registry.db) as db:
-            db.execute("UPDATE uploads SET offset = ?, hash_state = ?, updated_at = ? WHERE uuid = ?",
+            db.execute("UPDATE uploads SET \"offset\" = ?, hash_state = ?, updated_at = ? WHERE uuid = ?",
                        [offset, state, time.time(), uuid])
 
     def finish(self, session: UploadSession, digest: Digest, stream: BinaryIO | None = None,
@@ -228,7 +228,7 @@ class Uploads:
         """
         if digest.algorithm != "sha256" or self.paths.upload(session.uuid).exists():
             return None
-        row = self.registry.db.execute("SELECT offset, hash_state FROM uploads WHERE uuid = ?",
+        row = self.registry.db.execute("SELECT \"offset\", hash_state FROM uploads WHERE uuid = ?",
                                        [session.uuid]).fetchone()
         if row is None or row[1] is None:
             return None

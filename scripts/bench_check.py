@@ -30,12 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlite_utils import Database
-
 from bundles.check import check_definition
 from bundles.clusterdef import ClusterDefinitions, parse_archive
 from registry.blobstore import BlobInfo
 from registry.db import write_transaction
+from registry.dbengine import Database
 from registry.digest import Digest
 from registry.inventory import Inventory
 from registry.manifests import OCI_INDEX, OCI_MANIFEST, parse_manifest

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlite_utils import Database
 
 from registry import cosign
 from registry.access import Projects
 from registry.blobstore import BlobInfo
 from registry.db import migrate, write_transaction
+from registry.dbengine import Database
 from registry.digest import Digest
 from registry.image_trust import CONTENT_TRUST_COSIGN, ImageTrust
 from registry.manifests import OCI_MANIFEST, parse_manifest

@@ -10,7 +10,6 @@ too full to record the job (``DISK_FULL``): never with a traceback.
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 import click
 
+from registry.dbengine import Error as DatabaseError
 from web.cli import _config, audit_local, bundle, data_dir_option, existing_data_dir_option, keys
 
 
@@ -137,7 +137,7 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
     from registry.db import is_disk_full
     from web.bundle_import import import_services
 
-    def full(exc: sqlite3.Error) -> click.ClickException:
+    def full(exc: Exception) -> click.ClickException:
         if not is_disk_full(exc):
             raise exc
         refusal = disk_full_refusal(exc)
@@ -148,7 +148,7 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
         services = import_services(config)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    except sqlite3.Error as exc:  # a migration could not be written
+    except DatabaseError as exc:  # a migration could not be written
         raise full(exc) from None
     signature = None
     if signature_file is not None:
@@ -160,7 +160,7 @@ def import_bundle(file: Path, signature_file: Path | None, data_dir: Path | None
         raise _refused(exc.code, exc.message) from None
     try:
         job = services.jobs.create(str(file), total)
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         raise full(exc) from None
     bar = None if quiet else ProgressBar()
     click.echo(f"import job {job.id}", err=True)

@@ -3,8 +3,9 @@
 Three rules the command line keeps (docs/operations.md, The data directory):
 
 - A command that only reads or changes an existing appliance refuses a
-  directory without one (no ``cargohold.db``) instead of creating an empty
-  store there: a mistyped ``--data-dir`` must not look like an empty site.
+  directory without one (no ``cargohold.db``; with PostgreSQL metadata, a
+  database with no tables) instead of creating an empty store there: a
+  mistyped ``--data-dir`` must not look like an empty site.
 - Only one `cargohold serve` runs on a directory. It holds an exclusive
   ``flock`` on ``serve.lock`` (which names its pid) from before its set-up
   until it exits; the lock goes with the process (and its forked workers),
@@ -59,9 +60,35 @@ def check_location(paths: DataPaths) -> None:
 def require_appliance(paths: DataPaths) -> None:
     """Raise DataDirError unless `paths` holds an appliance (its database); creates nothing."""
     check_location(paths)
+    if paths.database_url:
+        _require_postgres_appliance(paths)
+        return
     if not paths.database.is_file():
         raise DataDirError(f"{paths.root} holds no cargohold appliance (no {paths.database.name}); check "
                            "--data-dir or CARGOHOLD_DATA_DIR, or start an appliance there with `cargohold serve`")
+
+
+def _require_postgres_appliance(paths: DataPaths) -> None:
+    """The PostgreSQL form of `require_appliance`: the data directory exists and the database was migrated."""
+    from registry.db import connect
+    from registry.dbengine import MIGRATIONS_TABLE
+    from registry.dbengine import Error as DatabaseError
+
+    if not paths.root.is_dir():
+        raise DataDirError(f"{paths.root} holds no cargohold appliance (no such directory); check --data-dir or "
+                           "CARGOHOLD_DATA_DIR, or start an appliance there with `cargohold serve`")
+    try:
+        db = connect(paths)
+    except DatabaseError as exc:
+        raise DataDirError(f"the PostgreSQL metadata database (CARGOHOLD_DATABASE_URL) cannot be reached: "
+                           f"{type(exc).__name__}") from None
+    try:
+        migrated = MIGRATIONS_TABLE in db.table_names()
+    finally:
+        db.close()
+    if not migrated:
+        raise DataDirError("the PostgreSQL metadata database (CARGOHOLD_DATABASE_URL) holds no cargohold appliance "
+                           "(no tables); check the setting, or start an appliance on it with `cargohold serve`")
 
 
 def holder(paths: DataPaths) -> str:

@@ -56,10 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlite_utils import Database, Migrations
-
 from registry import hashstate
 from registry.db import open_database, register_migrations, write_transaction
+from registry.dbengine import Database, Migrations
 from registry.paths import DataPaths
 
 BLOCK = 1 << 20
@@ -75,24 +74,23 @@ web_migrations = register_migrations(Migrations("web"))
 @web_migrations()
 def m001_tus_uploads(db: Database) -> None:
     # tus_uploads: resumable uploads (web.tus); hash_state is registry.hashstate's saved SHA-256 context.
-    db.table("tus_uploads").create(
+    db.create_table(
+        "tus_uploads",
         {"id": str, "length": int, "offset": int, "metadata": str, "hash_state": bytes, "owner": str,
          "created_at": float, "expires_at": float, "completed_at": float, "sha256": str, "filename": str,
          "job_id": str},
         pk="id", not_null={"length", "offset", "metadata", "created_at", "expires_at"},
     )
-    db.table("tus_uploads").create_index(["expires_at"])
+    db.create_index("tus_uploads", ["expires_at"])
 
 
 @web_migrations()
 def m002_tus_concatenation(db: Database) -> None:
     # concat: NULL for a plain upload, 'partial' or 'final' (tus concatenation); parts: a final upload's
     # partial upload ids in order (JSON); final_id: the final upload a partial was concatenated into.
-    table = db.table("tus_uploads")
-    table.add_column("concat", str)
-    table.add_column("parts", str)
-    table.add_column("final_id", str)
-    table.create_index(["final_id"])
+    for column in ("concat", "parts", "final_id"):
+        db.add_column("tus_uploads", column, str)
+    db.create_index("tus_uploads", ["final_id"])
 
 
 class TusError(Exception):
@@ -171,7 +169,7 @@ def parse_checksum(header: str | None) -> bytes | None:
 class TusUploads:
     """The resumable uploads of one data directory."""
 
-    _COLUMNS = ("id, length, offset, metadata, owner, created_at, expires_at, completed_at, sha256, filename, "
+    _COLUMNS = ("id, length, \"offset\", metadata, owner, created_at, expires_at, completed_at, sha256, filename, "
                 "job_id, concat, parts, final_id")
 
     def __init__(self, paths: DataPaths, expiry_seconds: int, max_size: int) -> None:
@@ -210,7 +208,7 @@ class TusUploads:
         now = time.time()
         state = hashstate.ResumableSha256().state() if hashstate.available() else None
         with write_transaction(self.db) as db:
-            db.execute("INSERT INTO tus_uploads (id, length, offset, metadata, owner, created_at, expires_at, "
+            db.execute("INSERT INTO tus_uploads (id, length, \"offset\", metadata, owner, created_at, expires_at, "
                        "hash_state, concat) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
                        [upload_id, length, json.dumps(metadata), owner, now, now + self.expiry_seconds, state,
                         PARTIAL if partial else None])
@@ -362,7 +360,8 @@ class TusUploads:
             finish(received, running.state() if running is not None else None)
             return received
         with write_transaction(self.db) as db:
-            db.execute("UPDATE tus_uploads SET offset = offset + ?, hash_state = ?, expires_at = ? WHERE id = ?",
+            db.execute("UPDATE tus_uploads SET \"offset\" = \"offset\" + ?, hash_state = ?, expires_at = ? "
+                       "WHERE id = ?",
                        [received, running.state() if running is not None else None,
                         time.time() + self.expiry_seconds, upload.id])
         return received
@@ -406,7 +405,7 @@ class TusUploads:
                 if check_space is not None:
                     check_space(max((part.length for part in parts[1:]), default=0))
                 final_id = uuid.uuid4().hex
-                db.execute("INSERT INTO tus_uploads (id, length, offset, metadata, owner, created_at, expires_at, "
+                db.execute("INSERT INTO tus_uploads (id, length, \"offset\", metadata, owner, created_at, expires_at, "
                            "concat, parts) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
                            [final_id, total, json.dumps(metadata), owner, now, now + self.expiry_seconds, FINAL,
                             json.dumps(list(part_ids))])
@@ -476,7 +475,7 @@ class TusUploads:
                     state = _append_file(data, start, source, part.length, state)
                 start += part.length
                 with write_transaction(self.db) as db:
-                    moved = db.execute("UPDATE tus_uploads SET offset = ?, hash_state = ?, expires_at = ? "
+                    moved = db.execute("UPDATE tus_uploads SET \"offset\" = ?, hash_state = ?, expires_at = ? "
                                        "WHERE id = ?", [start, state, time.time() + self.expiry_seconds, final_id])
                 if moved.rowcount == 0:
                     raise TusError(404, f"the final upload {final_id} was terminated while it was assembled")
@@ -530,7 +529,7 @@ class TusUploads:
             os.link(data, named)
         with write_transaction(self.db) as db:
             if landed is not None:
-                db.execute("UPDATE tus_uploads SET offset = ?, hash_state = ?, expires_at = ? WHERE id = ?",
+                db.execute("UPDATE tus_uploads SET \"offset\" = ?, hash_state = ?, expires_at = ? WHERE id = ?",
                            [landed[0], landed[1], time.time() + self.expiry_seconds, upload.id])
             db.execute("UPDATE tus_uploads SET completed_at = ?, sha256 = ?, filename = ? WHERE id = ?",
                        [time.time(), f"sha256:{digest}", filename, upload.id])
