@@ -66,6 +66,11 @@ def _storage_url(text: str) -> None:
         StorageURL.parse(text)  # raises StorageConfigError (a ValueError) naming what is wrong
 
 
+def _database_url(text: str) -> None:
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("not a postgresql:// URL (leave it empty for SQLite in the data directory)")
+
+
 def _mapping_rules(text: str) -> None:
     parse_mapping_rules(text)  # raises ValueError naming the malformed rule
 
@@ -75,6 +80,10 @@ class Config:
     """The appliance's settings."""
 
     data_dir: Path = Path("cargohold-data")
+    # The metadata database (docs/operations.md, "PostgreSQL metadata"): empty (default) for SQLite in the
+    # data directory; a ``postgresql://user:password@host:port/dbname`` URL (libpq's form, with its
+    # ``?sslmode=...`` options) keeps the metadata in PostgreSQL >= 15 instead. Never logged (may hold a password).
+    database_url: str = setting("", validate=_database_url, secret=True)
     bind: str = "127.0.0.1:5000"
     # The serving architecture (web/front.py, docs/performance.md): "nginx" puts
     # Debian's nginx in front of gunicorn (slow and idle clients, blob bodies,
@@ -188,7 +197,7 @@ class Config:
 
     @property
     def paths(self) -> DataPaths:
-        return DataPaths(self.data_dir.resolve())
+        return DataPaths(self.data_dir.resolve(), self.database_url or None)
 
     @property
     def seed_directory(self) -> Path:
