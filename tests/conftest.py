@@ -1,5 +1,12 @@
 """Fixtures shared by every test package: the running appliance, `containerd` (tests/containerd.py), and
-the real S3-compatible engines `ceph_rgw` and `seaweedfs` (tests/s3engines.py)."""
+the real S3-compatible engines `ceph_rgw` and `seaweedfs` (tests/s3engines.py).
+
+``--db=postgres`` runs the tests on PostgreSQL metadata (tests/pgengine.py): the
+session appliance, every `appliance_factory` appliance and every
+`database_url` user get a fresh database of one throwaway PostgreSQL
+cluster. Tests that read ``cargohold.db`` with sqlite3 themselves are
+marked ``sqlite_only`` and skipped there.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +19,89 @@ import pytest
 from tests.appliance import Appliance, start_appliance
 from tests.containerd import containerd  # noqa: F401  (one containerd daemon per session, for any package)
 from tests.s3engines import ceph_rgw, seaweedfs  # noqa: F401  (real S3 engines, one per session; tests/s3engines.py)
+from tests.pgengine import PostgresServer, PostgresUnavailable, remember, start_postgres
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--db", choices=("sqlite", "postgres"), default="sqlite",
+                     help="the metadata engine the appliances and registry models use (default sqlite)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: reads or damages cargohold.db itself; skipped with --db=postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--db") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="reads cargohold.db (SQLite) directly; not run with --db=postgres")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer | None]:
+    """The session's PostgreSQL cluster with --db=postgres (skips if it cannot run), else None."""
+    if request.config.getoption("--db") != "postgres":
+        yield None
+        return
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"--db=postgres: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server: PostgresServer | None) -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster whatever --db says (the engine's own tests); skipped, saying why, if it cannot run."""
+    if postgres_server is not None:
+        yield postgres_server
+        return
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer | None) -> str | None:
+    """A fresh PostgreSQL database's URL with --db=postgres; None (SQLite in the data directory) otherwise."""
+    return postgres_server.create_database() if postgres_server is not None else None
+
+
+def engine_env(server: PostgresServer | None) -> dict[str, str]:
+    """The environment that points a new appliance at a fresh database of `server` (none for SQLite)."""
+    return {"CARGOHOLD_DATABASE_URL": server.create_database()} if server is not None else {}
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer | None) -> Iterator[Appliance]:
     """One appliance for the whole session; tests use their own repository names."""
-    app = start_appliance(tmp_path_factory.mktemp("appliance") / "data")
+    data_dir = tmp_path_factory.mktemp("appliance") / "data"
+    engine = engine_env(postgres_server)
+    remember(data_dir, engine)  # CLI commands the tests run on it find its database (tests.pgengine.env_for)
+    app = start_appliance(data_dir, env=engine)
     yield app
     app.stop()
 
 
 @pytest.fixture
-def appliance_factory(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
-    """Start extra appliances (own data directory each) for tests that need isolation."""
+def appliance_factory(tmp_path: Path, postgres_server: PostgresServer | None) -> Iterator[Callable[..., Appliance]]:
+    """Start extra appliances (own data directory each, and own database with --db=postgres) for isolation."""
     started: list[Appliance] = []
+    engines: dict[str, dict[str, str]] = {}  # data directory -> its database: a restart on it finds its metadata
 
     def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None,
                 scheme: str = "http") -> Appliance:
-        app = start_appliance(tmp_path / (name or f"data-{len(started)}"), *args, env=env, scheme=scheme)
+        data_dir = tmp_path / (name or f"data-{len(started)}")
+        full = {**engines.setdefault(str(data_dir), engine_env(postgres_server)), **(env or {})}
+        remember(data_dir, {k: v for k, v in full.items() if k == "CARGOHOLD_DATABASE_URL"})
+        app = start_appliance(data_dir, *args, env=full, scheme=scheme)
         started.append(app)
         return app
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import zstandard
 
+from tests.pgengine import env_for
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,7 +24,7 @@ def cargohold(*args: str | Path, check: bool = True, env: dict[str, str] | None 
               input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `cargohold ARGS` (python -m web.cli) and return the finished process."""
     proc = subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, input=input, timeout=600)
+                          cwd=ROOT, env={**os.environ, **env_for(args), **(env or {})}, input=input, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"cargohold {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -29,6 +28,7 @@ from registry.paths import DataPaths
 from tests.appliance import Appliance
 from tests.images import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, OciLayout
 from tests.layouts import layout_closure
+from tests.pgengine import env_for, metadata
 
 if TYPE_CHECKING:
     from tests.bundles.releases_util import Site as ReleaseSite
@@ -103,15 +103,12 @@ def make_site(root: Path, *trusted: keys.PrivateKey) -> Site:
 
 def snapshot(data_dir: Path) -> dict[str, object]:
     """Everything visible in a data directory: registry rows and blob files (path, size, inode)."""
-    conn = sqlite3.connect(f"file:{data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(data_dir) as conn:
         tables = {}
         for table, cols in (("repositories", "name"), ("tags", "repository_id, name, digest"),
                             ("manifests", "repository_id, digest"), ("repository_blobs", "repository_id, digest"),
                             ("manifest_refs", "repository_id, manifest, child"), ("blobs", "digest, size")):
             tables[table] = sorted(conn.execute(f"SELECT {cols} FROM {table}").fetchall())
-    finally:
-        conn.close()
     files = sorted((str(p.relative_to(data_dir)), p.stat().st_size, p.stat().st_ino)
                    for p in (data_dir / "blobs").rglob("*") if p.is_file())
     staging = data_dir / "imports" / "staging"
@@ -123,7 +120,7 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
         timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run `cargohold` (python -m web.cli) and return the finished process."""
     proc = subprocess.run([sys.executable, "-m", "web.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO_ROOT, timeout=timeout)
+                          env={**os.environ, **env_for(args), **(env or {})}, cwd=REPO_ROOT, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"cargohold {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

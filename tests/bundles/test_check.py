@@ -25,6 +25,7 @@ from bundles.clusterdef_trust import detached_signature
 from tests.appliance import Appliance
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.images import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, OciLayout, layer_bytes
+from tests.pgengine import env_for
 from tests.web.uiutil import signed_in
 
 API = "/api/cargohold/v1"
@@ -266,7 +267,8 @@ def test_cli_import_check_and_list(trusted: Appliance, site: Site, tmp_path: Pat
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "web.cli", *args, "--data-dir", str(appliance.data_dir)],
-                              capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+                              capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+                              env={**os.environ, **env_for(["--data-dir", appliance.data_dir])})
 
     signature = tmp_path / "d.tgz.sig"
     signature.write_bytes(detached_signature(archive, ec_key))

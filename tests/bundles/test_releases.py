@@ -11,7 +11,6 @@ real API's JSON shape and the real kubernetes client reads it.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.bundles.conftest import assert_pulled_identical, cli, skopeo_pull
 from tests.bundles.fakekube import fake_kube, pod, write_kubeconfig
 from tests.bundles.releases_util import API, Site, blob_sizes, import_release, release_api, trust
 from tests.layouts import layout_closure
+from tests.pgengine import metadata
 
 
 def _pull(app: Appliance, ref: str, tmp: Path, name: str) -> str:
@@ -32,12 +32,9 @@ def _pull(app: Appliance, ref: str, tmp: Path, name: str) -> str:
 
 
 def _audit(app: Appliance) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(app.data_dir) as conn:
         return conn.execute("SELECT username, resource FROM audit_logs WHERE resource_type = 'release' "
                             "ORDER BY id").fetchall()
-    finally:
-        conn.close()
 
 
 
@@ -230,13 +227,15 @@ def test_gc_refuses_when_the_configured_cluster_is_unreachable(
     with fake_kube([]) as kube:
         url = kube.url
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)  # the server is gone: connection refused
-    before = sqlite3.connect(app.data_dir / "cargohold.db").execute("SELECT COUNT(*) FROM blobs").fetchone()
+    with metadata(app.data_dir) as db:
+        before = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
     proc = cli("gc", "--retain", "1", "--grace", "0", "--kubeconfig", str(kubeconfig),
                "--data-dir", str(app.data_dir), check=False)
     assert proc.returncode == 1
     assert "the cluster cannot be reached" in proc.stderr and "Nothing was collected" in proc.stderr
     assert "--ignore-cluster" in proc.stderr
-    after = sqlite3.connect(app.data_dir / "cargohold.db").execute("SELECT COUNT(*) FROM blobs").fetchone()
+    with metadata(app.data_dir) as db:
+        after = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
     assert before == after
     forced = cli("gc", "--retain", "1", "--grace", "0", "--kubeconfig", str(kubeconfig), "--ignore-cluster",
                  "--data-dir", str(app.data_dir), "--json")

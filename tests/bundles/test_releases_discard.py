@@ -8,7 +8,6 @@ staged) and brings the new tag d:1.0 (published at import).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from tests.appliance import Appliance
 from tests.bundles.conftest import cli, skopeo_pull
 from tests.bundles.releases_util import Site, blob_sizes, import_release, release_api, trust
 from tests.layouts import layout_closure
+from tests.pgengine import metadata
 from tests.registry.harborapi import Harbor
 
 
 def _snapshot(app: Appliance) -> tuple[list[Any], ...]:
     """Everything a refused discard must leave as it was: releases, their rows, tags, blobs."""
-    conn = sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(app.data_dir) as conn:
         return tuple(conn.execute(sql).fetchall() for sql in (
             "SELECT id, state, promoted_at, previous_id FROM releases ORDER BY id",
             "SELECT release_id, reference, digest, tag FROM release_images ORDER BY 1, 2",
@@ -32,17 +31,12 @@ def _snapshot(app: Appliance) -> tuple[list[Any], ...]:
             "SELECT release_id, name FROM release_definitions ORDER BY 1, 2",
             "SELECT repository_id, name, digest FROM tags ORDER BY 1, 2",
             "SELECT digest FROM blobs ORDER BY 1"))
-    finally:
-        conn.close()
 
 
 def _release_audit(app: Appliance) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(app.data_dir) as conn:
         return conn.execute("SELECT username, operation, resource FROM audit_logs WHERE resource_type = 'release' "
                             "ORDER BY id").fetchall()
-    finally:
-        conn.close()
 
 
 def _dry_gc(app: Appliance) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,26 +29,22 @@ from bundles import keys
 from bundles.gc_policy import collect
 from bundles.releases import Releases
 from registry.model import Registry
-from registry.paths import DataPaths
 from registry.uploads import Uploads
 from tests.appliance import Appliance
 from tests.bundles import craft
 from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, cli, run, skopeo_pull
 from tests.bundles.releases_util import blob_sizes, make_site, trust
 from tests.images import OciLayout
+from tests.pgengine import data_paths, env_for, metadata
 
 API = "/api/cargohold/v1"
 AGE = 7200.0
 
 
 def _age_everything(data_dir: Path) -> None:
-    conn = sqlite3.connect(data_dir / "cargohold.db", timeout=30)
-    try:
-        with conn:
-            for table in ("blobs", "repository_blobs", "manifests"):
-                conn.execute(f"UPDATE {table} SET created_at = created_at - ?", [AGE])
-    finally:
-        conn.close()
+    with metadata(data_dir) as conn:
+        for table in ("blobs", "repository_blobs", "manifests"):
+            conn.execute(f"UPDATE {table} SET created_at = created_at - ?", [AGE])
     old = time.time() - AGE
     for path in (data_dir / "blobs").rglob("*"):
         if path.is_file():
@@ -94,12 +89,13 @@ def test_gc_during_a_concurrent_push_and_import_loses_nothing(
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    registry = Registry(DataPaths(app.data_dir))
+    registry = Registry(data_paths(app.data_dir))
     releases = Releases(registry, "spectro-images")
     uploads = Uploads(registry)
     importer = subprocess.Popen([sys.executable, "-m", "web.cli", "bundle", "import", str(bundle3), "--data-dir",
                                  str(app.data_dir), "--json", "--quiet"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **env_for(["--data-dir", app.data_dir])})
     pusher = threading.Thread(target=push)
     pusher.start()
     reports: list[dict[str, Any]] = []

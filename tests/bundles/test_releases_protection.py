@@ -10,7 +10,6 @@ where it was.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from bundles import keys
 from tests.appliance import Appliance
 from tests.bundles.conftest import cli
 from tests.bundles.releases_util import API, Site, import_release, release_api, trust
+from tests.pgengine import metadata
 from tests.registry.harborapi import Harbor, encode_repo
 
 
@@ -42,12 +42,9 @@ def _tag_digest(app: Appliance, repo: str, tag: str) -> str | None:
 
 
 def _audit(app: Appliance, resource_type: str) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(app.data_dir) as conn:
         return conn.execute("SELECT username, operation, resource FROM audit_logs WHERE resource_type = ? "
                             "ORDER BY id", [resource_type]).fetchall()
-    finally:
-        conn.close()
 
 
 def test_a_promoted_release_tag_is_refused_to_pushes_and_deletes_and_moves_by_promote_or_override(

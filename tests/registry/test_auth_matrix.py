@@ -14,7 +14,6 @@ passing of time.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -26,6 +25,7 @@ import pytest
 import requests
 
 from tests.appliance import Appliance, start_appliance
+from tests.pgengine import env_for, metadata
 from tests.registry.harborapi import API, Harbor, RobotAccount
 from tests.registry.v2client import V2, sha256
 
@@ -58,11 +58,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         disabled = admin.project_robot(project, ("pull", "push", "delete"), "disabled")
         r = admin("GET", f"/robots/{disabled.id}")
         assert admin("PUT", f"/robots/{disabled.id}", json={**r.json(), "disable": True}).status_code == 200
-        with sqlite3.connect(data / "cargohold.db") as db:
+        with metadata(data) as db:
             db.execute("UPDATE robots SET expires_at = 1 WHERE id = ?", [expired.id])
         for user, role in (("dev", 2), ("guest", 3)):
             subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", "--data-dir", str(data),
-                            user], env={**os.environ, "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
+                            user], env={**os.environ, **env_for(["--data-dir", data]),
+                                        "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
                            check=True, capture_output=True, cwd=Path(__file__).resolve().parents[2])
             r = admin("POST", f"/projects/{project}/members",
                       json={"role_id": role, "member_user": {"username": user}})

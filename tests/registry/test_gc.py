@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from registry.blobstore import BlobInfo
+from registry.db import write_transaction
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.gc import GarbageCollector, GcRoots, import_guard, parse_grace
@@ -30,8 +31,8 @@ LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    paths = DataPaths(tmp_path / "data")
+def reg(tmp_path: Path, database_url: str | None) -> Registry:
+    paths = DataPaths(tmp_path / "data", database_url)  # database_url: PostgreSQL with --db=postgres
     paths.ensure()
     return Registry(paths)
 
@@ -74,7 +75,7 @@ def _index(reg: Registry, repo: str, tag: str | None, children: list[str]) -> st
 
 def _age(reg: Registry, seconds: float = 7200) -> None:
     db = reg.db
-    with db.conn:
+    with write_transaction(db):
         for table in ("blobs", "repository_blobs", "manifests"):
             db.execute(f"UPDATE {table} SET created_at = created_at - ?", [seconds])
     old = time.time() - seconds
@@ -156,7 +157,7 @@ def test_roots_from_the_caller_keep_untagged_content(reg: Registry) -> None:
     released, released_blobs = _image(reg, "p/rel", None, "release")
     running, running_blobs = _image(reg, "p/other", None, "running")
     chart = reg.store.ingest(io.BytesIO(b"a chart no repository serves"))
-    with reg.db.conn:
+    with write_transaction(reg.db):
         reg.register_blob(reg.db, chart)
     _age(reg)
     roots = GcRoots(manifests=frozenset({("p/rel", released)}), digests=frozenset({running}),
@@ -204,7 +205,7 @@ def test_stale_upload_sessions_are_removed_and_counted(reg: Registry) -> None:
     uploads.append(stale, io.BytesIO(b"x" * 5000))
     fresh = uploads.start("p/up")
     uploads.append(fresh, io.BytesIO(b"y" * 10))
-    with reg.db.conn:
+    with write_transaction(reg.db):
         reg.db.execute("UPDATE uploads SET updated_at = updated_at - 3600 WHERE uuid = ?", [stale.uuid])
     dry = GarbageCollector(reg, uploads, grace_seconds=60).run(dry_run=True)
     assert (dry.uploads_expired, dry.upload_bytes) == (1, 5000)

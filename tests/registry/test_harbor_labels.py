@@ -24,6 +24,7 @@ from harborapi.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unau
 from harborapi.models import Artifact, Label
 
 from tests.appliance import Appliance, start_appliance
+from tests.pgengine import env_for
 from tests.registry.harbor_models import conforms, conforms_list
 from tests.registry.harborapi import Harbor, errors
 from tests.registry.v2client import V2
@@ -64,7 +65,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         other = admin.create_project(public=False)
         for user, role in (("dev", 2), ("maint", 4), ("guest", 3)):
             subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", "--data-dir", str(data), user],
-                           env={**os.environ, "CARGOHOLD_NEW_PASSWORD": PASSWORD}, check=True, capture_output=True,
+                           env={**os.environ, **env_for(["--data-dir", data]), "CARGOHOLD_NEW_PASSWORD": PASSWORD},
+                           check=True, capture_output=True,
                            cwd=ROOT)
             r = admin("POST", f"/projects/{project}/members", json={"role_id": role, "member_user": {"username": user}})
             assert r.status_code == 201, r.text

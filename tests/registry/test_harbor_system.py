@@ -23,6 +23,7 @@ from harborapi.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 from harborapi.models import Configurations, ConfigurationsResponse, Permissions
 
 from tests.appliance import Appliance
+from tests.pgengine import env_for
 from tests.registry.harbor_models import conforms
 from tests.registry.harborapi import Harbor, errors
 from tests.registry.v2client import OCI_MANIFEST, V2
@@ -43,7 +44,8 @@ def client(app: Appliance, auth: tuple[str, str] | None = None) -> HarborAsyncCl
 
 def add_user(app: Appliance, name: str) -> tuple[str, str]:
     subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", "--data-dir", str(app.data_dir), name],
-                   env={**os.environ, "CARGOHOLD_NEW_PASSWORD": PASSWORD}, check=True, capture_output=True, cwd=ROOT)
+                   env={**os.environ, **env_for(["--data-dir", app.data_dir]), "CARGOHOLD_NEW_PASSWORD": PASSWORD},
+                   check=True, capture_output=True, cwd=ROOT)
     return name, PASSWORD
 
 

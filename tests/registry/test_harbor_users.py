@@ -10,6 +10,7 @@ or the last administrator.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from harborapi.exceptions import BadRequest, Forbidden, NotFound
 from harborapi.models import UserCreationReq, UserProfile, UserResp
 
 from tests.appliance import Appliance
+from tests.pgengine import env_for
 from tests.registry.harborapi import Harbor
 
 PASSWORD = "Users-API-Passw0rd-ok"
@@ -254,7 +256,8 @@ def test_cli_and_api_are_one_user_service(appliance: Appliance, admin: Harbor) -
     username = _name()
     proc = subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", username, "--data-dir",
                            str(appliance.data_dir), "--password-file", "-"], input=PASSWORD, text=True,
-                          capture_output=True, cwd=REPO_ROOT, timeout=60)
+                          capture_output=True, cwd=REPO_ROOT, timeout=60,
+                          env={**os.environ, **env_for(["--data-dir", appliance.data_dir])})
     assert proc.returncode == 0, proc.stderr
     found = admin("GET", "/users/search", params={"username": username}).json()
     assert [u["username"] for u in found] == [username]
@@ -263,7 +266,8 @@ def test_cli_and_api_are_one_user_service(appliance: Appliance, admin: Harbor) -
     _create(admin, api_user)
     proc = subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", api_user, "--data-dir",
                            str(appliance.data_dir), "--password-file", "-"], input=PASSWORD, text=True,
-                          capture_output=True, cwd=REPO_ROOT, timeout=60)
+                          capture_output=True, cwd=REPO_ROOT, timeout=60,
+                          env={**os.environ, **env_for(["--data-dir", appliance.data_dir])})
     assert proc.returncode == 1 and "already exists" in proc.stderr, proc.stderr
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.appliance import Appliance
+from tests.pgengine import env_for
 from tests.registry.conftest import require
 from tests.registry.harborapi import Harbor, encode_repo
 from tests.registry.v2client import V2
@@ -168,7 +169,8 @@ def test_rules_need_a_project_administrator_and_name_conflicts(appliance: Applia
     rules = f"/projects/{project}/immutabletagrules"
     user = f"dev{uuid.uuid4().hex[:6]}"
     subprocess.run([sys.executable, "-m", "web.cli", "admin", "add-user", "--data-dir", str(appliance.data_dir), user],
-                    env={**os.environ, "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
+                    env={**os.environ, **env_for(["--data-dir", appliance.data_dir]),
+                         "CARGOHOLD_NEW_PASSWORD": MEMBER_PASSWORD},
                    check=True, capture_output=True, cwd=Path(__file__).resolve().parents[2])
     assert admin("POST", f"/projects/{project}/members",
                  json={"role_id": 2, "member_user": {"username": user}}).status_code == 201

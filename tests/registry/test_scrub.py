@@ -7,6 +7,7 @@ file is then flipped on disk, as a failing disk would.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import requests
 
 from tests.appliance import Appliance
 from tests.images import OciLayout
+from tests.pgengine import env_for
 from tests.registry.conftest import require, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "web.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=120)
+                          timeout=120, env={**os.environ, **env_for(args)})
 
 
 def test_scrub_finds_quarantines_and_a_push_repairs_a_corrupted_blob(

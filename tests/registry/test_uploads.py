@@ -20,8 +20,8 @@ from registry.uploads import ClientGone, Uploads
 
 
 @pytest.fixture
-def uploads(tmp_path: Path) -> Uploads:
-    paths = DataPaths(tmp_path / "data")
+def uploads(tmp_path: Path, database_url: str | None) -> Uploads:
+    paths = DataPaths(tmp_path / "data", database_url)  # database_url: PostgreSQL with --db=postgres
     migrate(paths)  # as build_services does before anything runs
     return Uploads(Registry(paths))
 
