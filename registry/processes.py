@@ -3,6 +3,8 @@
 Import jobs, seed scans and the serve lock record which process owns them;
 after a crash or a container restart that process is gone and its pid may
 belong to another one, so a pid alone is not enough (see `process_start`).
+A process recorded on another machine (appliances sharing PostgreSQL
+metadata; the boot id in `process_start` differs) is never judged from here.
 """
 
 from __future__ import annotations
@@ -33,11 +35,24 @@ def process_start(pid: int) -> str | None:
     return f"{boot}:{fields[19]}"
 
 
+def _on_this_machine(pid_start: str) -> bool:
+    """Whether a `process_start` value was taken on this machine (since its last boot: the same boot id)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return True
+    return pid_start.rsplit(":", 1)[0] == boot
+
+
 def process_alive(pid: int | None, pid_start: str | None = None) -> bool:
     """Whether `pid` runs (a zombie, dead but not yet reaped, does not); with `pid_start`, that same process."""
     if not pid:
         return False
     if pid_start is not None:
+        if not _on_this_machine(pid_start):
+            # Recorded by an appliance on another machine sharing the metadata (PostgreSQL): its pid means
+            # nothing here, and only that appliance can tell whether it still runs; never declare it dead.
+            return True
         return process_start(pid) == pid_start  # gone, or another process that got the same pid
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

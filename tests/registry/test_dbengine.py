@@ -149,3 +149,21 @@ def test_each_thread_and_process_has_its_own_connection(tmp_path: Path, postgres
     thread.join()
     assert theirs and theirs[0] is not mine
     assert mine.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+
+
+def test_a_job_another_machine_runs_is_not_declared_interrupted_here(tmp_path: Path, postgres: PostgresServer) -> None:
+    """Appliances share the metadata: a job whose process is on another machine (another boot id) is left alone."""
+    from bundles.jobs import ImportJobs
+
+    paths = DataPaths(tmp_path / "data", postgres.create_database())
+    migrate(paths, notify=lambda _: None)
+    jobs = ImportJobs(paths)
+    mine = jobs.create("here.tar.zst")
+    theirs = jobs.create("there.tar.zst")
+    dead = jobs.create("dead.tar.zst")
+    with write_transaction(open_database(paths)) as db:
+        db.execute("UPDATE import_jobs SET pid_start = ? WHERE id = ?", ["another-boot-id:12345", theirs.id])
+        db.execute("UPDATE import_jobs SET pid = 999999999 WHERE id = ?", [dead.id])  # this machine's, gone
+    assert jobs.get(mine.id).state == "verifying"  # type: ignore[union-attr]
+    assert jobs.get(theirs.id).state == "verifying"  # type: ignore[union-attr]
+    assert jobs.get(dead.id).error_code == "INTERRUPTED"  # type: ignore[union-attr]
