@@ -9,7 +9,6 @@ source address to the app, which is what the limits count by.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from tests.appliance import ADMIN_PASSWORD, Appliance
+from tests.pgengine import metadata
 from tests.registry.harborapi import Harbor, token_claims
 
 LIMITS = {"CARGOHOLD_LOGIN_FAILURES_PER_USER": "3", "CARGOHOLD_LOGIN_FAILURES_PER_ADDRESS": "6",
@@ -145,7 +145,7 @@ def test_no_secret_reaches_the_log_or_the_audit_log(appliance_factory: Callable[
     assert "/api/v2.0/robots" in log  # the requests were logged...
     for secret in (ADMIN_PASSWORD, robot.secret, refreshed, chosen, token, token.split(".")[2]):
         assert secret not in log, "a secret reached the appliance log"  # ...their secrets were not
-    with sqlite3.connect(app.data_dir / "cargohold.db") as db:
+    with metadata(app.data_dir) as db:
         rows = db.execute("SELECT * FROM audit_logs").fetchall()
         dump = "\n".join(map(str, rows))
         stored = db.execute("SELECT secret_hash FROM robots").fetchone()[0]

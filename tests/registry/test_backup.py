@@ -35,6 +35,9 @@ from tests.registry.conftest import layout_ref, require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# `cargohold backup` and `restore` handle SQLite data directories (PostgreSQL's own tools back that up).
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.fixture(autouse=True)
 def _skopeo_installed() -> None:

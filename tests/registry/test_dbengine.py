@@ -167,3 +167,16 @@ def test_a_job_another_machine_runs_is_not_declared_interrupted_here(tmp_path: P
     assert jobs.get(mine.id).state == "verifying"  # type: ignore[union-attr]
     assert jobs.get(theirs.id).state == "verifying"  # type: ignore[union-attr]
     assert jobs.get(dead.id).error_code == "INTERRUPTED"  # type: ignore[union-attr]
+
+
+def test_backup_and_restore_refuse_postgresql_metadata_and_change_nothing(tmp_path: Path,
+                                                                          postgres: PostgresServer) -> None:
+    from registry.backup import BackupError, backup, restore
+
+    paths = DataPaths(tmp_path / "data", postgres.create_database())
+    migrate(paths, notify=lambda _: None)
+    with pytest.raises(BackupError, match="PostgreSQL.*pg_dump"):
+        backup(paths, tmp_path / "backup")
+    with pytest.raises(BackupError, match="PostgreSQL.*pg_dump"):
+        restore(tmp_path / "backup", DataPaths(tmp_path / "restored", paths.database_url))
+    assert not (tmp_path / "backup").exists() and not (tmp_path / "restored").exists()
