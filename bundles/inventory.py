@@ -60,7 +60,7 @@ def write_inventory(paths: DataPaths, out: IO[str], name: str | None = None) -> 
 
     Raises InventoryError if the data directory holds no appliance database.
     """
-    if not paths.database.exists():
+    if paths.database_url is None and not paths.database.exists():
         raise InventoryError(f"{paths.root} holds no cargohold database; is --data-dir right?")
     created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     head = {"mediaType": INVENTORY_MEDIA_TYPE, "name": name or socket.gethostname(), "created": created}

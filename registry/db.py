@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import sys
@@ -61,6 +62,17 @@ def connect_postgres(url: str) -> PostgresDatabase:
     int, or float when they have a fraction, as SQLite's do.
     """
     import psycopg
+
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=30, application_name="cargohold")
+    bool_dumper, numeric_loader = _pg_adapters()
+    conn.adapters.register_dumper(bool, bool_dumper)
+    conn.adapters.register_loader("numeric", numeric_loader)
+    return PostgresDatabase(conn)
+
+
+@functools.cache
+def _pg_adapters() -> tuple[type, type]:
+    """psycopg adapters (made once, on first use: psycopg is imported only when PostgreSQL is configured)."""
     from psycopg.adapt import Loader
     from psycopg.types.numeric import IntDumper
 
@@ -73,10 +85,7 @@ def connect_postgres(url: str) -> PostgresDatabase:
             text = bytes(data).decode()
             return int(text) if text.lstrip("-").isdigit() else float(text)
 
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=30, application_name="cargohold")
-    conn.adapters.register_dumper(bool, BoolAsInt)
-    conn.adapters.register_loader("numeric", NumericAsNumber)
-    return PostgresDatabase(conn)
+    return BoolAsInt, NumericAsNumber
 
 
 def connect_sqlite(path: os.PathLike[str] | str) -> SQLiteDatabase:

@@ -154,9 +154,6 @@ class Database(abc.ABC):
         for statement in sqlite if self.engine == SQLITE else postgresql:
             self.execute(statement)
 
-    def is_disk_full(self, exc: BaseException) -> bool:
-        return is_disk_full(exc)
-
 
 def placeholders(n: int) -> str:
     """``?, ?, ...`` for an ``IN (...)`` list of `n` values (callers keep `n` to a few thousand)."""
@@ -276,8 +273,7 @@ class PostgresDatabase(Database):
         return out
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
-        cursor: Cursor = self.conn.execute(self._sql(sql), list(params) if not isinstance(params, dict) else params,
-                                           prepare=False)
+        cursor: Cursor = self.conn.execute(self._sql(sql), list(params) if not isinstance(params, dict) else params)
         return cursor
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:

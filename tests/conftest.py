@@ -18,8 +18,15 @@ import pytest
 
 from tests.appliance import Appliance, start_appliance
 from tests.containerd import containerd  # noqa: F401  (one containerd daemon per session, for any package)
+from tests.pgengine import (
+    PostgresServer,
+    PostgresUnavailable,
+    engine_for,
+    remember,
+    start_postgres,
+    use_for_new_data_dirs,
+)
 from tests.s3engines import ceph_rgw, seaweedfs  # noqa: F401  (real S3 engines, one per session; tests/s3engines.py)
-from tests.pgengine import PostgresServer, PostgresUnavailable, remember, start_postgres
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)  # with --db=postgres every data directory gets a database
 def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer | None]:
     """The session's PostgreSQL cluster with --db=postgres (skips if it cannot run), else None."""
     if request.config.getoption("--db") != "postgres":
@@ -50,7 +57,9 @@ def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer |
         server = start_postgres()
     except PostgresUnavailable as exc:
         pytest.skip(f"--db=postgres: {exc}")
+    use_for_new_data_dirs(server)
     yield server
+    use_for_new_data_dirs(None)
     server.stop()
 
 
@@ -74,18 +83,12 @@ def database_url(postgres_server: PostgresServer | None) -> str | None:
     return postgres_server.create_database() if postgres_server is not None else None
 
 
-def engine_env(server: PostgresServer | None) -> dict[str, str]:
-    """The environment that points a new appliance at a fresh database of `server` (none for SQLite)."""
-    return {"CARGOHOLD_DATABASE_URL": server.create_database()} if server is not None else {}
-
-
 @pytest.fixture(scope="session")
 def appliance(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer | None) -> Iterator[Appliance]:
     """One appliance for the whole session; tests use their own repository names."""
     data_dir = tmp_path_factory.mktemp("appliance") / "data"
-    engine = engine_env(postgres_server)
-    remember(data_dir, engine)  # CLI commands the tests run on it find its database (tests.pgengine.env_for)
-    app = start_appliance(data_dir, env=engine)
+    # CLI commands the tests run on it find its database (tests.pgengine.env_for).
+    app = start_appliance(data_dir, env=engine_for(data_dir) if postgres_server is not None else {})
     yield app
     app.stop()
 
@@ -94,12 +97,12 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgre
 def appliance_factory(tmp_path: Path, postgres_server: PostgresServer | None) -> Iterator[Callable[..., Appliance]]:
     """Start extra appliances (own data directory each, and own database with --db=postgres) for isolation."""
     started: list[Appliance] = []
-    engines: dict[str, dict[str, str]] = {}  # data directory -> its database: a restart on it finds its metadata
 
     def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None,
                 scheme: str = "http") -> Appliance:
         data_dir = tmp_path / (name or f"data-{len(started)}")
-        full = {**engines.setdefault(str(data_dir), engine_env(postgres_server)), **(env or {})}
+        # The data directory's database (a restart on it, or CLI commands run on it first, found it already).
+        full = {**(engine_for(data_dir) if postgres_server is not None else {}), **(env or {})}
         remember(data_dir, {k: v for k, v in full.items() if k == "CARGOHOLD_DATABASE_URL"})
         app = start_appliance(data_dir, *args, env=full, scheme=scheme)
         started.append(app)

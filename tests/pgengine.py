@@ -36,6 +36,12 @@ USER = "cargohold"  # the cluster's superuser (trust authentication on loopback 
 
 
 _ENGINES: dict[str, dict[str, str]] = {}  # data directory -> the environment naming its database
+_DEFAULT: list[PostgresServer] = []  # with --db=postgres: the cluster new data directories get a database of
+
+
+def use_for_new_data_dirs(server: PostgresServer | None) -> None:
+    """With --db=postgres, every data directory a test uses first gets a fresh database of `server`."""
+    _DEFAULT[:] = [server] if server is not None else []
 
 
 def remember(data_dir: Path, env: dict[str, str]) -> None:
@@ -43,20 +49,33 @@ def remember(data_dir: Path, env: dict[str, str]) -> None:
     _ENGINES[str(Path(data_dir).resolve())] = env
 
 
+def engine_for(data_dir: Path) -> dict[str, str]:
+    """The environment naming `data_dir`'s database: the one it was given, else (--db=postgres) a fresh one."""
+    key = str(Path(data_dir).resolve())
+    if key not in _ENGINES:
+        _ENGINES[key] = {"CARGOHOLD_DATABASE_URL": _DEFAULT[0].create_database()} if _DEFAULT else {}
+    return _ENGINES[key]
+
+
 def env_for(args: Sequence[object]) -> dict[str, str]:
     """The environment a CLI command with these arguments needs to find its ``--data-dir``'s database."""
     words = [str(a) for a in args]
     for i, word in enumerate(words):
         if word == "--data-dir" and i + 1 < len(words):
-            return _ENGINES.get(str(Path(words[i + 1]).resolve()), {})
+            return engine_for(Path(words[i + 1]))
         if word.startswith("--data-dir="):
-            return _ENGINES.get(str(Path(word.split("=", 1)[1]).resolve()), {})
+            return engine_for(Path(word.split("=", 1)[1]))
     return {}
 
 
 def data_paths(data_dir: Path) -> DataPaths:
     """`DataPaths` of the appliance on `data_dir`, with its database (for tests that use the core in-process)."""
-    return DataPaths(Path(data_dir), _ENGINES.get(str(Path(data_dir).resolve()), {}).get("CARGOHOLD_DATABASE_URL"))
+    return DataPaths(Path(data_dir), engine_for(Path(data_dir)).get("CARGOHOLD_DATABASE_URL"))
+
+
+def database_url_of(data_dir: Path) -> str:
+    """`Config.database_url` for the appliance on `data_dir`: its PostgreSQL URL, or "" (SQLite)."""
+    return engine_for(Path(data_dir)).get("CARGOHOLD_DATABASE_URL", "")
 
 
 @contextlib.contextmanager

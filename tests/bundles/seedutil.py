@@ -9,16 +9,15 @@ keys generate`), detached signatures from openssl, signed definitions from
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from tests.bundles.buildutil import cargohold
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.images import OciLayout
+from tests.pgengine import metadata
 
 
 def key_pair(directory: Path) -> tuple[Path, Path]:
@@ -83,5 +82,5 @@ def tamper(path: Path) -> None:
 
 def rows(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Rows of a read-only query on the data directory's database."""
-    with closing(sqlite3.connect(f"file:{data_dir / 'cargohold.db'}?mode=ro", uri=True, timeout=30)) as db:
-        return db.execute(sql, params).fetchall()
+    with metadata(data_dir) as db:
+        return [tuple(r) for r in db.execute(sql, params).fetchall()]

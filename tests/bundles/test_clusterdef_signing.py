@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.images import OciLayout
+from tests.pgengine import metadata
 
 DEFS = "/api/cargohold/v1/cluster-definitions"
 
@@ -44,11 +44,8 @@ def refusal(r: requests.Response) -> tuple[str, str]:
 
 def stored(app: Appliance) -> list[tuple[str, str]]:
     """Every stored definition row (name, digest), read from the database itself."""
-    conn = sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(app.data_dir) as conn:
         return sorted(conn.execute("SELECT name, digest FROM cluster_definitions").fetchall())
-    finally:
-        conn.close()
 
 
 def key(directory: Path, name: str, kind: str = "rsa") -> tuple[Path, Path, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from harborapi import HarborAsyncClient
 from harborapi.models import GCHistory, Schedule, ScheduleObj
 
 from tests.appliance import Appliance
+from tests.pgengine import metadata
 from tests.registry.v2client import V2
 
 API = "/api/v2.0"
@@ -28,7 +28,7 @@ API = "/api/v2.0"
 
 def _age_everything(app: Appliance, seconds: float) -> None:
     """Make every stored manifest, blob and file look `seconds` old (GC keeps what is newer than its grace)."""
-    with sqlite3.connect(app.data_dir / "cargohold.db", timeout=30) as db:
+    with metadata(app.data_dir) as db:
         for table in ("manifests", "blobs", "repository_blobs"):
             db.execute(f"UPDATE {table} SET created_at = created_at - ?", [seconds])
     then = time.time() - seconds

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from harborapi.models import (
 
 from tests.appliance import Appliance, restart_on
 from tests.bundles.buildutil import cargohold
+from tests.pgengine import metadata
 from tests.registry.v2client import V2
 from tests.web.uiutil import build_bundle, signing_key
 
@@ -221,7 +221,7 @@ def test_policies_from_before_get_their_retention_id(appliance_factory: Callable
     policy_id = int(r.headers["Location"].rsplit("/", 1)[-1])
     app.stop()
     # As the older version left it: the policy, no metadata key, the migration not yet applied.
-    with sqlite3.connect(app.data_dir / "cargohold.db", timeout=30) as db:
+    with metadata(app.data_dir) as db:
         assert db.execute("DELETE FROM project_metadata WHERE name = 'retention_id'").rowcount == 1
         assert db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm010_retention_id'").rowcount == 1
     again = restart_on(app)
@@ -233,6 +233,7 @@ def test_policies_from_before_get_their_retention_id(appliance_factory: Callable
         again.stop()
 
 
+@pytest.mark.sqlite_only  # SQLite gives a deleted project's id out again; PostgreSQL's identity columns never do
 def test_a_deleted_projects_policy_never_applies_to_a_project_given_its_id(
         appliance_factory: Callable[..., Appliance]) -> None:
     """Deleting a project leaves no policy in force: SQLite gives the deleted (highest) id to the next project,

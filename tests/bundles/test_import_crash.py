@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,21 +24,20 @@ from registry.digest import Digest
 from tests.bundles import craft
 from tests.bundles.conftest import REPO_ROOT, big_layout, cli
 from tests.layouts import sha256_file
+from tests.pgengine import env_for, metadata
 
 
 def _rows(data: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{data / 'cargohold.db'}?mode=ro", uri=True)
-    try:
+    with metadata(data) as conn:
         return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def _kill_mid_import(bundle: Path, data: Path, staged_at_least: int) -> dict[str, tuple[int, int]]:
     """Start the CLI import, SIGKILL it once `staged_at_least` blobs are staged; returns their (inode, mtime)."""
     log = (data.parent / "import.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "web.cli", "bundle", "import", str(bundle), "--data-dir",
-                             str(data)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                             str(data)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                            env={**os.environ, **env_for(["--data-dir", data])})
     staging = data / "imports" / "staging"
     try:
         deadline = time.monotonic() + 120

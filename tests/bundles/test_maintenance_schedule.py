@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import pty
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import requests
 
 from tests.appliance import Appliance, free_port
 from tests.bundles.buildutil import ROOT, cargohold
+from tests.pgengine import env_for, metadata
 from tests.registry.v2client import V2
 from tests.web.uiutil import signed_in
 
@@ -59,7 +59,7 @@ def test_a_scheduled_gc_runs_once_per_due_time_with_two_workers(appliance_factor
         return done if len(done) >= 3 else []
 
     _wait_for("three scheduled collections", scheduled)
-    with sqlite3.connect(app.data_dir / "cargohold.db") as db:
+    with metadata(app.data_dir) as db:
         rows = db.execute("SELECT id, created_at, finished_at, pid, requested_by, dry_run FROM maintenance_jobs "
                           "WHERE kind = 'gc' AND trigger = 'schedule' ORDER BY created_at").fetchall()
         last = db.execute("SELECT schedule, last_job_id, next_run_at, last_run_at FROM maintenance_schedule "
@@ -209,7 +209,7 @@ def test_the_cli_draws_a_progress_bar_on_a_terminal(appliance: Appliance) -> Non
     try:
         proc = subprocess.run([sys.executable, "-m", "web.cli", "expire", "--json", "--wait", "--data-dir",
                                str(appliance.data_dir)], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT,
-                              timeout=120)
+                              timeout=120, env={**os.environ, **env_for(["--data-dir", appliance.data_dir])})
         os.close(slave)
         drawn = b""
         while True:

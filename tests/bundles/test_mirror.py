@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.bundles.test_check import PROJECT, check, skopeo_copy, upload
 from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
 from tests.logs import request_lines
+from tests.pgengine import env_for
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -125,7 +127,8 @@ def mirror_config_cli(app: Appliance, out: Path) -> Path:
     """`cargohold mirror-config --out OUT` for the appliance's data directory, address and scheme; returns OUT."""
     proc = subprocess.run([sys.executable, "-m", "web.cli", "mirror-config", "--data-dir", str(app.data_dir),
                            "--out", str(out), "--address", app.host, "--scheme", app.scheme],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, **env_for(["--data-dir", app.data_dir])})
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -22,6 +22,7 @@ import pytest
 from bundles.seed import discover
 from tests.bundles import seedutil as su
 from tests.bundles.buildutil import ROOT, cargohold
+from tests.pgengine import data_paths, database_url_of, env_for
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +164,11 @@ def test_a_scan_killed_mid_import_is_retried_by_the_next(tmp_path: Path, keypair
     su.age(seed / "big.tar.zst")
     time.sleep(2.1)
     proc = subprocess.Popen([sys.executable, "-m", "web.cli", "seed", "scan", "--data-dir", str(data)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **env_for(["--data-dir", data])})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # killed once its import job has started streaming
-        if (data / "cargohold.db").exists() and su.rows(
+        if (data_paths(data).database_url or (data / "cargohold.db").exists()) and su.rows(
                 data, "SELECT 1 FROM import_jobs WHERE source = 'seed/big.tar.zst' AND bytes_done > 0"):
             break
         time.sleep(0.02)
@@ -197,7 +199,7 @@ def test_a_file_set_another_live_process_is_importing_is_left_to_it(tmp_path: Pa
     seed.mkdir(parents=True)
     su.trust(data, public)
     su.bundle(seed / "one.tar.zst", private, "one", {"docker.io/library/one:1": 20_000}, 31)
-    scanner = seed_scanner(Config(data_dir=data, seed_settle_seconds=0))
+    scanner = seed_scanner(Config(data_dir=data, database_url=database_url_of(data), seed_settle_seconds=0))
     (entry,) = discover(seed, 0)
     other = subprocess.Popen(["sleep", "60"])  # a live process that holds the claim
     try:
@@ -251,7 +253,7 @@ def test_a_file_still_being_written_is_waited_for_then_left_for_the_next_scan(tm
     writer.start()
     try:
         time.sleep(0.3)
-        scanner = seed_scanner(Config(data_dir=data, seed_settle_seconds=1))
+        scanner = seed_scanner(Config(data_dir=data, database_url=database_url_of(data), seed_settle_seconds=1))
         claimed = scanner.claim_scan("cli", "test")
         assert claimed is not None
         started = time.monotonic()

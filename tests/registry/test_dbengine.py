@@ -175,8 +175,8 @@ def test_backup_and_restore_refuse_postgresql_metadata_and_change_nothing(tmp_pa
 
     paths = DataPaths(tmp_path / "data", postgres.create_database())
     migrate(paths, notify=lambda _: None)
-    with pytest.raises(BackupError, match="PostgreSQL.*pg_dump"):
+    with pytest.raises(BackupError, match=r"PostgreSQL.*pg_dump"):
         backup(paths, tmp_path / "backup")
-    with pytest.raises(BackupError, match="PostgreSQL.*pg_dump"):
+    with pytest.raises(BackupError, match=r"PostgreSQL.*pg_dump"):
         restore(tmp_path / "backup", DataPaths(tmp_path / "restored", paths.database_url))
     assert not (tmp_path / "backup").exists() and not (tmp_path / "restored").exists()
