@@ -206,6 +206,10 @@ def open_database(paths: DataPaths) -> Database:
     cache: dict[str, Database] = _local.dbs
     key = _database_key(paths)
     db = cache.get(key)
+    if isinstance(db, PostgresDatabase) and (db.conn.broken or db.conn.closed):
+        # The server restarted or the network dropped the session: the next request gets a new one.
+        cache.pop(key, None)
+        db = None
     if db is None:
         with _migrated_lock:
             if key not in _migrated:

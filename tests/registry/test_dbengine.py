@@ -180,3 +180,15 @@ def test_backup_and_restore_refuse_postgresql_metadata_and_change_nothing(tmp_pa
     with pytest.raises(BackupError, match=r"PostgreSQL.*pg_dump"):
         restore(tmp_path / "backup", DataPaths(tmp_path / "restored", paths.database_url))
     assert not (tmp_path / "backup").exists() and not (tmp_path / "restored").exists()
+
+
+def test_a_dropped_session_is_replaced_on_next_use(tmp_path: Path, postgres: PostgresServer) -> None:
+    paths = DataPaths(tmp_path / "data", postgres.create_database())
+    first = open_database(paths)
+    pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(postgres.url("postgres"), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(psycopg.OperationalError):
+        first.execute("SELECT 1")  # the request that finds it gone fails...
+    again = open_database(paths)  # ...and the next one works on a new session
+    assert again is not first and again.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
