@@ -51,7 +51,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from bundles.registry_client import NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
 from registry.blobstore import BlobInfo, BlobStore, require_space, storage_error
 from registry.db import open_database, write_transaction
+from registry.dbengine import Error as DatabaseError
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
 from registry.gc import import_guard
@@ -161,8 +161,9 @@ class Follower:
         with write_transaction(self._db()) as db:
             if current is None or current.primary_url != self.primary.base or new_primary:
                 db.execute("DELETE FROM follow_releases")
-                db.execute("INSERT OR REPLACE INTO follow_state (id, primary_url, last_seq, primary_seq) "
-                           "VALUES (1, ?, 0, 0)", [self.primary.base])
+                db.execute("DELETE FROM follow_state WHERE id = 1")  # a new primary: nothing of the old one's state
+                db.execute("INSERT INTO follow_state (id, primary_url, last_seq, primary_seq) VALUES (1, ?, 0, 0)",
+                           [self.primary.base])
             db.execute("UPDATE follow_state SET interval_seconds = ? WHERE id = 1", [self.interval])
         state = status(self.paths)
         assert state is not None
@@ -394,9 +395,10 @@ class Follower:
             with write_transaction(self.registry.db) as db:
                 summary = publish(self.registry, plans, files, definitions, self.paths, info, named)
                 assert summary is not None
-                db.execute("INSERT OR REPLACE INTO follow_releases (primary_id, local_id, copied_at) "
-                           "VALUES (?, ?, ?)", [release_id, summary["id"], time.time()])
-        except sqlite3.Error as exc:
+                db.execute("INSERT INTO follow_releases (primary_id, local_id, copied_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (primary_id) DO UPDATE SET local_id = excluded.local_id, "
+                           "copied_at = excluded.copied_at", [release_id, summary["id"], time.time()])
+        except DatabaseError as exc:
             for digest in adopted:
                 store.delete(digest)
             raise FollowError(f"release {release_id}: publishing failed, nothing was published: database error "

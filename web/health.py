@@ -21,13 +21,13 @@ A stale follower still serves what it holds, so this never makes /readyz fail.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from bundles.follow import status as follow_status
 from registry.blobstore import BlobStore
+from registry.dbengine import Error as DatabaseError
 from registry.health import readiness
 from web.config import Config
 
@@ -68,7 +68,7 @@ def _follower(config: Config) -> dict[str, Any] | None:
     """The follow state, None on a primary (or when the database cannot say: the checks above report that)."""
     try:
         found = follow_status(config.paths)
-    except sqlite3.Error:
+    except DatabaseError:
         return None
     if found is None:
         return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,7 +28,6 @@ from typing import Any
 
 import pytest
 import requests
-from sqlite_utils import Database
 from urllib3.exceptions import InsecureRequestWarning
 
 from bundles import format as fmt
@@ -42,6 +40,7 @@ from tests.bundles.releases_util import API, Site, import_release, release_api, 
 from tests.containerd import Containerd
 from tests.images import OCI_MANIFEST, REF_NAME, OciLayout
 from tests.logs import request_lines
+from tests.pgengine import env_for, metadata
 from tests.registry.harborapi import Harbor, RobotAccount
 
 
@@ -51,7 +50,9 @@ def follow(follower: Appliance, url: str, robot: RobotAccount | None, secret_fil
     name = robot.name if robot else "robot$nobody"
     return subprocess.run([sys.executable, "-m", "web.cli", "follow", url, "--robot", name, "--secret-file",
                            str(secret_file), "--once", "--data-dir", str(follower.data_dir), *extra],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                          env={**(env if env is not None else os.environ),
+                               **env_for(["--data-dir", follower.data_dir])})
 
 
 def _robot(primary: Appliance, tmp: Path) -> tuple[RobotAccount, Path]:
@@ -186,7 +187,8 @@ def test_a_release_collected_on_the_primary_is_skipped_and_the_follower_still_co
     # The follower as a service: a round every second until stopped.
     service = subprocess.Popen([sys.executable, "-m", "web.cli", "follow", primary.url, "--robot", robot.name,
                                 "--secret-file", str(secret), "--interval", "1s", "--data-dir",
-                                str(follower.data_dir)], stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+                                str(follower.data_dir)], stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                               env={**os.environ, **env_for(["--data-dir", follower.data_dir])})
     try:
         deadline = time.monotonic() + 120
         while _states(follower) != [("edge-site", "2.0.0", "promoted")] and time.monotonic() < deadline:
@@ -251,7 +253,8 @@ def test_memory_stays_flat_while_a_blob_larger_than_the_process_is_copied(
         "capture_output=True, text=True)\n"
         "assert p.returncode == 0, p.stderr\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+                         env={**os.environ, **env_for(["--data-dir", follower.data_dir])})
     assert out.returncode == 0, out.stderr
     peak_kib = int(out.stdout.strip())
     assert peak_kib < 130 * 1024, f"peak RSS {peak_kib // 1024} MiB while copying a 160 MiB blob"
@@ -322,16 +325,14 @@ def test_a_forced_promotion_is_replayed_with_its_reason_and_the_history_survives
     assert release_api(primary, "POST", "/releases/rollback").status_code == 409  # refused: no event
     from bundles.schema import _backfill_release_events  # the migration's own function (new with it)
 
-    copy = tmp_path / "upgraded.db"
-    with sqlite3.connect(primary.data_dir / "cargohold.db") as live, sqlite3.connect(copy) as target:
-        live.backup(target)
-    with sqlite3.connect(copy) as conn:
-        recorded = conn.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
-                                "ORDER BY seq").fetchall()
-        conn.execute("DELETE FROM release_events")
-        _backfill_release_events(Database(conn))
-        rebuilt = conn.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
-                               "ORDER BY seq").fetchall()
+    with metadata(primary.data_dir) as db:  # the primary's own database, whichever engine holds it
+        recorded = db.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
+                              "ORDER BY seq").fetchall()
+        db.execute("DELETE FROM release_events")
+        _backfill_release_events(db)
+        rebuilt = db.execute("SELECT action, release_id, other_id, username, forced, reason FROM release_events "
+                             "ORDER BY seq").fetchall()
+    recorded, rebuilt = [tuple(r) for r in recorded], [tuple(r) for r in rebuilt]
     assert recorded == [("promote", 1, None, "admin", 1, "gone image is not deployed here")]
     assert [r[:2] + r[3:] for r in rebuilt] == [r[:2] + r[3:] for r in recorded]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.appliance import free_port
+from tests.pgengine import database_url_of, env_for, metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "robot-Secret-never-shown-42"
@@ -25,7 +25,7 @@ SECRET = "robot-Secret-never-shown-42"
 def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "CARGOHOLD_FOLLOW_SECRET"}
     return subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**clean, **(env or {})}, timeout=120)
+                          cwd=REPO_ROOT, env={**clean, **env_for(args), **(env or {})}, timeout=120)
 
 
 @pytest.fixture
@@ -38,11 +38,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def _state(data_dir: Path) -> tuple[str, int, str | None] | None:
-    conn = sqlite3.connect(f"file:{data_dir / 'cargohold.db'}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT primary_url, last_seq, last_error FROM follow_state WHERE id = 1").fetchone()
-    finally:
-        conn.close()
+    with metadata(data_dir) as db:  # whichever engine holds the appliance's metadata (tests/pgengine.py)
+        row = db.execute("SELECT primary_url, last_seq, last_error FROM follow_state WHERE id = 1").fetchone()
     return (str(row[0]), int(row[1]), row[2]) if row else None
 
 
@@ -74,7 +71,11 @@ def test_the_secret_comes_from_a_file_or_the_environment_never_the_command_line(
     assert SECRET not in down.stdout + down.stderr
     state = _state(data_dir)
     assert state is not None and state[0] == primary and state[2] is not None and "unreachable" in state[2]
-    assert SECRET not in (data_dir / "cargohold.db").read_bytes().decode(errors="replace")
+    if database_url_of(data_dir):  # PostgreSQL: the follower's own rows (what a follower writes) hold no secret
+        with metadata(data_dir) as db:
+            assert SECRET not in repr(db.execute("SELECT * FROM follow_state").fetchall())
+    else:
+        assert SECRET not in (data_dir / "cargohold.db").read_bytes().decode(errors="replace")
 
 
 def test_a_follower_follows_one_primary_until_told_otherwise(data_dir: Path, tmp_path: Path) -> None:
