@@ -231,3 +231,13 @@ def m010_appliance_versions(db: Database) -> None:
     db.create_table("appliance_versions", {"id": int, "version": str, "previous": str, "migrated_at": float}, pk="id",
         not_null={"version", "migrated_at"},
     )
+
+
+@migrations()
+def m011_shared_secrets(db: Database) -> None:
+    # registry.tokens.load_or_create_secret with PostgreSQL metadata: the token-signing key, UI session key,
+    # token-binding and login-fingerprint keys every replica sharing the database must hold alike (SQLite
+    # keeps them as files under keys/, where backups carry them).
+    db.create_table("shared_secrets", {"name": str, "value": bytes, "created_at": float}, pk="name",
+        not_null={"value", "created_at"},
+    )

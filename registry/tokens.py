@@ -46,6 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -201,12 +202,20 @@ class TokenSigner:
         """The key under ``keys/``, generated (0600) on first start; idempotent across workers."""
         paths.ensure()
         path = paths.keys / KEY_FILE
-        if not path.exists():
+
+        def new_pem() -> bytes:
             key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            _write_new(path, pem)
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+
+        if paths.database_url:
+            # Replicas sharing the metadata sign and verify with one key (shared_secret).
+            pem = shared_secret(paths, KEY_FILE, lambda: path.read_bytes() if path.exists() else new_pem())
+        else:
+            if not path.exists():
+                _write_new(path, new_pem())
+            pem = path.read_bytes()
+        loaded = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path} is not an EC private key")
         # Shared by every worker, like the signing key: a token fetched from one is checked by another.
@@ -308,12 +317,47 @@ def _low_s(token: str) -> str:
 
 
 def load_or_create_secret(paths: DataPaths, name: str, size: int = 32) -> bytes:
-    """Random bytes kept in ``keys/<name>`` (0600), generated on first use; the same for every worker."""
+    """Random bytes kept in ``keys/<name>`` (0600), generated on first use; the same for every worker.
+
+    With PostgreSQL metadata, in the database instead (`shared_secret`): the
+    same for every replica sharing it.
+    """
     paths.ensure()
     path = paths.keys / name
+    if paths.database_url:
+        return shared_secret(paths, name, lambda: path.read_bytes() if path.exists() else secrets.token_bytes(size))
     if not path.exists():
         _write_new(path, secrets.token_bytes(size))
     return path.read_bytes()
+
+
+def shared_secret(paths: DataPaths, name: str, make: Callable[[], bytes]) -> bytes:
+    """The secret `name` of the shared metadata (table ``shared_secrets``), made by `make` on first use.
+
+    Why in the database: replicas behind one load balancer (PostgreSQL
+    metadata, docs/operations.md "Scaling out") must sign, verify and bind
+    with the same keys, and the database is the one store they all reach
+    with its own access control; a file per machine would give each replica
+    its own key and every token or session cookie would work on one replica
+    only. The first replica to start makes it, under the write lock, so two
+    starting together agree; an appliance moved from files to PostgreSQL
+    brings its existing key along (`make` reads the file), so its tokens
+    stay valid.
+    """
+    from registry.db import open_database, write_transaction  # registry.db imports nothing of this module
+
+    db = open_database(paths)
+    select = "SELECT value FROM shared_secrets WHERE name = ?"
+    row = db.execute(select, [name]).fetchone()
+    if row is None:
+        with write_transaction(db):
+            row = db.execute(select, [name]).fetchone()
+            if row is None:
+                value = make()
+                db.execute("INSERT INTO shared_secrets (name, value, created_at) VALUES (?, ?, ?)",
+                           [name, value, time.time()])
+                return value
+    return bytes(row[0])
 
 
 def _write_new(path: Path, data: bytes) -> None:
