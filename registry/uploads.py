@@ -7,6 +7,13 @@ before the offset that counts them is committed, so after a crash the
 recorded offset never runs ahead of the file; bytes past the offset (a chunk
 cut short) are truncated away by the next append. A finished upload is
 verified against the client's digest and moved into the blob store.
+
+With blobs in an object store (registry.s3store) the bytes go there instead,
+one object per chunk (registry.s3uploads), so replicas behind a load
+balancer sharing no disk can each take any chunk; the session's lock is
+then an advisory lock of the shared PostgreSQL (registry.db.cluster_lock)
+instead of a lock on the local file, and the final PUT streams the chunks
+into the store's ingest.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import BinaryIO
 
 from registry import hashstate, metrics
 from registry.blobstore import CHUNK, BlobInfo, require_space, storage_error
-from registry.db import write_transaction
+from registry.db import cluster_lock, write_transaction
 from registry.digest import Digest
 from registry.errors import RegistryError
 from registry.model import Registry
 from registry.quotas import QuotaExceeded
+from registry.s3store import S3BlobStore
+from registry.s3uploads import UploadChunks
 
 _UUID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 DEFAULT_EXPIRY_SECONDS = 24 * 3600
@@ -57,6 +66,8 @@ class Uploads:
         self.paths = registry.paths
         self.expiry_seconds = expiry_seconds
         self.reserve_bytes = reserve_bytes
+        # The chunks' home when blobs live in an object store; None: the local file of today.
+        self.chunks = UploadChunks(registry.store) if isinstance(registry.store, S3BlobStore) else None
 
     def require_space(self, incoming: int | None) -> None:
         """Raise INSUFFICIENT_STORAGE unless `incoming` bytes fit above the free-space reserve."""
@@ -68,10 +79,12 @@ class Uploads:
         uuid = uuidlib.uuid4().hex
         now = time.time()
         state = hashstate.ResumableSha256().state() if hashstate.available() else None
-        try:
-            self.paths.upload(uuid).touch(exist_ok=False)
-        except OSError as exc:
-            raise storage_error(exc, "an upload") from exc
+        if not self._shared_lock:
+            try:
+                # The bytes (or, with an object store on SQLite, only the session's lock).
+                self.paths.upload(uuid).touch(exist_ok=False)
+            except OSError as exc:
+                raise storage_error(exc, "an upload") from exc
         with write_transaction(self.registry.db) as db:
             db.execute("INSERT INTO uploads (uuid, repository, \"offset\", hash_state, created_at, updated_at) "
                        "VALUES (?, ?, 0, ?, ?, ?)", [uuid, name, state, now, now])
@@ -88,20 +101,33 @@ class Uploads:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid} is not known to repository {name}")
         return UploadSession(uuid, row[0], int(row[1]), float(row[2]))
 
+    @property
+    def _shared_lock(self) -> bool:
+        """Whether sessions are locked in PostgreSQL (chunks in the object store, replicas on other machines)."""
+        return self.chunks is not None and bool(self.paths.database_url)
+
     @contextmanager
-    def _locked(self, session: UploadSession) -> Iterator[tuple[BinaryIO, int, bytes | None]]:
-        """The session's file, locked against concurrent chunks, with the committed offset and hash state."""
+    def _locked(self, session: UploadSession) -> Iterator[tuple[BinaryIO | None, int, bytes | None]]:
+        """The session's file (None with an object store), locked against concurrent chunks, with the
+        committed offset and hash state."""
+        if self._shared_lock:
+            with cluster_lock(self.paths, f"upload:{session.uuid}"):
+                yield None, *self._row(session.uuid)
+            return
         try:
             f = self.paths.upload(session.uuid).open("r+b")
         except FileNotFoundError:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known") from None
         with f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            row = self.registry.db.execute("SELECT \"offset\", hash_state FROM uploads WHERE uuid = ?",
-                                           [session.uuid]).fetchone()
-            if row is None:
-                raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.uuid} is not known")
-            yield f, int(row[0]), row[1]
+            yield (None if self.chunks is not None else f), *self._row(session.uuid)
+
+    def _row(self, uuid: str) -> tuple[int, bytes | None]:
+        row = self.registry.db.execute("SELECT \"offset\", hash_state FROM uploads WHERE uuid = ?",
+                                       [uuid]).fetchone()
+        if row is None:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {uuid} is not known")
+        return int(row[0]), (bytes(row[1]) if row[1] is not None else None)
 
     def append(self, session: UploadSession, stream: BinaryIO, start: int | None = None,
                length: int | None = None) -> UploadSession:
@@ -117,15 +143,21 @@ class Uploads:
             if start is not None and start != offset:
                 raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {offset} bytes",
                                     detail={"offset": offset})
-            new_offset, new_state, gone = self._write(f, offset, state, stream, length)
+            new_offset, new_state, gone = self._write(f, offset, state, stream, length, session.uuid)
             self._commit(session.uuid, new_offset, new_state)
         if gone:
             raise ClientGone()
         return UploadSession(session.uuid, session.repository, new_offset, session.created_at)
 
-    def _write(self, f: BinaryIO, offset: int, state: bytes | None, stream: BinaryIO,
-               length: int | None) -> tuple[int, bytes | None, bool]:
+    def _write(self, f: BinaryIO | None, offset: int, state: bytes | None, stream: BinaryIO,
+               length: int | None, uuid: str = "") -> tuple[int, bytes | None, bool]:
         """Write a chunk at `offset`; returns (new offset, hash state, client gone)."""
+        if f is None:
+            assert self.chunks is not None
+            counted = _Counted(stream, length, state)
+            if length != 0:
+                self.chunks.put(uuid, offset, counted)
+            return offset + counted.read_bytes, counted.state(), counted.gone
         hasher = hashstate.ResumableSha256(state) if state is not None else None
         written = 0
         gone = False
@@ -181,14 +213,14 @@ class Uploads:
                 raise RegistryError("RANGE_INVALID", f"chunk starts at {start} but the upload has {offset} bytes",
                                     detail={"offset": offset})
             if stream is not None and length != 0:
-                offset, state, gone = self._write(f, offset, state, stream, length)
+                offset, state, gone = self._write(f, offset, state, stream, length, session.uuid)
                 self._commit(session.uuid, offset, state)
                 if gone:
                     raise ClientGone()
             if state is not None and digest.algorithm == "sha256":
                 actual = Digest("sha256", hashstate.ResumableSha256(state).hexdigest())
             else:
-                actual = self._rehash(f, digest.algorithm)
+                actual = self._rehash(f, digest.algorithm, session.uuid, offset)
             if actual != digest:
                 self._discard(session.uuid)
                 raise RegistryError("DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}",
@@ -197,7 +229,11 @@ class Uploads:
             try:
                 # Before the blob enters the store: a refused upload leaves nothing behind.
                 self.registry.quota.require_repository(self.registry.db, session.repository, cost)
-                info = self.registry.store.adopt(self.paths.upload(session.uuid), digest, offset)
+                if self.chunks is not None:
+                    with self.chunks.reader(session.uuid, offset) as assembled:
+                        info = self.registry.store.ingest(assembled, digest, offset)
+                else:
+                    info = self.registry.store.adopt(self.paths.upload(session.uuid), digest, offset)
                 # Still under the lock: a chunk waiting for it must find the session gone,
                 # never write into the file that is now a blob.
                 with write_transaction(self.registry.db) as db:
@@ -205,6 +241,7 @@ class Uploads:
                     repo_id = self.registry.ensure_repository(db, session.repository)
                     self.registry.link(db, repo_id, info)
                     db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+                self._drop_bytes(session.uuid)
             except QuotaExceeded:
                 # No later chunk can fix it. A blob a concurrent push beat us to the quota with stays an
                 # unrecorded file, which garbage collection removes.
@@ -226,7 +263,9 @@ class Uploads:
         that blob, of the session's size, is linked, so no session can claim a
         blob it did not upload.
         """
-        if digest.algorithm != "sha256" or self.paths.upload(session.uuid).exists():
+        if digest.algorithm != "sha256":
+            return None
+        if self.chunks is None and self.paths.upload(session.uuid).exists():
             return None
         row = self.registry.db.execute("SELECT \"offset\", hash_state FROM uploads WHERE uuid = ?",
                                        [session.uuid]).fetchone()
@@ -238,18 +277,34 @@ class Uploads:
         if info is None or info.size != int(row[0]):
             return None
         with write_transaction(self.registry.db) as db:
+            if self.chunks is not None:
+                # With chunk objects this also answers a finished upload of a blob already stored (no file
+                # marks the crash): the project's limit still applies to it.
+                self.registry.quota.require_repository(db, session.repository, {str(digest): info.size})
             repo_id = self.registry.ensure_repository(db, session.repository)
             self.registry.link(db, repo_id, info)
             db.execute("DELETE FROM uploads WHERE uuid = ?", [session.uuid])
+        self._drop_bytes(session.uuid)
         return info
 
-    @staticmethod
-    def _rehash(f: BinaryIO, algorithm: str) -> Digest:
+    def _rehash(self, f: BinaryIO | None, algorithm: str, uuid: str, size: int) -> Digest:
         h = hashlib.new(algorithm)
+        if f is None:
+            assert self.chunks is not None
+            with self.chunks.reader(uuid, size) as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            return Digest(algorithm, h.hexdigest())
         f.seek(0)
         while chunk := f.read(CHUNK):
             h.update(chunk)
         return Digest(algorithm, h.hexdigest())
+
+    def _drop_bytes(self, uuid: str) -> None:
+        """Remove a session's bytes: its chunk objects and its local file (the bytes, or only its lock)."""
+        if self.chunks is not None:
+            self.chunks.delete(uuid)
+        self.paths.upload(uuid).unlink(missing_ok=True)
 
     def cancel(self, session: UploadSession) -> None:
         """Discard a session and its bytes (idempotent)."""
@@ -258,7 +313,7 @@ class Uploads:
     def _discard(self, uuid: str) -> None:
         with write_transaction(self.registry.db) as db:
             db.execute("DELETE FROM uploads WHERE uuid = ?", [uuid])
-        self.paths.upload(uuid).unlink(missing_ok=True)
+        self._drop_bytes(uuid)
 
     def expire(self, max_age: float | None = None) -> tuple[int, int]:
         """Remove sessions idle longer than `max_age` seconds; returns (count, bytes freed)."""
@@ -272,6 +327,10 @@ class Uploads:
             self._discard(uuid)
         # Files with no session row (a crash between touch and insert) go too.
         known = {r[0] for r in self.registry.db.execute("SELECT uuid FROM uploads").fetchall()}
+        if self.chunks is not None:
+            for uuid, newest in self.chunks.sessions():
+                if uuid not in known and newest < cutoff:
+                    self.chunks.delete(uuid)
         for path in self.paths.uploads.iterdir():
             if path.name in known:
                 continue
@@ -283,3 +342,40 @@ class Uploads:
                 freed += st.st_size
                 path.unlink(missing_ok=True)
         return len(rows), freed
+
+
+class _Counted:
+    """A request body read up to `length` bytes, hashed and counted as it goes; a client that stops is noted.
+
+    The object-store path's counterpart of `Uploads._write`'s loop: the
+    store reads from this, so what it stored and what is counted are the
+    same bytes.
+    """
+
+    def __init__(self, stream: BinaryIO, length: int | None, state: bytes | None) -> None:
+        self._stream = stream
+        self._length = length
+        self._hasher = hashstate.ResumableSha256(state) if state is not None else None
+        self.read_bytes = 0
+        self.gone = False
+
+    def read(self, size: int = -1) -> bytes:
+        want = CHUNK if size is None or size < 0 else min(size, CHUNK)
+        if self._length is not None:
+            want = min(want, self._length - self.read_bytes)
+        if want <= 0 or self.gone:
+            return b""
+        try:
+            chunk = self._stream.read(want)
+        except OSError:
+            chunk, self.gone = b"", True
+        if not chunk:
+            self.gone = self.gone or (self._length is not None and self.read_bytes < self._length)
+            return b""
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+        self.read_bytes += len(chunk)
+        return chunk
+
+    def state(self) -> bytes | None:
+        return self._hasher.state() if self._hasher is not None else None

@@ -21,7 +21,6 @@ the shared engines in their environment).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -172,15 +171,16 @@ def start_site(root: Path, postgres: PostgresServer, engine: S3Engine, replicas:
     return Site(started, balancer, env, bucket)
 
 
-_REQUEST_LINE = re.compile(r"\b(GET|HEAD|POST|PUT|PATCH|DELETE)\b.*?(/v2/\S+)")
+def requests_served(app: Appliance, method: str, path_part: str, at_least: int = 0, wait: float = 10) -> int:
+    """How many request-log lines (``cargohold.request``) of `app` name `method` on a path containing `path_part`.
 
-
-def requests_served(app: Appliance, method: str, path_part: str) -> int:
-    """How many request-log lines of `app` name `method` on a path containing `path_part`."""
-    count = 0
-    for line in app.log().splitlines():
-        if "cargohold.request" not in line and "method=" not in line:
-            continue
-        if f"method={method}" in line and path_part in line:
-            count += 1
-    return count
+    The line is written once the answer has gone out, so a client can be
+    ahead of it: with `at_least`, waits up to `wait` seconds for that many.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        count = sum(1 for line in app.log().splitlines()
+                    if " cargohold.request " in line and f" method={method} " in line and path_part in line)
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)

@@ -9,11 +9,15 @@ Every scenario must work whichever replica a request reaches.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +26,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from bundles import keys
 from tests.appliance import ADMIN_PASSWORD, Appliance
+from tests.bundles import craft
+from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, source_digest, unique_layout
 from tests.pgengine import PostgresServer
 from tests.registry.harborapi import Harbor
 from tests.replicas import Site, requests_served, start_site
@@ -95,8 +102,9 @@ def test_a_chunked_upload_spread_over_both_replicas_is_one_blob_each_replica_ser
     digest, upload = _chunked_push(site.url, repo, data, 512 * 1024)
     # The balancer alternated: each replica's own request log shows chunks of this very upload.
     for replica in site.replicas:
-        assert requests_served(replica, "PATCH", upload) >= 1, f"{replica.host} served no PATCH of {upload}"
-    assert sum(requests_served(r, "PUT", upload) for r in site.replicas) == 1
+        assert requests_served(replica, "PATCH", upload, at_least=1) >= 1, f"{replica.host} served no PATCH of {upload}"
+    assert requests_served(site.replicas[0], "PUT", upload, at_least=1, wait=3) + \
+        requests_served(site.replicas[1], "PUT", upload, at_least=1, wait=3) == 1
     for replica in site.replicas:
         r = requests.get(f"{replica.url}/v2/{repo}/blobs/{digest}", auth=AUTH, timeout=TIMEOUT)
         assert r.status_code == 200, r.text
@@ -143,3 +151,141 @@ def test_a_ui_login_on_one_replica_holds_on_the_other(site: Site) -> None:
     # The same cookie on the other replica (its own port: the cookie jar is per host name, both are 127.0.0.1).
     r = s.get(f"{b.url}/ui/", allow_redirects=False, timeout=TIMEOUT)
     assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
+
+
+def _cli(app: Appliance, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "web.cli", *args, "--data-dir", str(app.data_dir)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **app.env}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cargohold {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _skopeo(*args: str) -> None:
+    subprocess.run(["skopeo", *args], capture_output=True, text=True, check=True, timeout=300)
+
+
+def test_skopeo_push_through_the_balancer_pulls_byte_identical_from_each_replica(site: Site, tmp_path: Path) -> None:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed; scripts/setup-test-env installs it")
+    layout, refs = unique_layout(tmp_path / "layout", images=1, multiarch=False, layer_sizes=(2_000_000, 30_000))
+    digest = source_digest(layout.root, refs[0])
+    repo = f"spectro-images/replicas/skopeo{uuid.uuid4().hex[:8]}"
+    _skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{ADMIN_PASSWORD}",
+            f"oci:{layout.root}:{refs[0]}", f"docker://{site.host}/{repo}:1")
+    for n, replica in enumerate(site.replicas):
+        pulled = tmp_path / f"pulled{n}"
+        _skopeo("copy", "--src-tls-verify=false", "--src-creds", f"admin:{ADMIN_PASSWORD}",
+                f"docker://{replica.host}/{repo}:1", f"oci:{pulled}:p")
+        assert assert_pulled_identical(pulled, layout.root, digest) >= 3
+
+
+def test_a_bundle_imported_on_one_replica_is_pulled_from_the_other(site: Site, tmp_path: Path) -> None:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed; scripts/setup-test-env installs it")
+    a, b = site.replicas
+    key = keys.generate("ecdsa-p256")
+    pub = tmp_path / "k.pub.pem"
+    pub.write_bytes(keys.public_pem(key))
+    _cli(b, "keys", "add", str(pub), "--description", "trusted on b")  # trusted through replica b ...
+    layout, refs = unique_layout(tmp_path / "layout", images=1, multiarch=False)
+    bundle = craft.write_bundle(tmp_path / "b.tar.zst", craft.standard_entries(layout.root, key))
+    _cli(a, "bundle", "import", str(bundle))  # ... verifies the import on replica a
+    pulled = tmp_path / "pulled"
+    _skopeo("copy", "--src-tls-verify=false", f"docker://{b.host}/spectro-images/{refs[0]}", f"oci:{pulled}:p")
+    assert assert_pulled_identical(pulled, layout.root, source_digest(layout.root, refs[0])) >= 3
+
+
+def _status_offset(base: str, location: str) -> int:
+    r = _req("GET", f"{base}{location}")
+    assert r.status_code == 204, r.text
+    return int(r.headers["Range"].split("-")[1]) + 1
+
+
+def test_a_replica_killed_mid_chunk_leaves_an_upload_the_other_finishes(
+        postgres: PostgresServer, ceph_rgw: S3Engine, tmp_path: Path) -> None:
+    """SIGKILL of one replica's whole process tree while it receives a chunk; the client resumes on the other."""
+    site = start_site(tmp_path / "site", postgres, ceph_rgw)
+    try:
+        a, b = site.replicas
+        repo = f"spectro-images/replicas/kill{uuid.uuid4().hex[:8]}"
+        data = os.urandom(24 * 1024 * 1024)
+        chunk = 8 * 1024 * 1024
+        r = _req("POST", f"{a.url}/v2/{repo}/blobs/uploads/")
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        r = _req("PATCH", f"{a.url}{location}", data=data[:chunk],
+                 headers={"Content-Type": "application/octet-stream", "Content-Range": f"0-{chunk - 1}"})
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        # The second chunk goes to replica a slowly; half-way, a dies (every process of it, at once).
+        conn = http.client.HTTPConnection(a.host, timeout=TIMEOUT)
+        conn.putrequest("PATCH", location)
+        conn.putheader("Authorization", "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode())
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Range", f"{chunk}-{2 * chunk - 1}")
+        conn.putheader("Content-Length", str(chunk))
+        conn.endheaders()
+        conn.send(data[chunk:chunk + chunk // 2])
+        pids = [a.process.pid, *a.children(), *a.front_pids()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        a.process.wait(timeout=20)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn.send(data[chunk + chunk // 2:2 * chunk])
+            conn.getresponse()
+        conn.close()
+        # The client's retry, through the balancer (a refuses connections; the balancer moves to b):
+        # ask where the upload stands, send the rest, finish.
+        offset = _status_offset(site.url, location)
+        assert offset == chunk, "only the acknowledged chunk counts"
+        r = _req("PATCH", f"{site.url}{location}", data=data[offset:],
+                 headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{len(data) - 1}"})
+        assert r.status_code == 202, r.text
+        r = _req("PUT", f"{site.url}{r.headers['Location']}", params={"digest": _digest(data)})
+        assert r.status_code == 201, r.text
+        got = requests.get(f"{b.url}/v2/{repo}/blobs/{_digest(data)}", auth=AUTH, timeout=TIMEOUT)
+        assert got.status_code == 200 and got.content == data
+        assert requests_served(b, "GET", location.split("?")[0].rsplit("/", 1)[-1], at_least=1) >= 1
+    finally:
+        site.stop()
+
+
+def test_gc_on_one_replica_during_pushes_through_both_loses_nothing(site: Site) -> None:
+    pushed: dict[str, tuple[str, bytes]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    repo = f"spectro-images/replicas/gc{uuid.uuid4().hex[:8]}"
+
+    def push_loop() -> None:
+        n = 0
+        try:
+            while not stop.is_set() or n < 4:
+                layer = os.urandom(300_000 + n)
+                digest, _ = _chunked_push(site.url, repo, layer, 100_000)
+                assert digest == _digest(layer)
+                tag = f"t{n}"
+                _push_manifest(site.url, repo, tag, [layer])
+                pushed[tag] = (digest, layer)
+                n += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    pusher = threading.Thread(target=push_loop)
+    pusher.start()
+    try:
+        for replica in site.replicas:  # a collection from each replica while the pushes go on
+            _cli(replica, "gc", "--grace", "30s", "--ignore-cluster", "--quiet")
+    finally:
+        stop.set()
+        pusher.join(timeout=300)
+    assert not errors, errors
+    assert len(pushed) >= 4
+    for tag, (digest, layer) in pushed.items():
+        for replica in site.replicas:
+            m = requests.get(f"{replica.url}/v2/{repo}/manifests/{tag}", auth=AUTH, timeout=TIMEOUT,
+                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            assert m.status_code == 200, (tag, replica.host, m.text)
+            got = requests.get(f"{replica.url}/v2/{repo}/blobs/{digest}", auth=AUTH, timeout=TIMEOUT)
+            assert got.status_code == 200 and got.content == layer, (tag, replica.host)
