@@ -36,7 +36,7 @@ from typing import Any
 
 from bundles import metrics
 from bundles.importer import BundleRefused, Importer, Progress, bundle_parts
-from registry import logcontext
+from registry import leases, logcontext
 from registry.db import is_disk_full, migrate, open_database, write_transaction
 from registry.dbengine import Error as DatabaseError
 from registry.paths import DataPaths
@@ -99,6 +99,7 @@ class ImportJobs:
         """A new job in state verifying, owned by this process."""
         now = time.time()
         job_id = uuid.uuid4().hex
+        leases.keep_alive(self.paths)  # replicas on other machines judge this job by this machine's lease
         with write_transaction(self.db) as db:
             db.execute(f"INSERT INTO import_jobs ({self._COLUMNS}) "
                        "VALUES (?, ?, 'verifying', 0, ?, NULL, NULL, ?, ?, ?, ?, NULL)",
@@ -152,7 +153,7 @@ class ImportJobs:
 
     def _reap(self, job: ImportJob) -> ImportJob:
         """A job left open by a process that is gone is failed (interrupted)."""
-        if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start):
+        if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start, self._machine_alive):
             message = ("interrupted: the importing process ended before finishing; use Retry import on the "
                        "Imports page, or import the bundle again, to complete it (what was verified is reused)")
             try:
@@ -164,6 +165,9 @@ class ImportJobs:
                 _log.warning("import job %s: could not record it as interrupted: %s", job.id, exc)
             return ImportJob(**{**job.__dict__, "state": "failed", "error": message, "error_code": "INTERRUPTED"})
         return job
+
+    def _machine_alive(self, boot: str) -> bool:
+        return leases.machine_alive(self.paths, boot) if self.paths.database_url else True
 
     @staticmethod
     def _job(row: Any) -> ImportJob:

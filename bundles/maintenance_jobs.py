@@ -41,7 +41,7 @@ from typing import Any
 from bundles.expiry import ExpireStep, expire_staging
 from bundles.gc_policy import DEFAULT_RETAIN, ClusterSource, GcRefused, collect
 from bundles.releases import Releases
-from registry import logcontext
+from registry import leases, logcontext
 from registry.audit import AuditLog
 from registry.db import open_database, write_transaction
 from registry.dbengine import Database
@@ -214,7 +214,8 @@ class MaintenanceJobs:
         job = MaintenanceJob(row[0], row[1], bool(row[2]), row[3], row[4], int(row[5] or 0), int(row[6] or 0),
                              json.loads(row[7]) if row[7] else None, row[8], row[9], row[10], row[11], row[12],
                              row[15] or MANUAL, json.loads(row[16]) if row[16] else {}, int(row[17] or 0))
-        if job.state != RUNNING or process_alive(row[13], row[14]):
+        machine_alive = (lambda boot: leases.machine_alive(self.paths, boot)) if self.paths.database_url else None
+        if job.state != RUNNING or process_alive(row[13], row[14], machine_alive):
             return job
         message = ("interrupted: the appliance process running it ended before it finished. Nothing needs "
                    "undoing; start it again.")
@@ -246,6 +247,7 @@ class MaintenanceJobs:
         job_id = uuid.uuid4().hex
         now = time.time()
         pid = os.getpid()
+        leases.keep_alive(self.paths)  # replicas on other machines judge this job by this machine's lease
         db.execute("INSERT INTO maintenance_jobs (id, kind, dry_run, state, phase, done, total, requested_by, "
                    "pid, pid_start, created_at, updated_at, trigger, options, seq) VALUES (?, ?, ?, 'running', "
                    "'starting', 0, 0, ?, ?, ?, ?, ?, ?, ?, "

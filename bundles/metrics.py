@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from registry import leases
 from registry.db import open_database
 from registry.dbengine import Error as DatabaseError
 from registry.metrics import PREFIX
@@ -63,7 +64,8 @@ class BundlesCollector(Collector):
         for state in sorted(set(RELEASE_STATES) | set(states)):
             releases.add_metric([state], int(states.get(state, 0)))
         yield releases
-        running = sum(1 for pid, start in open_jobs if process_alive(pid, start))
+        machine_alive = (lambda boot: leases.machine_alive(self.paths, boot)) if self.paths.database_url else None
+        running = sum(1 for pid, start in open_jobs if process_alive(pid, start, machine_alive))
         yield GaugeMetricFamily(f"{PREFIX}bundle_imports_in_progress", "Bundle imports running now", value=running)
         if follow is not None:
             synced, behind, error = follow

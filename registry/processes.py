@@ -10,6 +10,7 @@ metadata; the boot id in `process_start` differs) is never judged from here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -44,15 +45,20 @@ def _on_this_machine(pid_start: str) -> bool:
     return pid_start.rsplit(":", 1)[0] == boot
 
 
-def process_alive(pid: int | None, pid_start: str | None = None) -> bool:
-    """Whether `pid` runs (a zombie, dead but not yet reaped, does not); with `pid_start`, that same process."""
+def process_alive(pid: int | None, pid_start: str | None = None,
+                  machine_alive: Callable[[str], bool] | None = None) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not); with `pid_start`, that same process.
+
+    A process of another machine is judged by `machine_alive(boot id)` (its
+    lease, registry.leases), else taken to run.
+    """
     if not pid:
         return False
     if pid_start is not None:
         if not _on_this_machine(pid_start):
             # Recorded by an appliance on another machine sharing the metadata (PostgreSQL): its pid means
-            # nothing here, and only that appliance can tell whether it still runs; never declare it dead.
-            return True
+            # nothing here; only that machine's lease says whether it still runs anything.
+            return machine_alive(pid_start.rsplit(":", 1)[0]) if machine_alive is not None else True
         return process_start(pid) == pid_start  # gone, or another process that got the same pid
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

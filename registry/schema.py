@@ -241,3 +241,11 @@ def m011_shared_secrets(db: Database) -> None:
     db.create_table("shared_secrets", {"name": str, "value": bytes, "created_at": float}, pk="name",
         not_null={"value", "created_at"},
     )
+
+
+@migrations()
+def m012_machine_leases(db: Database) -> None:
+    # registry.leases: one row per machine (boot id) running replicas or jobs on shared PostgreSQL metadata.
+    db.create_table("machine_leases", {"boot_id": str, "heartbeat_at": float}, pk="boot_id",
+        not_null={"heartbeat_at"},
+    )

@@ -32,6 +32,9 @@ from tests.s3engines import ceph_rgw, seaweedfs  # noqa: F401  (real S3 engines,
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--db", choices=("sqlite", "postgres"), default="sqlite",
                      help="the metadata engine the appliances and registry models use (default sqlite)")
+    parser.addoption("--replicas", action="store_true", default=False,
+                     help="make the session `appliance` a two-replica site (PostgreSQL + Ceph RGW, nginx round "
+                          "robin in front; tests/replicas.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,8 +87,22 @@ def database_url(postgres_server: PostgresServer | None) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def appliance(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer | None) -> Iterator[Appliance]:
-    """One appliance for the whole session; tests use their own repository names."""
+def appliance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              postgres_server: PostgresServer | None) -> Iterator[Appliance]:
+    """One appliance for the whole session; tests use their own repository names.
+
+    With ``--replicas``: two replicas behind a round-robin balancer, seen as one appliance at the
+    balancer's address (tests/replicas.py).
+    """
+    if request.config.getoption("--replicas"):
+        from tests.replicas import start_site
+
+        pg = request.getfixturevalue("postgres")
+        engine = request.getfixturevalue("ceph_rgw")
+        site = start_site(tmp_path_factory.mktemp("replicas"), pg, engine)
+        yield site.as_appliance()
+        site.stop()
+        return
     data_dir = tmp_path_factory.mktemp("appliance") / "data"
     # CLI commands the tests run on it find its database (tests.pgengine.env_for).
     app = start_appliance(data_dir, env=engine_for(data_dir) if postgres_server is not None else {})

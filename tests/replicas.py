@@ -159,7 +159,7 @@ def start_site(root: Path, postgres: PostgresServer, engine: S3Engine, replicas:
     try:
         for n in range(replicas):
             data_dir = root / f"replica{n}"
-            remember(data_dir, {"CARGOHOLD_DATABASE_URL": env["CARGOHOLD_DATABASE_URL"]})
+            remember(data_dir, env)  # CLI commands run on it find both engines (tests.pgengine.env_for)
             app = start_appliance(data_dir, env=env)
             app.env = {**app.env, **env}
             started.append(app)

@@ -31,7 +31,7 @@ from bundles.files import SiteFiles
 from bundles.release_protection import promoted_release_tags
 from bundles.releases import Releases
 from bundles.retention import Retention
-from registry import harbor, token_api
+from registry import harbor, leases, token_api
 from registry.access import Access, LoginLimiter
 from registry.artifacts import Artifacts
 from registry.audit import AuditLog
@@ -117,6 +117,7 @@ def create_app(config: Config | None = None, accel_prefix: str | None = None) ->
     realm = "cargohold"
     register_error_handlers(app, realm)
     signer = TokenSigner.load_or_create(config.paths, config.token_expiry_seconds)
+    leases.keep_alive(config.paths)  # this replica's machine lease (shared PostgreSQL metadata only)
     app.register_blueprint(create_blueprint(
         services.registry, services.uploads, services.users,
         DistributionConfig(project=config.project, own_hosts=config.own_hosts, realm=realm,
