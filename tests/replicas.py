@@ -62,10 +62,10 @@ def _nginx() -> str:
     return found
 
 
-def start_balancer(root: Path, upstream_ports: list[int]) -> Balancer:
-    """nginx on a free loopback port, balancing round robin over `upstream_ports`."""
+def start_balancer(root: Path, upstream_ports: list[int], port: int | None = None) -> Balancer:
+    """nginx on `port` (a free loopback port by default), balancing round robin over `upstream_ports`."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;" for p in upstream_ports)
     conf = root / "nginx.conf"
     conf.write_text(f"""
@@ -95,6 +95,7 @@ http {{
     proxy_set_header Host $http_host;
     proxy_set_header Connection "";
     proxy_redirect off;
+    proxy_ignore_client_abort on;  # a client that half-closes after its request still gets the answer
     location / {{ proxy_pass http://replicas; }}
   }}
 }}
@@ -155,6 +156,9 @@ def start_site(root: Path, postgres: PostgresServer, engine: S3Engine, replicas:
     """Start `replicas` appliances on shared engines (one after the other: the second finds the first's
     schema and keys) and the balancer in front."""
     env, bucket = replica_env(postgres, engine)
+    # Every replica knows the site's address (the balancer's): token realm, own names.
+    port = free_port()
+    env["CARGOHOLD_EXTERNAL_URL"] = f"http://127.0.0.1:{port}"
     started: list[Appliance] = []
     try:
         for n in range(replicas):
@@ -163,7 +167,7 @@ def start_site(root: Path, postgres: PostgresServer, engine: S3Engine, replicas:
             app = start_appliance(data_dir, env=env)
             app.env = {**app.env, **env}
             started.append(app)
-        balancer = start_balancer(root / "balancer", [a.port for a in started])
+        balancer = start_balancer(root / "balancer", [a.port for a in started], port)
     except BaseException:
         for app in started:
             app.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -222,7 +223,12 @@ class Config:
         host = self.bind.rsplit(":", 1)[0].strip("[]")
         names = {REGISTRY_HOSTNAME, "localhost", "127.0.0.1", "::1", host, socket.gethostname()}
         port = self.bind.rsplit(":", 1)[-1]
-        return frozenset({n.lower() for n in names} | {f"{n.lower()}:{port}" for n in names})
+        own = {n.lower() for n in names} | {f"{n.lower()}:{port}" for n in names}
+        if self.external_url:
+            # The site's address in front of the replicas (a load balancer: docs/operations.md "Scaling out").
+            parsed = urllib.parse.urlsplit(self.external_url)
+            own |= {n.lower() for n in (parsed.hostname, parsed.netloc) if n}
+        return frozenset(own)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, config_file: Path | None = None,

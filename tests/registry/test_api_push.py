@@ -26,13 +26,33 @@ def v2(appliance: Appliance) -> V2:
 
 
 def stored(appliance: Appliance, digest: str) -> bool:
-    """True if the blob store holds a file for `digest`."""
+    """True if the blob store holds a file (or, on an object store: --replicas, an object) for `digest`."""
     algorithm, encoded = digest.split(":", 1)
+    if "CARGOHOLD_STORAGE_URL" in appliance.env:
+        return bool(object_keys(appliance, f"blobs/{algorithm}/{encoded[:2]}/{encoded}"))
     return (appliance.data_dir / "blobs" / algorithm / encoded[:2] / encoded).exists()
 
 
 def upload_files(appliance: Appliance) -> set[str]:
+    """The sessions that hold bytes: files in uploads/, or on an object store their chunk objects."""
+    if "CARGOHOLD_STORAGE_URL" in appliance.env:
+        return {key.split("/")[-2] for key in object_keys(appliance, "uploads/")}
     return {p.name for p in (appliance.data_dir / "uploads").iterdir()}
+
+
+def object_keys(appliance: Appliance, under: str) -> list[str]:
+    """Keys under `under` in the appliance's object store, read with boto3 directly."""
+    import boto3
+
+    from registry.s3store import StorageURL
+
+    url = StorageURL.parse(appliance.env["CARGOHOLD_STORAGE_URL"])
+    s3 = boto3.client("s3", endpoint_url=url.endpoint, region_name=url.region,
+                      aws_access_key_id=appliance.env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=appliance.env["AWS_SECRET_ACCESS_KEY"])
+    prefix = f"{url.prefix}/{under}" if url.prefix else under
+    found = s3.list_objects_v2(Bucket=url.bucket, Prefix=prefix).get("Contents", [])
+    return [str(o["Key"]) for o in found]
 
 
 def raw_http(appliance: Appliance, head: str, body: bytes = b"", half_close: bool = True) -> tuple[int, bytes]:
