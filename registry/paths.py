@@ -15,10 +15,12 @@
                               A file here always holds exactly the bytes its name says.
       tmp/                    blobs being written: hashed, fsynced, verified, then
                               renamed into blobs/ (same filesystem, so the rename is atomic)
-      uploads/<uuid>          the bytes of an open upload session
+      uploads/<uuid>          the bytes of an open upload session (with an object store: only its lock on
+                              SQLite, nothing on PostgreSQL; the bytes are objects, registry.s3uploads)
       quarantine/             blobs `scrub` found damaged, moved aside
-      keys/                   trusted keys, the token-signing key and the other secrets
-                              (token-binding.key, ui-session.key, login-fingerprint.key)
+      keys/                   the token-signing key and the other secrets (token-binding.key,
+                              ui-session.key, login-fingerprint.key); with PostgreSQL metadata these
+                              live in its shared_secrets table instead (registry.tokens.shared_secret)
       tls/                    CA and server certificate and key
       imports/                bundles uploaded for import, and import scratch space
       seed/                   the default seed directory: bundles and definitions an installer placed
