@@ -34,11 +34,12 @@ class Readable(Protocol):
 class UploadChunks:
     """Upload sessions' chunks as objects of one store."""
 
-    def __init__(self, store: S3BlobStore) -> None:
+    def __init__(self, store: S3BlobStore, area: str = "uploads") -> None:
         self.store = store
+        self.area = area  # the key prefix's first segment: ``uploads`` (/v2/), ``tus`` (web.tus)
 
     def _prefix(self, uuid: str) -> str:
-        return self.store._under(f"uploads/{uuid}/")
+        return self.store._under(f"{self.area}/{uuid}/")
 
     def _key(self, uuid: str, start: int) -> str:
         return f"{self._prefix(uuid)}{start:0{OFFSET_DIGITS}d}"
@@ -103,6 +104,11 @@ class UploadChunks:
             at += take
         return io.BufferedReader(_Concatenated(self.store, keys), CHUNK)
 
+    def delete_chunk(self, uuid: str, start: int) -> None:
+        """Remove the chunk object at `start` (one that never counted)."""
+        with contextlib.suppress(Exception):  # a later chunk at the same offset replaces it anyway
+            self.store.client.delete_object(Bucket=self.store.url.bucket, Key=self._key(uuid, start))
+
     def delete(self, uuid: str) -> None:
         """Remove every chunk object of the session (idempotent)."""
         s = self.store
@@ -113,7 +119,7 @@ class UploadChunks:
     def sessions(self) -> Iterator[tuple[str, float]]:
         """(uuid, newest chunk's time) of every session that has chunk objects."""
         s = self.store
-        base = s._under("uploads/")
+        base = s._under(f"{self.area}/")
         newest: dict[str, float] = {}
         try:
             for page in s.client.get_paginator("list_objects_v2").paginate(Bucket=s.url.bucket, Prefix=base):

@@ -49,7 +49,7 @@ def _expire_tus(tus: TusUploads, jobs: ImportJobs) -> tuple[int, int]:
 
 def maintenance_jobs(config: Config, releases: Releases, uploads: Uploads, audit: AuditLog) -> MaintenanceJobs:
     """The maintenance jobs of `config`'s data directory, with its settings."""
-    tus = TusUploads(config.paths, config.upload_expiry_seconds, config.bundle_max_bytes)
+    tus = TusUploads(config.paths, config.upload_expiry_seconds, config.bundle_max_bytes, uploads.registry.store)
     imports = ImportJobs(config.paths)
     return MaintenanceJobs(releases, uploads, audit, config.scrub_rate_bytes,
                            [ExpireStep("importUploads", lambda: _expire_tus(tus, imports))],

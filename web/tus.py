@@ -36,6 +36,15 @@ outlives its bytes, marked with the final it went into: each partial is
 used once, and a retried final request gets the same final upload back.
 Removing a final removes its partials; partials nobody concatenates expire
 like any upload.
+
+Replicas (an object store and PostgreSQL metadata shared by several
+appliances, docs/operations.md "Scaling out"): a chunk may reach any
+replica, so the bytes of an open upload are objects, one per chunk
+(``<prefix>/tus/<id>/<offset>``, registry.s3uploads), and the upload's lock
+is an advisory lock in PostgreSQL. The replica that receives the last byte
+(or the final of a concatenation) streams the objects into its own
+``imports/tus/<id>/`` with flat memory, completes the upload there and runs
+its import; then the objects go.
 """
 
 from __future__ import annotations
@@ -57,9 +66,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from registry import hashstate
-from registry.db import open_database, register_migrations, write_transaction
+from registry.db import cluster_lock, open_database, register_migrations, write_transaction
 from registry.dbengine import Database, Migrations
+from registry.errors import RegistryError
 from registry.paths import DataPaths
+from registry.s3store import S3BlobStore
+from registry.s3uploads import UploadChunks
 
 BLOCK = 1 << 20
 MAX_METADATA_BYTES = 4096
@@ -172,11 +184,14 @@ class TusUploads:
     _COLUMNS = ("id, length, \"offset\", metadata, owner, created_at, expires_at, completed_at, sha256, filename, "
                 "job_id, concat, parts, final_id")
 
-    def __init__(self, paths: DataPaths, expiry_seconds: int, max_size: int) -> None:
+    def __init__(self, paths: DataPaths, expiry_seconds: int, max_size: int, store: object = None) -> None:
         self.paths = paths
         self.expiry_seconds = expiry_seconds
         self.max_size = max_size
         self.root = paths.imports / "tus"
+        # Open uploads' bytes in the object store when replicas share it and PostgreSQL (see the module docstring).
+        self.chunks = (UploadChunks(store, "tus") if isinstance(store, S3BlobStore) and paths.database_url
+                       else None)
 
     @property
     def db(self) -> Database:
@@ -202,9 +217,10 @@ class TusUploads:
                            "(bundle_max_bytes)")
         self.expire()
         upload_id = uuid.uuid4().hex
-        directory = self.directory(upload_id)
-        directory.mkdir(parents=True)
-        (directory / "data").touch()
+        if self.chunks is None:
+            directory = self.directory(upload_id)
+            directory.mkdir(parents=True)
+            (directory / "data").touch()
         now = time.time()
         state = hashstate.ResumableSha256().state() if hashstate.available() else None
         with write_transaction(self.db) as db:
@@ -215,6 +231,8 @@ class TusUploads:
         upload = self.get(upload_id)
         assert upload is not None
         if length == 0:
+            if self.chunks is not None:
+                self._materialize([upload_id], upload_id)
             upload = self._complete(upload, None)
         return upload
 
@@ -251,6 +269,8 @@ class TusUploads:
             db.execute("DELETE FROM tus_uploads WHERE id = ? OR final_id = ?", [upload_id, upload_id])
         for gone in [upload_id, *parts]:
             shutil.rmtree(self.directory(gone), ignore_errors=True)
+            if self.chunks is not None:
+                self.chunks.delete(gone)
 
     def expire(self, now: float | None = None) -> int:
         """Remove every upload past its expiry; returns how many."""
@@ -258,6 +278,11 @@ class TusUploads:
         rows = self.db.execute("SELECT id FROM tus_uploads WHERE expires_at <= ?", [now]).fetchall()
         for (upload_id,) in rows:
             self.delete(upload_id)
+        if self.chunks is not None:  # objects of uploads no row names any more (a replica died mid-delete)
+            known = {r[0] for r in self.db.execute("SELECT id FROM tus_uploads").fetchall()}
+            for upload_id, newest in self.chunks.sessions():
+                if upload_id not in known and newest < now - self.expiry_seconds:
+                    self.chunks.delete(upload_id)
         return len(rows)
 
     def discard_file(self, upload: TusUpload) -> None:
@@ -282,6 +307,9 @@ class TusUploads:
         if upload.concat == FINAL:
             raise TusError(403, f"upload {upload_id} is a final upload (tus concatenation): its bytes come from "
                            "its partial uploads, and it takes no PATCH")
+        if self.chunks is not None:
+            with cluster_lock(self.paths, f"tus:{upload_id}"):
+                return self._append_remote(upload_id, offset, body, content_length, checksum, on_complete)
         path = self.directory(upload.id) / "data"
         try:
             handle = path.open("r+b")
@@ -315,6 +343,82 @@ class TusUploads:
             if upload.complete:
                 upload = self._complete(upload, on_complete)
         return upload
+
+    def _append_remote(self, upload_id: str, offset: int, body: IO[bytes], content_length: int | None,
+                       checksum: bytes | None, on_complete: Callable[[TusUpload], None] | None) -> TusUpload:
+        """`append` with the chunk as an object, under the upload's advisory lock (replicas)."""
+        chunks = self.chunks
+        assert chunks is not None
+        upload = self.get(upload_id)  # re-read under the lock: another replica may have appended
+        if upload is None:
+            raise TusError(404, f"no upload {upload_id} (terminated)")
+        if offset != upload.offset:
+            raise TusError(409, f"Upload-Offset {offset} does not match the upload's offset {upload.offset}")
+        if upload.complete:
+            raise TusError(409, f"upload {upload_id} is already complete")
+        room = upload.length - upload.offset
+        if content_length is not None and content_length > room:
+            raise TusError(413, f"the chunk of {content_length} bytes goes past the declared Upload-Length "
+                           f"({room} bytes left)")
+        state = self._saved_state(upload.id)
+        reader = _ChunkReader(body, room if content_length is None else content_length, state,
+                              checksum is not None)
+        chunks.put(upload.id, upload.offset, reader)
+        received = reader.received
+        dropped = reader.dropped or (content_length is not None and received < content_length)
+
+        this_id, start = upload.id, upload.offset
+
+        def cut() -> None:  # the chunk does not count: its object goes (a later chunk would replace it anyway)
+            chunks.delete_chunk(this_id, start)
+
+        if content_length is None and received == room and body.read(1):
+            cut()
+            raise TusError(413, "the chunk goes past the declared Upload-Length")
+        if checksum is not None and (dropped or reader.chunk_digest() != checksum):
+            cut()
+            if dropped:
+                raise TusError(400, "the chunk arrived incomplete and was discarded (its checksum cannot be checked)")
+            raise TusError(460, "Upload-Checksum does not match the chunk's sha256; the chunk was discarded")
+        if upload.offset + received == upload.length and upload.concat != PARTIAL:
+            # The last byte: this replica takes the whole upload into its own data directory and completes it.
+            self._materialize([upload.id], upload.id, upload.offset + received)
+            done = self._complete(upload, on_complete, (upload.offset + received, reader.state()))
+            if upload.metadata.get("kind", "bundle") == "bundle":
+                # A signature or a split bundle's part is read later by whichever replica gets the request
+                # that names it (`open_completed`): its objects stay until it is deleted or expires.
+                chunks.delete(upload.id)
+            return done
+        with write_transaction(self.db) as db:
+            db.execute("UPDATE tus_uploads SET \"offset\" = \"offset\" + ?, hash_state = ?, expires_at = ? "
+                       "WHERE id = ?", [received, reader.state(), time.time() + self.expiry_seconds, upload.id])
+        upload = self.get(upload_id)
+        assert upload is not None
+        if upload.complete:
+            upload = self._complete(upload, on_complete)
+        return upload
+
+    def _materialize(self, sources: Sequence[str], upload_id: str, size: int | None = None) -> None:
+        """Stream the chunk objects of `sources` (their committed lengths, in order) into
+        ``<id>/data`` here, fsynced; `size` for a single source whose last chunk is not yet recorded."""
+        assert self.chunks is not None
+        directory = self.directory(upload_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / "data").open("wb") as out:
+            for source in sources:
+                length = size if size is not None else (self._load(source) or _gone(source)).offset
+                with self.chunks.reader(source, length) as f:
+                    while block := f.read(BLOCK):
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def open_completed(self, upload: TusUpload) -> IO[bytes]:
+        """A completed upload's bytes: its file here, or (replicas) its objects, wherever it completed."""
+        path = self.data_path(upload)
+        if self.chunks is not None and not path.exists():
+            return self.chunks.reader(upload.id, upload.length)
+        return path.open("rb")
 
     def _saved_state(self, upload_id: str) -> bytes | None:
         row = self.db.execute("SELECT hash_state FROM tus_uploads WHERE id = ?", [upload_id]).fetchone()
@@ -437,6 +541,9 @@ class TusUploads:
 
     def _assemble(self, final_id: str, on_complete: Callable[[TusUpload], None] | None) -> TusUpload:
         """Write the final upload's bytes from its parts, continuing a cut-short assembly; returns it complete."""
+        if self.chunks is not None:
+            with cluster_lock(self.paths, f"tus:{final_id}"):
+                return self._assemble_remote(final_id, on_complete)
         directory = self.directory(final_id)
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / ".lock").open("a+b") as lock:
@@ -488,6 +595,37 @@ class TusUploads:
             if final is None or not final.complete:
                 raise TusError(404, f"the final upload {final_id} was terminated while it was assembled")
             return self._complete(final, on_complete)
+
+    def _assemble_remote(self, final_id: str, on_complete: Callable[[TusUpload], None] | None) -> TusUpload:
+        """`_assemble` from the parts' objects, in one pass on this replica (a cut-short one starts over)."""
+        assert self.chunks is not None
+        final = self._load(final_id)
+        if final is None:
+            raise TusError(404, f"the final upload {final_id} was terminated while it was assembled")
+        if final.completed_at is not None:
+            return final
+        for part_id in final.parts:
+            if self._load(part_id) is None:
+                self.delete(final_id)
+                raise TusError(404, f"partial upload {part_id} was removed before its final upload "
+                               f"{final_id} was assembled; upload the file again")
+        try:
+            self._materialize(final.parts, final_id)
+        except RegistryError as exc:
+            self.delete(final_id)
+            raise TusError(404, f"the bytes of a partial upload of {final_id} are gone; upload the file "
+                           "again") from exc
+        with write_transaction(self.db) as db:
+            # The hash is taken from the assembled file by `_complete` (no running state across parts here).
+            db.execute("UPDATE tus_uploads SET \"offset\" = length, hash_state = NULL, expires_at = ? WHERE id = ?",
+                       [time.time() + self.expiry_seconds, final_id])
+        final = self._load(final_id)
+        if final is None or not final.complete:
+            raise TusError(404, f"the final upload {final_id} was terminated while it was assembled")
+        done = self._complete(final, on_complete)
+        for part_id in final.parts:
+            self.chunks.delete(part_id)
+        return done
 
     def _complete(self, upload: TusUpload, on_complete: Callable[[TusUpload], None] | None,
                   landed: tuple[int, bytes | None] | None = None) -> TusUpload:
@@ -607,3 +745,44 @@ def _safe_name(name: str) -> str:
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip("._-")
     return cleaned[:200] if cleaned != "data" else "data.bin"
+
+
+def _gone(upload_id: str) -> TusUpload:
+    raise TusError(404, f"upload {upload_id} was removed meanwhile")
+
+
+class _ChunkReader:
+    """A tus chunk read up to `limit` bytes for the object store: running and per-chunk SHA-256, a drop noted."""
+
+    def __init__(self, body: IO[bytes], limit: int, state: bytes | None, chunk_hash: bool) -> None:
+        self._body = body
+        self._left = limit
+        self._running = hashstate.ResumableSha256(state) if state is not None else None
+        self._chunk = hashlib.sha256() if chunk_hash else None
+        self.received = 0
+        self.dropped = False
+
+    def read(self, size: int = -1) -> bytes:
+        want = min(BLOCK if size is None or size < 0 else size, self._left)
+        if want <= 0 or self.dropped:
+            return b""
+        try:
+            block = self._body.read(want)
+        except Exception:  # the client went away mid-chunk (OSError, werkzeug's ClientDisconnected)
+            self.dropped = True
+            return b""
+        if not block:
+            return b""
+        for h in (self._running, self._chunk):
+            if h is not None:
+                h.update(block)
+        self._left -= len(block)
+        self.received += len(block)
+        return block
+
+    def state(self) -> bytes | None:
+        return self._running.state() if self._running is not None else None
+
+    def chunk_digest(self) -> bytes:
+        assert self._chunk is not None
+        return self._chunk.digest()

@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from tusclient import client as tus_client
 
 from bundles import keys
 from tests.appliance import ADMIN_PASSWORD, Appliance
@@ -34,6 +36,8 @@ from tests.pgengine import PostgresServer
 from tests.registry.harborapi import Harbor
 from tests.replicas import Site, requests_served, start_site
 from tests.s3engines import S3Engine
+from tests.web.test_ui_tus import Sha256Uploader
+from tests.web.uiutil import build_bundle, detached_signature
 
 TIMEOUT = 60
 AUTH = ("admin", ADMIN_PASSWORD)
@@ -289,3 +293,63 @@ def test_gc_on_one_replica_during_pushes_through_both_loses_nothing(site: Site) 
             assert m.status_code == 200, (tag, replica.host, m.text)
             got = requests.get(f"{replica.url}/v2/{repo}/blobs/{digest}", auth=AUTH, timeout=TIMEOUT)
             assert got.status_code == 200 and got.content == layer, (tag, replica.host)
+
+
+def test_a_tus_bundle_upload_with_chunks_on_both_replicas_imports_and_pulls_everywhere(
+        site: Site, tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
+    """tuspy through the balancer: the signature and the bundle's chunks alternate between the replicas."""
+    private, public = key_pair
+    a, b = site.replicas
+    _cli(a, "keys", "add", str(public), "--description", "tus", check=False)  # may be trusted already
+    bundle, digests = build_bundle(tmp_path, private, "tusreplicas", "1", {"docker.io/cargotest/tusrep:1": 1_500_000},
+                                   seed=202)
+    signature = detached_signature(bundle, private)
+    headers = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()}
+    client = tus_client.TusClient(f"{site.url}/api/v1/uploads", headers=headers)
+    sig = Sha256Uploader(str(signature), client=client, metadata={"filename": signature.name, "kind": "signature"},
+                         upload_checksum=True)
+    sig.upload()
+    assert sig.url is not None
+    up = Sha256Uploader(str(bundle), client=client, chunk_size=256 << 10, upload_checksum=True,
+                        metadata={"filename": bundle.name, "kind": "bundle", "signature": sig.url.rsplit("/", 1)[1]})
+    up.upload()
+    assert up.url is not None
+    upload_id = up.url.rsplit("/", 1)[1]
+    for replica in (a, b):
+        assert requests_served_any(replica, "PATCH", upload_id), f"{replica.host} took no chunk of the upload"
+    head = requests.head(f"{site.url}/api/v1/uploads/{upload_id}", headers={"Tus-Resumable": "1.0.0", **headers},
+                         timeout=TIMEOUT)
+    job_id = head.headers["Cargohold-Import-Job"]
+    deadline = time.monotonic() + 120
+    while True:  # the job runs on the replica that took the last chunk; either answers for it
+        job = requests.get(f"{site.url}/api/v1/imports/{job_id}", auth=AUTH, timeout=TIMEOUT).json()
+        if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert job["state"] == "done", job
+    for replica in (a, b):
+        for ref, digest in digests.items():
+            repo = "spectro-images/" + ref.split(":")[0]
+            r = requests.get(f"{replica.url}/v2/{repo}/manifests/{digest}", auth=AUTH, timeout=TIMEOUT,
+                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                                                "application/vnd.oci.image.index.v1+json"})
+            assert r.status_code == 200, (replica.host, r.text)
+    # Nothing of the upload is left in the bucket's tus area once the bundle is imported.
+    s3_keys = [k for k in _bucket_keys(site, "site/tus/") if upload_id in k]
+    assert not s3_keys, s3_keys
+
+
+def requests_served_any(app: Appliance, method: str, part: str) -> bool:
+    return requests_served(app, method, part, at_least=1) >= 1
+
+
+def _bucket_keys(site: Site, prefix: str) -> list[str]:
+    import boto3
+
+    from registry.s3store import StorageURL
+
+    url = StorageURL.parse(site.env["CARGOHOLD_STORAGE_URL"])
+    s3 = boto3.client("s3", endpoint_url=url.endpoint, region_name=url.region,
+                      aws_access_key_id=site.env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=site.env["AWS_SECRET_ACCESS_KEY"])
+    return [str(o["Key"]) for o in s3.list_objects_v2(Bucket=site.bucket, Prefix=prefix).get("Contents", [])]

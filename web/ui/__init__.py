@@ -69,7 +69,7 @@ def init_app(app: Flask, imports: ImportServices, definitions: ClusterDefinition
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
     )
     ui = UiServices(imports, definitions, TusUploads(config.paths, config.upload_expiry_seconds,
-                                                      config.bundle_max_bytes), signer)
+                                                      config.bundle_max_bytes, services.registry.store), signer)
     app.extensions["cargohold.ui"] = ui
     app.jinja_env.globals["cargohold_version"] = VERSION  # the footer of every page (base.html)
     app.register_blueprint(session_blueprint())

@@ -192,7 +192,7 @@ def _start_import(upload: TusUpload) -> None:
                       "signature again", "SIGNATURE")
             ui.uploads.set_job(upload.id, job.id)
             return
-        with ui.uploads.data_path(sig).open("rb") as f:
+        with ui.uploads.open_completed(sig) as f:
             signature = f.read(MAX_SIGNATURE_BYTES + 1)
     job = start_in_background(ui.imports.importer, jobs, path, signature, [path])
     ui.uploads.set_job(upload.id, job.id)
