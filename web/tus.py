@@ -413,6 +413,28 @@ class TusUploads:
             out.flush()
             os.fsync(out.fileno())
 
+    def local_path(self, upload: TusUpload) -> Path:
+        """`data_path`, first brought here from the object store if the upload completed on another replica
+        (a signature or a split bundle's part: their objects stay until they expire); flat memory."""
+        path = self.data_path(upload)
+        if self.chunks is None or path.exists() or not upload.complete or not upload.filename:
+            return path
+        directory = self.directory(upload.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".fetch-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with tmp.open("wb") as out, self.chunks.reader(upload.id, upload.length) as f:
+                while block := f.read(BLOCK):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except RegistryError:
+            return path  # its objects are gone too: the caller finds no file and says so
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
     def open_completed(self, upload: TusUpload) -> IO[bytes]:
         """A completed upload's bytes: its file here, or (replicas) its objects, wherever it completed."""
         path = self.data_path(upload)

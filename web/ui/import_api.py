@@ -68,7 +68,7 @@ def _uploads_of_job(job_id: str) -> list[TusUpload]:
 def _signature_bytes(upload: TusUpload | None) -> bytes | None:
     if upload is None:
         return None
-    path = _ui().uploads.data_path(upload)
+    path = _ui().uploads.local_path(upload)
     if not path.is_file():
         raise BundleRefused("NOT_FOUND", "the uploaded signature is no longer on the appliance")
     with path.open("rb") as f:
@@ -91,12 +91,12 @@ def _link_parts(parts: list[TusUpload]) -> tuple[Any, list[Any]]:
     """Hard-link every part beside the first; returns (the bundle path the importer reads, the files to remove
     once imported)."""
     uploads = _ui().uploads
-    first = uploads.data_path(parts[0])
+    first = uploads.local_path(parts[0])
     directory = first.parent
     base = PART_SUFFIX.sub("", first.name)
     cleanup = []
     for upload in parts:
-        path = uploads.data_path(upload)
+        path = uploads.local_path(upload)
         if not path.is_file():
             raise BundleRefused("NOT_FOUND", f"the uploaded part {upload.filename} is no longer on the appliance")
         cleanup.append(path)
@@ -239,16 +239,16 @@ def create_blueprint() -> Blueprint:
         uploads = _ui().uploads
         try:
             if bundle:
-                path = uploads.data_path(bundle[0])
+                path = uploads.local_path(bundle[0])
                 if not path.is_file():
                     return gone
                 sig_id = bundle[0].metadata.get("signature")
                 sig = uploads._load(sig_id) if sig_id else None
-                if sig_id and (sig is None or not uploads.data_path(sig).is_file()):
+                if sig_id and (sig is None or not uploads.local_path(sig).is_file()):
                     return gone
                 new = _start(who, path, _signature_bytes(sig), [bundle[0], *([sig] if sig else [])], [path])
             else:
-                if not all(uploads.data_path(p).is_file() for p in parts):
+                if not all(uploads.local_path(p).is_file() for p in parts):
                     return gone
                 sigs = [u for u in read if u.metadata.get("kind") == "signature"]
                 source, cleanup = _link_parts(parts)
