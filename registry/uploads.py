@@ -71,6 +71,8 @@ class Uploads:
 
     def require_space(self, incoming: int | None) -> None:
         """Raise INSUFFICIENT_STORAGE unless `incoming` bytes fit above the free-space reserve."""
+        if self.chunks is not None:
+            return  # the bytes go to the object store, not the data volume (its quota answers)
         require_space(self.paths.root, incoming or 0, self.reserve_bytes, "this upload")
 
     def start(self, name: str) -> UploadSession:
