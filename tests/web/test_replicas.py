@@ -353,3 +353,30 @@ def _bucket_keys(site: Site, prefix: str) -> list[str]:
                       aws_access_key_id=site.env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=site.env["AWS_SECRET_ACCESS_KEY"])
     return [str(o["Key"]) for o in s3.list_objects_v2(Bucket=site.bucket, Prefix=prefix).get("Contents", [])]
+
+
+def test_expiry_of_a_stale_upload_removes_its_chunk_objects(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload expiry (what GC and the maintenance job run) takes a session's objects with its row."""
+    repo = f"spectro-images/replicas/expire{uuid.uuid4().hex[:8]}"
+    r = _req("POST", f"{site.url}/v2/{repo}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    location = r.headers["Location"]
+    upload = location.split("?")[0].rsplit("/", 1)[-1]
+    r = _req("PATCH", f"{site.url}{location}", data=b"x" * 70_000,
+             headers={"Content-Type": "application/octet-stream", "Content-Range": "0-69999"})
+    assert r.status_code == 202, r.text
+    assert [k for k in _bucket_keys(site, "site/uploads/") if upload in k], "the chunk is an object"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, site.env[name])
+    from registry.model import Registry
+    from registry.paths import DataPaths
+    from registry.s3store import open_s3_store
+    from registry.uploads import Uploads
+
+    paths = DataPaths(site.replicas[1].data_dir, site.env["CARGOHOLD_DATABASE_URL"])
+    uploads = Uploads(Registry(paths, open_s3_store(site.env["CARGOHOLD_STORAGE_URL"], None)))
+    count, _ = uploads.expire(max_age=0)
+    assert count >= 1
+    assert not [k for k in _bucket_keys(site, "site/uploads/") if upload in k]
+    r = _req("GET", f"{site.url}{location}")
+    assert r.status_code == 404, r.text
