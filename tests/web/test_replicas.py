@@ -34,7 +34,7 @@ from tests.bundles import craft
 from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, source_digest, unique_layout
 from tests.pgengine import PostgresServer
 from tests.registry.harborapi import Harbor
-from tests.replicas import Site, requests_served, start_site
+from tests.replicas import Site, replica_env, requests_served, start_site
 from tests.s3engines import S3Engine
 from tests.web.test_ui_tus import Sha256Uploader
 from tests.web.uiutil import build_bundle, detached_signature
@@ -380,3 +380,35 @@ def test_expiry_of_a_stale_upload_removes_its_chunk_objects(site: Site, monkeypa
     assert not [k for k in _bucket_keys(site, "site/uploads/") if upload in k]
     r = _req("GET", f"{site.url}{location}")
     assert r.status_code == 404, r.text
+
+
+def test_two_replicas_starting_together_on_a_new_database_agree_on_schema_and_keys(
+        postgres: PostgresServer, ceph_rgw: S3Engine, tmp_path: Path) -> None:
+    """Both migrate and create the shared secrets at once: one wins each, neither refuses, both sign alike."""
+    env, _ = replica_env(postgres, ceph_rgw)
+    started: dict[int, Appliance] = {}
+    failures: list[BaseException] = []
+
+    def start(n: int) -> None:
+        try:
+            started[n] = start_appliance(tmp_path / f"r{n}", env=env)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert not failures, failures
+        a, b = started[0], started[1]
+        r = requests.get(f"{a.url}/service/token", params={"service": "harbor-registry",
+                         "scope": "registry:catalog:*"}, auth=AUTH, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        got = requests.get(f"{b.url}/v2/_catalog", headers={"Authorization": f"Bearer {r.json()['token']}"},
+                           timeout=TIMEOUT)
+        assert got.status_code == 200, got.text
+    finally:
+        for app in started.values():
+            app.stop()
