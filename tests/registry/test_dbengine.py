@@ -152,7 +152,8 @@ def test_each_thread_and_process_has_its_own_connection(tmp_path: Path, postgres
 
 
 def test_a_job_another_machine_runs_is_not_declared_interrupted_here(tmp_path: Path, postgres: PostgresServer) -> None:
-    """Appliances share the metadata: a job whose process is on another machine (another boot id) is left alone."""
+    """Appliances share the metadata: a job whose process is on another machine (another boot id) is left alone
+    while that machine's lease is fresh (registry.leases; tests/bundles/test_job_leases.py: once it ran out)."""
     from bundles.jobs import ImportJobs
 
     paths = DataPaths(tmp_path / "data", postgres.create_database())
@@ -163,6 +164,7 @@ def test_a_job_another_machine_runs_is_not_declared_interrupted_here(tmp_path: P
     dead = jobs.create("dead.tar.zst")
     with write_transaction(open_database(paths)) as db:
         db.execute("UPDATE import_jobs SET pid_start = ? WHERE id = ?", ["another-boot-id:12345", theirs.id])
+        db.execute("INSERT INTO machine_leases (boot_id, heartbeat_at) VALUES (?, ?)", ["another-boot-id", time.time()])
         db.execute("UPDATE import_jobs SET pid = 999999999 WHERE id = ?", [dead.id])  # this machine's, gone
     assert jobs.get(mine.id).state == "verifying"  # type: ignore[union-attr]
     assert jobs.get(theirs.id).state == "verifying"  # type: ignore[union-attr]
