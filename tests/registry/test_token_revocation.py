@@ -20,8 +20,10 @@ import jwt
 import requests
 from cryptography.hazmat.primitives import serialization
 
+from registry.dbengine import PostgresDatabase
 from tests.appliance import Appliance
 from tests.bundles.buildutil import cargohold
+from tests.pgengine import metadata
 from tests.registry.conftest import SourceImages, require, run
 from tests.registry.harborapi import Harbor, RobotAccount, errors, token_claims
 
@@ -200,10 +202,18 @@ def test_an_anonymous_token_stops_pulling_once_the_project_is_private(appliance:
     _refused(_tags(appliance, repository, bearer), "anonymous", "no longer")
 
 
+def _signing_key_pem(appliance: Appliance) -> bytes:
+    """The appliance's token-signing key: keys/ beside SQLite, the shared_secrets table with PostgreSQL."""
+    with metadata(appliance.data_dir) as db:
+        if isinstance(db, PostgresDatabase):
+            row = db.execute("SELECT value FROM shared_secrets WHERE name = 'token-signing-key.pem'").fetchone()
+            return bytes(row[0])
+    return (appliance.data_dir / "keys" / "token-signing-key.pem").read_bytes()
+
+
 def test_a_token_that_does_not_name_its_account_is_refused(appliance: Appliance) -> None:
     """A token in the old shape (no holder claim), signed with the appliance's own key: issued before an upgrade."""
-    key = serialization.load_pem_private_key((appliance.data_dir / "keys" / "token-signing-key.pem").read_bytes(),
-                                             password=None)
+    key = serialization.load_pem_private_key(_signing_key_pem(appliance), password=None)
     now = int(time.time())
     old = jwt.encode({"iss": "harbor-token-issuer", "sub": "admin", "aud": "harbor-registry", "iat": now,
                       "nbf": now - 5, "exp": now + 600, "jti": uuid.uuid4().hex,
