@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -73,7 +73,6 @@ from scripts.bench_registry import (  # noqa: E402
     REPO,
     MiB,
     Registry,
-    _rotated,
     appliance_info,
     curl_get,
     log,
@@ -97,6 +96,15 @@ TOOLS = {
     "nginx": "apt-get install nginx-light",
     **{b: "apt-get install ceph-mon ceph-osd radosgw ceph-common" for b in CEPH_BINARIES},
 }
+
+
+T = TypeVar("T")
+
+
+def rotated(items: list[T], i: int) -> list[T]:
+    """Round i's order: each item takes each position in turn, so load drift hits all alike."""
+    k = i % len(items)
+    return items[k:] + items[:k]
 
 
 @dataclass(frozen=True)
@@ -336,10 +344,10 @@ def run(sizes: Sizes, work: Path) -> Results:
             push_manifest(reg, REPO, "v1", work, [tiny])
         # Both replicas answer it (not one from a cache of its own): check through each before measuring.
         for app in (replica1, replica2):
-            r = requests.head(f"{app.url}/v2/{REPO}/manifests/v1", timeout=10,
-                              headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-            if r.status_code != 200:
-                raise RuntimeError(f"replica {app.host} answers {r.status_code} for the manifest")
+            answer = requests.head(f"{app.url}/v2/{REPO}/manifests/v1", timeout=10,
+                                   headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            if answer.status_code != 200:
+                raise RuntimeError(f"replica {app.host} answers {answer.status_code} for the manifest")
 
         series = ("blob_mbs", "manifest_rps", "cpu_us", "app_cpu_us", "pg_cpu_us", "ceph_cpu_us")
         runs: dict[str, dict[str, list[Any]]] = {k: {s.name: [] for s in setups} for k in series}
@@ -348,7 +356,7 @@ def run(sizes: Sizes, work: Path) -> Results:
         blob_runs = 2
         for r in range(sizes.rounds):
             log(f"round {r + 1}/{sizes.rounds} (load {os.getloadavg()[0]:.2f})")
-            order = _rotated(setups, r)  # type: ignore[arg-type]
+            order = rotated(setups, r)
             for s in order:
                 for _ in range(blob_runs):
                     runs["blob_mbs"][s.name].append(curl_get(f"{s.reg.url}/v2/{REPO}/blobs/{big.digest}", big.size))
@@ -364,14 +372,15 @@ def run(sizes: Sizes, work: Path) -> Results:
                          "pg_cpu_us": cpu_of(s.pg_roots), "ceph_cpu_us": cpu_of(s.ceph_roots)}
                 for key, value in after.items():
                     runs[key][s.name].append((value - before[key]) / out["requests"] * 1e6)
-            for t in _rotated(push_targets, r):  # type: ignore[arg-type]
+            for target in rotated(push_targets, r):
                 reg = {"embedded": a, "1 replica": b, "2 replicas, affinity": lb_aff,
-                       "2 replicas, round-robin": lb_rr}[t]
-                got = push_image(reg, layouts[(t, r)], f"spectro-images/bench/push-{r}-{push_targets.index(t)}")
-                runs["push_s"][t].append(got)
+                       "2 replicas, round-robin": lb_rr}[target]
+                got = push_image(reg, layouts[(target, r)],
+                                 f"spectro-images/bench/push-{r}-{push_targets.index(target)}")
+                runs["push_s"][target].append(got)
                 if isinstance(got, str):
-                    res.failures.append(f"push, {t}, round {r + 1}: {got}")
-                    log(f"  push through {t} failed: {got}")
+                    res.failures.append(f"push, {target}, round {r + 1}: {got}")
+                    log(f"  push through {target} failed: {got}")
         res.machine["load_at_end"] = os.getloadavg()
     finally:
         for stop in reversed(stops):
