@@ -41,8 +41,9 @@ object-store and PostgreSQL paths and of the extra hop.
 This is a measurement, not a test: it asserts nothing and never runs in the
 test suite. Everything listens on 127.0.0.1 and stops at the end.
 
-    python scripts/bench_scaleout.py              # full run (about 12 minutes)
-    python scripts/bench_scaleout.py --quick      # small sizes, a smoke check (about 4 minutes)
+    python scripts/bench_scaleout.py              # full run, 3 rounds (about 4 minutes)
+    python scripts/bench_scaleout.py --rounds 5   # more rounds when the machine is noisy
+    python scripts/bench_scaleout.py --quick      # small sizes, one round: a smoke check (about 1 minute)
     python scripts/bench_scaleout.py --json out.json
 
 Needs: skopeo, curl, wrk, nginx, Debian's postgresql and the Ceph packages
@@ -442,6 +443,7 @@ def report(res: Results) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and one round: a smoke check")
+    parser.add_argument("--rounds", type=int, help="rounds of every measure (default: 3, --quick: 1)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     args = parser.parse_args()
@@ -451,6 +453,11 @@ def main() -> int:
         print("missing: " + "; ".join(missing), file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            print("--rounds must be at least 1", file=sys.stderr)
+            return 2
+        sizes = Sizes(sizes.big_blob, sizes.image_layers, args.rounds, sizes.wrk_seconds)
     work = Path(tempfile.mkdtemp(prefix="cargohold-scaleout-"))
     started = time.monotonic()
     try:
