@@ -46,8 +46,8 @@ test suite. Everything listens on 127.0.0.1 and stops at the end.
     python scripts/bench_scaleout.py --quick      # small sizes, one round: a smoke check (about 1 minute)
     python scripts/bench_scaleout.py --json out.json
 
-Needs: skopeo, curl, wrk, nginx, Debian's postgresql and the Ceph packages
-(scripts/setup-test-env installs them all).
+Needs: wrk (``apt-get install wrk``), and skopeo, curl, nginx, Debian's postgresql and Ceph packages, psycopg
+and boto3, which scripts/setup-test-env installs.
 """
 
 from __future__ import annotations
