@@ -17,7 +17,9 @@ Starts, on loopback ports in a temporary directory:
   replicas, one that sends every request naming a repository to the replica its
   repository name hashes to (upload affinity: a push's POST, PATCHes and PUT
   reach one replica). Both keep up to 32 idle upstream connections per worker
-  (``keepalive 32``): balancing stays per request, not per connection.
+  (``keepalive 32``): balancing stays per request, not per connection. Request
+  bodies stream through unbuffered; answers go through 16 x 64 KiB buffers and
+  never a temporary file, as the appliance's own front proxies the store.
 
 and measures, rotating the setups' order every round so that background load
 hits all alike:
@@ -198,7 +200,10 @@ def start_balancer(work: Path, backends: list[str]) -> Balancer:
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_request_buffering off;
-            proxy_buffering off;
+            proxy_buffering on;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_max_temp_file_size 0;
             proxy_read_timeout 600s;
             proxy_send_timeout 600s;"""
     conf = prefix / "nginx.conf"
@@ -350,9 +355,12 @@ def run(sizes: Sizes, work: Path) -> Results:
             if answer.status_code != 200:
                 raise RuntimeError(f"replica {app.host} answers {answer.status_code} for the manifest")
 
-        series = ("blob_mbs", "manifest_rps", "cpu_us", "app_cpu_us", "pg_cpu_us", "ceph_cpu_us")
+        series = ("blob_mbs", "blob_cpu_s_per_gib", "manifest_rps", "cpu_us", "app_cpu_us", "pg_cpu_us", "ceph_cpu_us")
         runs: dict[str, dict[str, list[Any]]] = {k: {s.name: [] for s in setups} for k in series}
         runs["push_s"] = {t: [] for t in push_targets}
+        runs["push_cpu_s"] = {t: [] for t in push_targets}
+        push_setup = {"embedded": setups[0], "1 replica": setups[1], "2 replicas, affinity": setups[2],
+                      "2 replicas, round-robin": setups[2]}
         res.runs = runs
         blob_runs = 2
         for r in range(sizes.rounds):
@@ -360,7 +368,9 @@ def run(sizes: Sizes, work: Path) -> Results:
             order = rotated(setups, r)
             for s in order:
                 for _ in range(blob_runs):
+                    cpu0 = cpu_of(s.cpu_roots)
                     runs["blob_mbs"][s.name].append(curl_get(f"{s.reg.url}/v2/{REPO}/blobs/{big.digest}", big.size))
+                    runs["blob_cpu_s_per_gib"][s.name].append((cpu_of(s.cpu_roots) - cpu0) / (big.size / (1 << 30)))
             for s in order:
                 before = {k: cpu_of(roots) for k, roots in (("cpu_us", s.cpu_roots), ("app_cpu_us", s.app_roots),
                                                             ("pg_cpu_us", s.pg_roots), ("ceph_cpu_us", s.ceph_roots))}
@@ -376,9 +386,11 @@ def run(sizes: Sizes, work: Path) -> Results:
             for target in rotated(push_targets, r):
                 reg = {"embedded": a, "1 replica": b, "2 replicas, affinity": lb_aff,
                        "2 replicas, round-robin": lb_rr}[target]
+                cpu0 = cpu_of(push_setup[target].cpu_roots)
                 got = push_image(reg, layouts[(target, r)],
                                  f"spectro-images/bench/push-{r}-{push_targets.index(target)}")
                 runs["push_s"][target].append(got)
+                runs["push_cpu_s"][target].append(cpu_of(push_setup[target].cpu_roots) - cpu0)
                 if isinstance(got, str):
                     res.failures.append(f"push, {target}, round {r + 1}: {got}")
                     log(f"  push through {target} failed: {got}")
@@ -409,6 +421,7 @@ def report(res: Results) -> None:
     print(f"machine: {res.machine['cores']} cores; load at start {res.machine['load_at_start']}, "
           f"at end {res.machine.get('load_at_end')}; run took {res.machine.get('run_seconds', 0)} s")
     rows = [("blob_mbs", f"GET {res.sizes['big_blob'] // MiB} MiB blob", "MB/s"),
+            ("blob_cpu_s_per_gib", "  server CPU per GiB sent (all)", "s"),
             ("manifest_rps", "manifest GET by tag, 32 clients", "req/s"),
             ("cpu_us", "  server CPU per manifest GET (all)", "us"),
             ("app_cpu_us", "  of which the appliance(s)", "us"),
@@ -419,16 +432,19 @@ def report(res: Results) -> None:
           f"{'b/a':>10} {'c/a':>10} {'c/b':>10}")
     for key, label, unit in rows:
         series = [res.runs[key][n] for n in names]
-        cells = " ".join(f"{median(s):{w}.1f}" for s, w in zip(series, (13, 14, 15), strict=True))
+        digits = 2 if unit == "s" else 1
+        cells = " ".join(f"{median(s):{w}.{digits}f}" for s, w in zip(series, (13, 14, 15), strict=True))
         ratios = " ".join(f"{m:>4} ({p:>4})" for m, p in (_ratio(series[1], series[0]), _ratio(series[2], series[0]),
                                                            _ratio(series[2], series[1])))
         print(f"{label:42} {unit:>6} {cells} {ratios}")
-    push = res.runs["push_s"]
+    push, push_cpu = res.runs["push_s"], res.runs["push_cpu_s"]
     print(f"\nskopeo push of a fresh {res.sizes.get('image_mb', 0):.0f} MB {len(res.sizes['image_layers'])}-layer "
           "image, s (median; failures counted):")
     for target, values in push.items():
         ok = [v for v in values if isinstance(v, float)]
         shown = f"{median(ok):7.1f}" if ok else "   fail"
+        cpu = [c for v, c in zip(values, push_cpu[target], strict=True) if isinstance(v, float)]
+        shown += f"  server CPU {median(cpu):5.1f} s" if cpu else f"  {'':17}"
         vs = [f"{_ratio(values, push[base])[0]:>4} ({_ratio(values, push[base])[1]:>4}) vs {base}"
               for base in ("embedded", "1 replica") if base != target]
         print(f"  {target:26} {shown}  ok {len(ok)}/{len(values)}   " + ";  ".join(vs))
