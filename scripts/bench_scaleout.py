@@ -24,12 +24,13 @@ Starts, on loopback ports in a temporary directory:
 and measures, rotating the setups' order every round so that background load
 hits all alike:
 
-* GET of a large blob, curl to /dev/null, MB/s;
+* GET of a large blob, curl to /dev/null, MB/s, and server CPU per GiB sent;
 * GET of a manifest by tag with 32 concurrent keep-alive clients (wrk), req/s,
   and the CPU time per request of every server process involved: the
   appliance(s), and for (b) and (c) the Ceph and PostgreSQL processes and the
-  balancer as well;
-* skopeo push of a fresh ~150 MB multi-layer image per setup and round, seconds;
+  balancer as well (server CPU always counts these);
+* skopeo push of a fresh ~150 MB multi-layer image per setup and round, seconds
+  and server CPU;
   for (c) through the affinity listener and through the round-robin one. Until
   replicas share upload state, a round-robin push fails when an upload's
   requests reach both replicas: the run records the failure and goes on.
