@@ -18,6 +18,7 @@ from registry.db import open_database, write_transaction
 from registry.dbengine import Database, insert_id
 from registry.digest import Descriptor, Digest
 from registry.errors import RegistryError
+from registry.manifest_cache import MANIFESTS
 from registry.manifests import ParsedManifest, parse_manifest, referrer_artifact_type
 from registry.names import is_digest_reference, validate_name, validate_tag
 from registry.paths import DataPaths
@@ -270,9 +271,14 @@ class Registry:
         return ManifestRecord(name, Digest.parse(row[0]), row[1], int(row[2]), Digest.parse(row[3]) if row[3] else None)
 
     def manifest_bytes(self, record: ManifestRecord) -> bytes:
-        """The stored bytes of a manifest (small: capped at push)."""
+        """The stored bytes of a manifest (small: capped at push); cached per process (registry.manifest_cache)."""
+        cached = MANIFESTS.get(record.digest)
+        if cached is not None:
+            return cached
         with self.store.open(record.digest) as f:
-            return f.read(self.max_manifest_bytes + 1)
+            data = f.read(self.max_manifest_bytes + 1)
+        MANIFESTS.put(record.digest, data)
+        return data
 
     def manifest_children(self, name: str, digest: Digest) -> list[tuple[Digest, str, dict[str, object] | None]]:
         """(digest, media type, platform) of an index's child manifests."""
