@@ -16,6 +16,8 @@ from pathlib import Path
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
+from tests.pgengine import engine_for, remember
+
 ADMIN_PASSWORD = "test-admin-Secret-1"
 
 
@@ -137,7 +139,10 @@ def start_appliance(data_dir: Path, *extra_args: str, env: dict[str, str] | None
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
-    full_env = {**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **(env or {})}
+    # With --db=postgres the data directory's own database (tests/pgengine.py); `env` may name another.
+    full_env = {**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **engine_for(data_dir), **(env or {})}
+    if "CARGOHOLD_DATABASE_URL" in (env or {}):
+        remember(data_dir, {"CARGOHOLD_DATABASE_URL": full_env["CARGOHOLD_DATABASE_URL"]})
     return _launch(data_dir, port, log_path, extra_args, full_env, scheme, verify, 30)
 
 

@@ -21,8 +21,6 @@ from tests.containerd import containerd  # noqa: F401  (one containerd daemon pe
 from tests.pgengine import (
     PostgresServer,
     PostgresUnavailable,
-    engine_for,
-    remember,
     start_postgres,
     use_for_new_data_dirs,
 )
@@ -104,8 +102,7 @@ def appliance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         site.stop()
         return
     data_dir = tmp_path_factory.mktemp("appliance") / "data"
-    # CLI commands the tests run on it find its database (tests.pgengine.env_for).
-    app = start_appliance(data_dir, env=engine_for(data_dir) if postgres_server is not None else {})
+    app = start_appliance(data_dir)  # with --db=postgres, on its own database (tests.pgengine.engine_for)
     yield app
     app.stop()
 
@@ -117,11 +114,8 @@ def appliance_factory(tmp_path: Path, postgres_server: PostgresServer | None) ->
 
     def factory(*args: str, env: dict[str, str] | None = None, name: str | None = None,
                 scheme: str = "http") -> Appliance:
-        data_dir = tmp_path / (name or f"data-{len(started)}")
-        # The data directory's database (a restart on it, or CLI commands run on it first, found it already).
-        full = {**(engine_for(data_dir) if postgres_server is not None else {}), **(env or {})}
-        remember(data_dir, {k: v for k, v in full.items() if k == "CARGOHOLD_DATABASE_URL"})
-        app = start_appliance(data_dir, *args, env=full, scheme=scheme)
+        # With --db=postgres, the data directory's own database: a restart on it finds its metadata again.
+        app = start_appliance(tmp_path / (name or f"data-{len(started)}"), *args, env=env, scheme=scheme)
         started.append(app)
         return app
 

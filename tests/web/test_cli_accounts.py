@@ -8,7 +8,6 @@ line; the registry's /v2/ with Basic credentials says whether a password works.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import requests
 
 from tests.appliance import ADMIN_PASSWORD, Appliance, restart_on, start_appliance
+from tests.pgengine import env_for, metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[..., Appliance]
@@ -26,7 +26,8 @@ def cli(*args: str | Path, env: dict[str, str] | None = None, stdin: str | None 
         ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "CARGOHOLD_NEW_PASSWORD"}
     return subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**base, **(env or {})}, input=stdin if stdin is not None else "",
+                          cwd=REPO_ROOT, env={**base, **env_for(args), **(env or {})},
+                          input=stdin if stdin is not None else "",
                           timeout=60)
 
 
@@ -37,7 +38,7 @@ def works(app: Appliance, user: str, password: str) -> bool:
 
 
 def users(app: Appliance) -> set[str]:
-    with sqlite3.connect(f"file:{app.data_dir / 'cargohold.db'}?mode=ro", uri=True) as db:
+    with metadata(app.data_dir) as db:
         return {row[0] for row in db.execute("SELECT username FROM users")}
 
 

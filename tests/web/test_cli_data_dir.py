@@ -17,13 +17,17 @@ from pathlib import Path
 import pytest
 
 from tests.appliance import Appliance, free_port
+from tests.pgengine import env_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# What a data directory without cargohold.db means; PostgreSQL's form is in tests/registry/test_dbengine.py.
+pytestmark = pytest.mark.sqlite_only
 
 
 def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**os.environ, **(env or {})}, timeout=120)
+                          cwd=REPO_ROOT, env={**os.environ, **env_for(args), **(env or {})}, timeout=120)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

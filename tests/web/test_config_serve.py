@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.appliance import ADMIN_PASSWORD, Appliance
+from tests.pgengine import env_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[..., Appliance]
@@ -30,7 +31,8 @@ SETTINGS_HINT = "cargohold reads no such setting (README, Configuration)"
 def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=120,
-                          env={**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **(env or {})})
+                          env={**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **env_for(args),
+                               **(env or {})})
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 
+import pytest
 import requests
 
 from registry.health import DB_TIMEOUT_SECONDS
@@ -70,6 +71,7 @@ def test_free_space_below_the_reserve_is_unready_naming_disk(appliance_factory: 
     assert requests.get(f"{app.url}/livez", timeout=10).status_code == 200
 
 
+@pytest.mark.sqlite_only  # holds SQLite's write lock from outside
 def test_a_database_that_takes_no_write_is_unready_naming_database(
         appliance_factory: Callable[..., Appliance]) -> None:
     app = appliance_factory()

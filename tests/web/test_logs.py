@@ -38,6 +38,7 @@ from tests.bundles import craft
 from tests.bundles.conftest import unique_layout
 from tests.images import OciLayout
 from tests.logs import REQUEST_FIELDS, records, request_lines
+from tests.pgengine import env_for
 from tests.registry.conftest import require, run
 from tests.registry.harborapi import Harbor
 from tests.web.uiutil import form_token, signed_in
@@ -48,7 +49,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "web.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **(env or {})}, timeout=120, check=False)
+                          env={**os.environ, **env_for(args), **(env or {})}, timeout=120, check=False)
 
 
 def _basic(user: str, password: str) -> str:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.appliance import ADMIN_PASSWORD, Appliance, restart_on
+from tests.pgengine import env_for
 from web.tls import SubjectNames
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ VIP = "10.77.0.100"
 def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "web.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=timeout,
-                          env={**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD})
+                          env={**os.environ, "CARGOHOLD_ADMIN_PASSWORD": ADMIN_PASSWORD, **env_for(args)})
 
 
 def served(port: int) -> x509.Certificate:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import yaml
 
@@ -117,6 +118,7 @@ def test_inventory_download_matches_the_cli(ui_app: Appliance, context: Any, key
     assert downloaded["mediaType"] == cli["mediaType"] and downloaded["name"] == cli["name"]
 
 
+@pytest.mark.sqlite_only  # reads or sizes cargohold.db itself
 def test_leftovers_are_listed_sized_and_cleared_but_an_upload_in_progress_is_not(
         ui_app: Appliance, context: Any) -> None:
     imports = ui_app.data_dir / "imports"
@@ -174,6 +176,7 @@ def test_leftovers_are_listed_sized_and_cleared_but_an_upload_in_progress_is_not
     assert head.status_code == 200 and head.headers["Upload-Offset"] == "1000000"
 
 
+@pytest.mark.sqlite_only  # reads or sizes cargohold.db itself
 def test_a_staging_directory_an_import_holds_is_not_listed(ui_app: Appliance) -> None:
     import fcntl
 
@@ -291,6 +294,7 @@ def test_scrub_job_finds_a_corrupted_blob(ui_app: Appliance, context: Any) -> No
     assert v2.request("GET", f"/v2/spectro-images/scrubbed/blobs/{layer}").status_code == 404  # set aside
 
 
+@pytest.mark.sqlite_only  # reads or sizes cargohold.db itself
 def test_a_gc_job_killed_with_its_worker_shows_interrupted(appliance_factory: Callable[..., Appliance],
                                                            browser: Any, tmp_path: Path) -> None:
     # A cluster API server that accepts connections and never answers: GC waits on it (in-use protection).
