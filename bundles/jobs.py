@@ -153,7 +153,7 @@ class ImportJobs:
 
     def _reap(self, job: ImportJob) -> ImportJob:
         """A job left open by a process that is gone is failed (interrupted)."""
-        if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start, self._machine_alive):
+        if job.state in OPEN_STATES and not process_alive(job.pid, job.pid_start, leases.machine_judge(self.paths)):
             message = ("interrupted: the importing process ended before finishing; use Retry import on the "
                        "Imports page, or import the bundle again, to complete it (what was verified is reused)")
             try:
@@ -165,9 +165,6 @@ class ImportJobs:
                 _log.warning("import job %s: could not record it as interrupted: %s", job.id, exc)
             return ImportJob(**{**job.__dict__, "state": "failed", "error": message, "error_code": "INTERRUPTED"})
         return job
-
-    def _machine_alive(self, boot: str) -> bool:
-        return leases.machine_alive(self.paths, boot) if self.paths.database_url else True
 
     @staticmethod
     def _job(row: Any) -> ImportJob:

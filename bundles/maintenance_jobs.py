@@ -214,7 +214,7 @@ class MaintenanceJobs:
         job = MaintenanceJob(row[0], row[1], bool(row[2]), row[3], row[4], int(row[5] or 0), int(row[6] or 0),
                              json.loads(row[7]) if row[7] else None, row[8], row[9], row[10], row[11], row[12],
                              row[15] or MANUAL, json.loads(row[16]) if row[16] else {}, int(row[17] or 0))
-        machine_alive = (lambda boot: leases.machine_alive(self.paths, boot)) if self.paths.database_url else None
+        machine_alive = leases.machine_judge(self.paths)
         if job.state != RUNNING or process_alive(row[13], row[14], machine_alive):
             return job
         message = ("interrupted: the appliance process running it ended before it finished. Nothing needs "

@@ -64,7 +64,7 @@ class BundlesCollector(Collector):
         for state in sorted(set(RELEASE_STATES) | set(states)):
             releases.add_metric([state], int(states.get(state, 0)))
         yield releases
-        machine_alive = (lambda boot: leases.machine_alive(self.paths, boot)) if self.paths.database_url else None
+        machine_alive = leases.machine_judge(self.paths)
         running = sum(1 for pid, start in open_jobs if process_alive(pid, start, machine_alive))
         yield GaugeMetricFamily(f"{PREFIX}bundle_imports_in_progress", "Bundle imports running now", value=running)
         if follow is not None:

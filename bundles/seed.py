@@ -67,6 +67,7 @@ from bundles.clusterdef_trust import MAX_SIGNATURE_BYTES, SignaturePolicy, impor
 from bundles.importer import BundleRefused, Importer, bundle_parts
 from bundles.jobs import ImportJobs, disk_full_refusal, run_import
 from bundles.trust import TrustStore
+from registry import leases
 from registry.audit import append as audit_append
 from registry.db import is_disk_full, open_database, write_transaction
 from registry.dbengine import Error as DatabaseError
@@ -261,7 +262,7 @@ class SeedScanner:
         with write_transaction(self.db) as db:
             for scan_id, pid, pid_start in db.execute(
                     "SELECT id, pid, pid_start FROM seed_scans WHERE state = 'running'").fetchall():
-                if process_alive(pid, pid_start):
+                if process_alive(pid, pid_start, leases.machine_judge(self.paths)):
                     return int(scan_id), False
                 db.execute("UPDATE seed_scans SET state = 'interrupted', finished_at = ? WHERE id = ?",
                            [time.time(), scan_id])
@@ -342,7 +343,7 @@ class SeedScanner:
 
     def _scan(self, row: Any) -> SeedScan:
         state = row[4]
-        if state == "running" and not process_alive(row[8], row[9]):
+        if state == "running" and not process_alive(row[8], row[9], leases.machine_judge(self.paths)):
             state = "interrupted"  # its process ended mid-scan; the next scan retries what it left
         return SeedScan(int(row[0]), row[1], row[2], row[3] or "", state, json.loads(row[5]) if row[5] else None,
                         row[6], row[7])
@@ -353,7 +354,7 @@ class SeedScanner:
         out = []
         for row in rows.fetchall():
             record = SeedFile(*row[:13])
-            if record.state == "importing" and not process_alive(row[13], row[14]):
+            if record.state == "importing" and not process_alive(row[13], row[14], leases.machine_judge(self.paths)):
                 record = SeedFile(**{**record.__dict__, "state": "interrupted"})
             out.append(record)
         return out
@@ -373,7 +374,8 @@ class SeedScanner:
                     return DONE_EARLIER, previous
                 if previous.state == "refused" and not retry_refused:
                     return REFUSED_EARLIER, previous
-                if previous.state == "importing" and row is not None and process_alive(row[13], row[14]):
+                if previous.state == "importing" and row is not None and \
+                        process_alive(row[13], row[14], leases.machine_judge(self.paths)):
                     return BUSY, previous
             db.execute(
                 "INSERT INTO seed_files (path, kind, size, mtime_ns, parts, signature, state, job_id, "

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from registry.db import open_database, write_transaction
@@ -78,3 +79,11 @@ def machine_alive(paths: DataPaths, boot: str, now: float | None = None) -> bool
     row = open_database(paths).execute("SELECT heartbeat_at FROM machine_leases WHERE boot_id = ?",
                                        [boot]).fetchone()
     return row is not None and float(row[0]) > now - LEASE_SECONDS
+
+
+def machine_judge(paths: DataPaths) -> Callable[[str], bool] | None:
+    """What `registry.processes.process_alive` asks about another machine's boot id: its lease, with shared
+    metadata (PostgreSQL); None with SQLite, whose records are this machine's alone."""
+    if not paths.database_url:
+        return None
+    return lambda boot: machine_alive(paths, boot)

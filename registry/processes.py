@@ -3,8 +3,8 @@
 Import jobs, seed scans and the serve lock record which process owns them;
 after a crash or a container restart that process is gone and its pid may
 belong to another one, so a pid alone is not enough (see `process_start`).
-A process recorded on another machine (appliances sharing PostgreSQL
-metadata; the boot id in `process_start` differs) is never judged from here.
+With metadata shared between machines (PostgreSQL), a process recorded
+under another boot id is never judged from here (`process_alive`'s `shared`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def process_alive(pid: int | None, pid_start: str | None = None,
     """Whether `pid` runs (a zombie, dead but not yet reaped, does not); with `pid_start`, that same process.
 
     A process of another machine is judged by `machine_alive(boot id)` (its
-    lease, registry.leases), else taken to run.
+    lease, registry.leases); without `machine_alive` (metadata only this machine
+    uses, SQLite) a process recorded under another boot id ran before a reboot.
     """
     if not pid:
         return False
@@ -58,7 +59,8 @@ def process_alive(pid: int | None, pid_start: str | None = None,
         if not _on_this_machine(pid_start):
             # Recorded by an appliance on another machine sharing the metadata (PostgreSQL): its pid means
             # nothing here; only that machine's lease says whether it still runs anything.
-            return machine_alive(pid_start.rsplit(":", 1)[0]) if machine_alive is not None else True
+            # Without shared metadata (SQLite: one machine) another boot id is this machine before a reboot.
+            return machine_alive(pid_start.rsplit(":", 1)[0]) if machine_alive is not None else False
         return process_start(pid) == pid_start  # gone, or another process that got the same pid
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

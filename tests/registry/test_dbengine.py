@@ -194,3 +194,16 @@ def test_a_dropped_session_is_replaced_on_next_use(tmp_path: Path, postgres: Pos
         first.execute("SELECT 1")  # the request that finds it gone fails...
     again = open_database(paths)  # ...and the next one works on a new session
     assert again is not first and again.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+
+
+def test_on_sqlite_a_job_from_before_a_reboot_is_interrupted(tmp_path: Path) -> None:
+    """One machine (SQLite): another boot id means the process ran before a reboot, and is gone."""
+    from bundles.jobs import ImportJobs
+
+    paths = DataPaths(tmp_path / "data")
+    migrate(paths, notify=lambda _: None)
+    jobs = ImportJobs(paths)
+    before = jobs.create("before-reboot.tar.zst")
+    with write_transaction(open_database(paths)) as db:
+        db.execute("UPDATE import_jobs SET pid_start = ? WHERE id = ?", ["an-earlier-boot-id:12345", before.id])
+    assert jobs.get(before.id).error_code == "INTERRUPTED"  # type: ignore[union-attr]
