@@ -33,6 +33,7 @@ import web.tls
 from tests.appliance import Appliance
 from tests.containerd import Containerd  # the `containerd` session fixture comes from tests/conftest.py
 from tests.images import OciLayout
+from tests.pgengine import env_for
 from web.config import Config
 from web.tls import SubjectNames, TLSConfigError, TLSFiles, ensure_server_certificate, issue_server_certificate
 
@@ -42,6 +43,8 @@ Factory = Callable[..., Appliance]
 
 def run(*cmd: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; on unexpected failure raise with its whole output so the test says why."""
+    if env is None and "web.cli" in cmd:
+        env = {**os.environ, **env_for(cmd)}  # with --db=postgres, the data directory's database
     proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
