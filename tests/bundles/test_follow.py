@@ -36,12 +36,13 @@ from tests.appliance import Appliance, free_port
 from tests.bundles import craft
 from tests.bundles.clusterdefs import build_archive, simple_definition
 from tests.bundles.conftest import REPO_ROOT, assert_pulled_identical, big_layout, skopeo_pull, snapshot
-from tests.bundles.releases_util import API, Site, import_release, release_api, trust
+from tests.bundles.releases_util import API, Site, _bundle, import_release, release_api, trust
 from tests.containerd import Containerd
 from tests.images import OCI_MANIFEST, REF_NAME, OciLayout
 from tests.logs import request_lines
 from tests.pgengine import env_for, metadata
 from tests.registry.harborapi import Harbor, RobotAccount
+from tests.s3engines import S3Engine
 
 
 def follow(follower: Appliance, url: str, robot: RobotAccount | None, secret_file: Path, *extra: str,
@@ -499,3 +500,44 @@ def test_containerd_pulls_through_the_follower_when_the_primary_is_stopped(
     assert ready["status"] == "ready" and ready["follower"]["ok"] is False
     assert "unreachable" in release_api(follower, "GET", "/follower").json()["lastError"]
 
+
+
+def test_a_follower_with_its_blobs_in_an_object_store_copies_and_serves_releases(
+        appliance_factory: Callable[..., Appliance], site: Site, tmp_path: Path, ec_key: keys.PrivateKey,
+        ceph_rgw: S3Engine) -> None:
+    """The follower on a real Ceph RGW bucket: copied blobs land in the bucket, not on its data volume, and a
+    release whose definition archive an earlier release already brought reads it back from the store."""
+    primary = appliance_factory(name="primary")
+    bucket = ceph_rgw.new_bucket()
+    store_env = {**ceph_rgw.env(), "CARGOHOLD_STORAGE_URL": ceph_rgw.storage_url(bucket)}
+    follower = appliance_factory(name="follower", env=store_env)
+    trust(primary, ec_key, tmp_path)
+    robot, secret = _robot(primary, tmp_path)
+
+    r1 = import_release(primary, site.v1)
+    assert release_api(primary, "POST", f"/releases/{r1['id']}/promote").status_code == 200
+    done = follow(follower, primary.url, robot, secret, env={**os.environ, **store_env})
+    assert done.returncode == 0, done.stderr
+    got = skopeo_pull(follower, site.refs["a"], tmp_path / "s3-a")
+    assert got == site.digests["a1"]
+    assert assert_pulled_identical(tmp_path / "s3-a", site.v1_layout.root, got) == 4
+    keys_in_bucket = {o["Key"] for o in ceph_rgw.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert f"blobs/sha256/{got.split(':')[1][:2]}/{got.split(':')[1]}" in keys_in_bucket
+    assert not [p for p in (follower.data_dir / "blobs").rglob("*") if p.is_file()]
+
+    # Version 1.0.1 carries the same images and definition archive: the archive is already in the follower's
+    # bucket, so the follower parses it from a copy of the stored object instead of fetching it again.
+    v101 = _bundle(tmp_path / "site-v101.tar.zst", site.v1_layout, ec_key, "1.0.1", site.v1.parent / "edge-v1.tgz")
+    r2 = import_release(primary, v101)
+    assert r2["id"] != r1["id"]
+    again = follow(follower, primary.url, robot, secret, env={**os.environ, **store_env})
+    assert again.returncode == 0, again.stderr
+    assert _states(follower) == _states(primary)
+    shown = release_api(follower, "GET", f"/releases/{_local_id(follower, 2)}").json()
+    assert [d["digest"] for d in shown["clusterDefinitions"]] == [site.v1_definition_digest]
+
+
+def _local_id(app: Appliance, nth: int) -> int:
+    """The id of the `nth` release listed on `app`, oldest first."""
+    listed = sorted(release_api(app, "GET", "/releases").json()["releases"], key=lambda r: r["id"])
+    return int(listed[nth - 1]["id"])
