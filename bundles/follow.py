@@ -64,7 +64,7 @@ from bundles.image_policy import unsigned_images
 from bundles.importer import BundleRefused, PublishedImage, RepoPlan, publish
 from bundles.registry_client import NotFound, PullError, RegistryClient
 from bundles.releases import ReleaseError, ReleaseInfo, Releases
-from registry.blobstore import BlobInfo, BlobStore, require_space, storage_error
+from registry.blobstore import BlobInfo, BlobStore, local_copy, require_space, storage_error
 from registry.db import open_database, write_transaction
 from registry.dbengine import Error as DatabaseError
 from registry.digest import Descriptor, Digest
@@ -561,13 +561,7 @@ class _Staging:
 
     def fetched(self, digest: Digest, store: BlobStore) -> Path:
         """A local copy, for reading, of a blob in a store with no local files; `staged` never lists it."""
-        target = self.root / "fetched" / digest.algorithm / digest.encoded
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with store.open(digest) as src, self.tmp(digest).open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(self.tmp(digest), target)
-        return target
+        return local_copy(store, digest, self.root / "fetched" / digest.algorithm / digest.encoded)
 
     def commit(self, digest: Digest) -> None:
         """Move a verified temporary file into place."""

@@ -70,7 +70,7 @@ from bundles.releases import ReleaseInfo
 from bundles.tarheaders import BoundedTarInfo
 from bundles.trust import TrustStore
 from registry import boundedjson
-from registry.blobstore import BlobInfo, BlobStore, fsync_dir
+from registry.blobstore import BlobInfo, BlobStore, fsync_dir, local_copy
 from registry.db import is_disk_full, write_transaction
 from registry.dbengine import Error as DatabaseError
 from registry.digest import Descriptor, Digest
@@ -512,14 +512,7 @@ class _Staging:
 
         Under ``fetched/``, which `staged` never lists: it is not published again, and goes with the staging.
         """
-        target = self.root / "fetched" / digest.algorithm / digest.encoded
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            with store.open(digest) as src, tmp.open("wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-            os.replace(tmp, target)
-        return target
+        return local_copy(store, digest, self.root / "fetched" / digest.algorithm / digest.encoded)
 
     def staged(self) -> Iterator[tuple[Digest, Path]]:
         for algo in ("sha256", "sha512"):

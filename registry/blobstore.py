@@ -70,6 +70,18 @@ class BlobStore(Protocol):
     def walk(self) -> Iterator[BlobInfo]: ...
 
 
+def local_copy(store: BlobStore, digest: Digest, target: Path) -> Path:
+    """`target`, holding blob `digest` of `store` (copied there once, streamed): for code that must read a stored
+    blob as a file where the store keeps none (an object store). Raises BLOB_UNKNOWN if the blob is absent."""
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        with store.open(digest) as src, part.open("wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+        os.replace(part, target)
+    return target
+
+
 def require_space(root: Path, incoming: int, reserve: int, what: str) -> None:
     """Refuse a write that would leave less than `reserve` bytes free on the data volume.
 
