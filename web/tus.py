@@ -317,17 +317,8 @@ class TusUploads:
             raise TusError(409 if upload.complete else 404, f"upload {upload_id} is already complete") from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            upload = self.get(upload_id)  # re-read under the lock: another request may have appended
-            if upload is None:
-                raise TusError(404, f"no upload {upload_id} (terminated)")
-            if offset != upload.offset:
-                raise TusError(409, f"Upload-Offset {offset} does not match the upload's offset {upload.offset}")
-            if upload.complete:
-                raise TusError(409, f"upload {upload_id} is already complete")
-            room = upload.length - upload.offset
-            if content_length is not None and content_length > room:
-                raise TusError(413, f"the chunk of {content_length} bytes goes past the declared Upload-Length "
-                               f"({room} bytes left)")
+            # Re-read under the lock: another request may have appended.
+            upload, room = self._chunk_fits(upload_id, offset, content_length)
             before = upload
             completed: list[TusUpload] = []
 
@@ -344,12 +335,9 @@ class TusUploads:
                 upload = self._complete(upload, on_complete)
         return upload
 
-    def _append_remote(self, upload_id: str, offset: int, body: IO[bytes], content_length: int | None,
-                       checksum: bytes | None, on_complete: Callable[[TusUpload], None] | None) -> TusUpload:
-        """`append` with the chunk as an object, under the upload's advisory lock (replicas)."""
-        chunks = self.chunks
-        assert chunks is not None
-        upload = self.get(upload_id)  # re-read under the lock: another replica may have appended
+    def _chunk_fits(self, upload_id: str, offset: int, content_length: int | None) -> tuple[TusUpload, int]:
+        """The upload a chunk at `offset` extends, and the bytes it has room for; raises TusError naming why not."""
+        upload = self.get(upload_id)
         if upload is None:
             raise TusError(404, f"no upload {upload_id} (terminated)")
         if offset != upload.offset:
@@ -360,6 +348,15 @@ class TusUploads:
         if content_length is not None and content_length > room:
             raise TusError(413, f"the chunk of {content_length} bytes goes past the declared Upload-Length "
                            f"({room} bytes left)")
+        return upload, room
+
+    def _append_remote(self, upload_id: str, offset: int, body: IO[bytes], content_length: int | None,
+                       checksum: bytes | None, on_complete: Callable[[TusUpload], None] | None) -> TusUpload:
+        """`append` with the chunk as an object, under the upload's advisory lock (replicas)."""
+        chunks = self.chunks
+        assert chunks is not None
+        # Re-read under the lock: another replica may have appended.
+        upload, room = self._chunk_fits(upload_id, offset, content_length)
         state = self._saved_state(upload.id)
         reader = _ChunkReader(body, room if content_length is None else content_length, state,
                               checksum is not None)
@@ -392,11 +389,11 @@ class TusUploads:
         with write_transaction(self.db) as db:
             db.execute("UPDATE tus_uploads SET \"offset\" = \"offset\" + ?, hash_state = ?, expires_at = ? "
                        "WHERE id = ?", [received, reader.state(), time.time() + self.expiry_seconds, upload.id])
-        upload = self.get(upload_id)
-        assert upload is not None
-        if upload.complete:
-            upload = self._complete(upload, on_complete)
-        return upload
+        appended = self.get(upload_id)
+        assert appended is not None
+        if appended.complete:
+            appended = self._complete(appended, on_complete)
+        return appended
 
     def _materialize(self, sources: Sequence[str], upload_id: str, size: int | None = None) -> None:
         """Stream the chunk objects of `sources` (their committed lengths, in order) into
