@@ -20,6 +20,7 @@ the shared engines in their environment).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,24 @@ class Balancer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+# nginx's own refusals in the balancer, as (status, OCI code, message); 494 (a header too large) is sent as 400.
+_REFUSALS = ((400, "UNSUPPORTED", "malformed request"), (405, "UNSUPPORTED", "method not allowed"),
+             (414, "UNSUPPORTED", "request line too long"), (494, "UNSUPPORTED", "request header too large"))
+
+
+def _refusals() -> str:
+    lines = []
+    for status, code, message in _REFUSALS:
+        sent = 400 if status == 494 else status
+        body = json.dumps({"errors": [{"code": code, "message": message}]})
+        # A URI location, not a named one: nginx cannot redirect a request whose request line it refused to a
+        # named location.
+        lines.append(f"    error_page {status} /_refused/{status};\n"
+                     f"    location = /_refused/{status} {{ internal; default_type application/json; "
+                     f"return {sent} '{body}'; }}")
+    return "\n".join(lines)
 
 
 def _nginx() -> str:
@@ -97,6 +116,10 @@ http {{
     proxy_redirect off;
     proxy_ignore_client_abort on;  # a client that half-closes after its request still gets the answer
     location / {{ proxy_pass http://replicas; }}
+    # nginx refuses some requests itself, before any proxying (TRACE, a malformed request line or header):
+    # answered in the registry's error shape, as each replica's own front does, so the API suite run through
+    # this balancer (--replicas) judges the replicas, not nginx.
+{_refusals()}
   }}
 }}
 """)
