@@ -8,4 +8,4 @@ version last migrated it (issue 14, upgrades).
 
 from __future__ import annotations
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
